@@ -1,0 +1,19 @@
+"""arrowscore: score MLflow models fast, on Arrow batches, in every mode.
+
+>>> import engine
+>>> model = engine.load_model("models:/fraud@champion")   # doctest: +SKIP
+>>> model.predict(df)                                      # doctest: +SKIP
+"""
+
+from .errors import (ConfigError, ConnectorError, EngineError, FlavorNotFound, MissingDependency,
+                     ModelLoadError, SchemaError, ScoringError)
+from .save import save_model
+from .scorer import Model, load_model
+from .signature import Signature
+
+__all__ = [
+    "load_model", "Model", "save_model", "Signature",
+    "EngineError", "ConfigError", "ModelLoadError", "FlavorNotFound", "MissingDependency",
+    "SchemaError", "ScoringError", "ConnectorError",
+]
+__version__ = "0.1.0"

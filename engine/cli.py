@@ -1,0 +1,91 @@
+"""The ``arrowscore`` command. Only this module reads argv and environment variables."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+__all__ = ["main"]
+
+
+def _info(args) -> int:
+    from . import load_model
+    from .requirements import check_requirements
+
+    model = load_model(args.model_uri, flavor=args.flavor, cache_dir=args.cache_dir)
+    sig = model.signature
+    doc = {
+        "path": str(model.path),
+        "flavors": sorted(model.meta.flavors),
+        "flavor": model.flavor,
+        "model_id": model.meta.model_id,
+        "inputs": [str(f) for f in model.input_schema] if model.input_schema else None,
+        "outputs": [str(f) for f in model.output_schema] if model.output_schema else None,
+        "params": [p.to_dict() for p in sig.params] if sig.params else None,
+        "requirements_mismatches": [str(m) for m in check_requirements(model.path)],
+    }
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return 0
+    for key, value in doc.items():
+        if isinstance(value, list):
+            print(f"{key}:" if value else f"{key}: (none)")
+            for item in value:
+                print(f"  {item if not isinstance(item, dict) else json.dumps(item)}")
+        else:
+            print(f"{key}: {value if value is not None else '(none)'}")
+    return 0
+
+
+def _predict(args) -> int:
+    from . import load_model, payload
+
+    model = load_model(args.model_uri, flavor=args.flavor, cache_dir=args.cache_dir)
+    names = [f.name for f in model.input_schema] if model.input_schema else None
+    table, params = payload.read_input(args.input, names)
+    if args.params:
+        params = {**(params or {}), **json.loads(args.params)}
+    result = model.predict(table, params=params)
+    payload.write_output(result, args.output, sys.stdout)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="arrowscore", description="Score MLflow models fast, on Arrow batches.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def model_cmd(name, help_text):
+        s = sub.add_parser(name, help=help_text)
+        s.add_argument("model_uri", metavar="MODEL_URI", help="path, file://, runs:/, models:/ URI")
+        s.add_argument("--flavor", help="load with this flavor instead of the native one")
+        s.add_argument("--cache-dir", default=os.environ.get("ARROWSCORE_CACHE_DIR"),
+                       help="where downloaded models are cached (env ARROWSCORE_CACHE_DIR)")
+        return s
+
+    info = model_cmd("info", "flavors, signature and requirements check of a model")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    info.set_defaults(run=_info)
+
+    pred = model_cmd("predict", "score one input file (json, csv, parquet), like `mlflow models predict`")
+    pred.add_argument("-i", "--input", required=True, help="input .json (MLflow serving formats), .csv or .parquet")
+    pred.add_argument("-o", "--output", help="output .json, .csv or .parquet (default: JSON on stdout)")
+    pred.add_argument("--params", help="inference params as a JSON object")
+    pred.set_defaults(run=_predict)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from .errors import EngineError
+
+    try:
+        return args.run(args)
+    except EngineError as exc:
+        print(f"arrowscore: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,290 @@
+"""Signature enforcement and model-input building, on Arrow, decided once per batch schema.
+
+An ``InputPlan`` is built when a model loads. For each new batch schema it resolves, once, which
+columns to take, which safe casts to apply and how to shape them; every later batch with that
+schema only selects, casts and converts. Casts are lossless or raise SchemaError:
+ints widen, ints become floats when every value is exact (Arrow checks), float64 -> float32 only
+for float32 *tensor* inputs (what ONNX models take, as MLflow does), never float -> int.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from . import convert
+from .errors import SchemaError
+from .signature import ColSpec, Signature, TensorSpec
+
+__all__ = ["InputPlan"]
+
+_NUMERIC = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean)
+
+
+def _is_numeric(t: pa.DataType) -> bool:
+    return any(check(t) for check in _NUMERIC)
+
+
+def _cast_target(actual: pa.DataType, wanted: pa.DataType, name: str, lossy_float: bool = False):
+    """The type to cast a column to (None: use as is), or SchemaError when no safe cast exists."""
+    if actual == wanted or pa.types.is_null(wanted):
+        return None
+    ok = False
+    if pa.types.is_string(wanted):
+        ok = pa.types.is_large_string(actual) or pa.types.is_string_view(actual)
+    elif pa.types.is_binary(wanted):
+        ok = pa.types.is_large_binary(actual) or pa.types.is_fixed_size_binary(actual) or pa.types.is_binary_view(actual)
+    elif pa.types.is_timestamp(wanted):
+        if pa.types.is_timestamp(actual) and actual.tz is not None:
+            raise SchemaError(f"column {name!r} is {actual} with a time zone; the model's signature wants a naive "
+                              "datetime: convert it to UTC and drop the zone first")
+        ok = pa.types.is_timestamp(actual) or pa.types.is_date(actual)
+    elif pa.types.is_integer(wanted):
+        ok = pa.types.is_integer(actual) or pa.types.is_boolean(actual)
+    elif pa.types.is_floating(wanted):
+        ok = pa.types.is_integer(actual) or pa.types.is_boolean(actual) or pa.types.is_decimal(actual) or (
+            pa.types.is_floating(actual) and (actual.bit_width <= wanted.bit_width or lossy_float))
+    elif pa.types.is_nested(wanted):
+        ok = pa.types.is_nested(actual)
+    if ok:
+        return wanted
+    hint = ""
+    if pa.types.is_integer(wanted) and pa.types.is_floating(actual):
+        hint = " (an integer column with missing values reads as float: fill the NaNs, or declare the column double)"
+    if pa.types.is_floating(wanted) and pa.types.is_floating(actual):
+        hint = " (narrowing floats loses precision: cast the column yourself, or declare it double)"
+    raise SchemaError(f"column {name!r} is {actual}, the model's signature wants {wanted}{hint}; "
+                      "cast the column or fix the producer")
+
+
+def _cast(col: pa.Array, target: pa.DataType, name: str) -> pa.Array:
+    try:
+        return pc.cast(col, target, safe=True)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise SchemaError(f"column {name!r} cannot become {target} without changing its values ({exc}); "
+                          "fix those values or the column type") from None
+
+
+def _cast_tensor(arr: np.ndarray, dtype: np.dtype, name: str) -> np.ndarray:
+    if arr.dtype == dtype:
+        return arr
+    if arr.dtype.kind in "iub" and dtype.kind == "f" and arr.size:
+        limit = 2 ** (np.finfo(dtype).nmant + 1)
+        if arr.dtype.kind != "b" and np.abs(arr).max() > limit:
+            raise SchemaError(f"input {name!r} holds integers above {limit}, which {dtype} cannot hold exactly; "
+                              "scale them or log the model with a wider input type")
+    elif arr.dtype.kind == "f" and dtype.kind in "iu":
+        raise SchemaError(f"input {name!r} is {arr.dtype}, the model wants {dtype}; float -> integer is not a "
+                          "safe cast: round the values yourself first")
+    elif not (np.can_cast(arr.dtype, dtype, "same_kind") or arr.dtype.kind == "b"):
+        raise SchemaError(f"input {name!r} is {arr.dtype}, the model wants {dtype}; cast the column first")
+    return arr.astype(dtype)
+
+
+class _Resolved:
+    """How one batch schema maps onto the model input; computed once per schema."""
+
+    __slots__ = ("indices", "names", "casts", "required", "fills", "select")
+
+    def __init__(self, indices, names, casts, required, fills):
+        self.indices, self.names, self.casts, self.required, self.fills = indices, names, casts, required, fills
+        self.select = None
+
+
+class InputPlan:
+    """RecordBatch -> model input (2-D ndarray, dict of tensors, or pandas DataFrame)."""
+
+    def __init__(self, signature: Signature, kind: str, dtype=None, model_tensors=None, feature_columns=None):
+        self.kind = kind
+        self.dtype = np.dtype(dtype) if dtype is not None else None
+        self.feature_columns = list(feature_columns) if feature_columns else None
+        specs = signature.inputs
+        if not specs and model_tensors:
+            specs = model_tensors
+        self.specs = specs or ()
+        self.tensors = bool(self.specs) and isinstance(self.specs[0], TensorSpec)
+        self.model_tensors = model_tensors or ()
+        self._cache: list[tuple[pa.Schema, object]] = []
+        if self.tensors and model_tensors:
+            # unnamed signature tensors feed the model's inputs in order
+            self.feed_names = [m.name for m in model_tensors][: len(self.specs)]
+        else:
+            self.feed_names = [s.name or "input" for s in self.specs]
+
+    # ---- what the model needs -------------------------------------------------------------
+    @property
+    def columns(self) -> list[str] | None:
+        """Input columns the model reads, when the signature names them (None: it decides per batch)."""
+        if self.feature_columns:
+            return list(self.feature_columns)
+        if self.specs and not self.tensors and all(s.name for s in self.specs):
+            return [s.name for s in self.specs]
+        return None
+
+    # ---- per batch ------------------------------------------------------------------------
+    def build(self, batch: pa.RecordBatch):
+        schema = batch.schema
+        for known, resolved in self._cache:
+            if known.equals(schema):
+                break
+        else:
+            resolved = self._resolve(schema)
+            self._cache = [(schema, resolved)] + self._cache[:3]
+        if self.tensors:
+            return self._tensors(batch, resolved)
+        return self._columns(batch, resolved)
+
+    def _resolve(self, schema: pa.Schema):
+        if self.tensors:
+            return self._resolve_tensors(schema)
+        if not self.specs:
+            return self._resolve_unsigned(schema)
+        names = schema.names
+        missing = [s.name for s in self.specs if s.required and s.name not in names]
+        if missing:
+            raise SchemaError(f"the model needs columns {missing} that the input lacks (it has {names}); "
+                              "add or rename those columns")
+        indices, out_names, casts, required, fills = [], [], [], [], []
+        for s in self.specs:
+            if s.name not in names:
+                if self.kind != "frame":
+                    fills.append((len(out_names), s.name, s.type))
+                continue
+            i = names.index(s.name)
+            target = _cast_target(schema.field(i).type, s.type, s.name)
+            if target is not None:
+                casts.append((len(out_names), target))
+            if s.required:
+                required.append(len(out_names))
+            indices.append(i)
+            out_names.append(s.name)
+        if self.kind == "matrix":
+            casts = self._widen(schema, indices, out_names, dict(casts))
+        return _Resolved(indices, out_names, casts, required, fills)
+
+    def _widen(self, schema, indices, names, casts: dict) -> list:
+        """A matrix of mixed column types: cast explicitly to one type, so Arrow checks exactness."""
+        types = [casts.get(k) or schema.field(i).type for k, i in enumerate(indices)]
+        if len(set(types)) <= 1:
+            return sorted(casts.items())
+        target = pa.float64()
+        for k, (t, name) in enumerate(zip(types, names)):
+            if t != target:
+                casts[k] = _cast_target(t, target, name, lossy_float=False) or target
+        return sorted(casts.items())
+
+    def _resolve_unsigned(self, schema: pa.Schema):
+        names = self.feature_columns or schema.names
+        absent = [n for n in names if n not in schema.names]
+        if absent:
+            raise SchemaError(f"feature_columns {absent} are not in the input (it has {schema.names})")
+        indices = [schema.get_field_index(n) for n in names]
+        casts = self._widen(schema, indices, list(names), {}) if self.kind == "matrix" else []
+        return _Resolved(indices, list(names), casts, list(range(len(names))), [])
+
+    def _columns(self, batch: pa.RecordBatch, r: _Resolved):
+        if r.select is None:
+            r.select = r.indices != list(range(batch.num_columns))
+        sub = batch.select(r.indices) if r.select else batch
+        if r.casts or r.fills:
+            arrays = list(sub.columns)
+            for pos, target in r.casts:
+                arrays[pos] = _cast(arrays[pos], target, r.names[pos])
+            names = list(r.names)
+            for pos, name, t in r.fills:
+                arrays.insert(pos, pa.nulls(batch.num_rows, t))
+                names.insert(pos, name)
+            sub = pa.RecordBatch.from_arrays(arrays, names)
+        if self.kind == "matrix":
+            if r.fills or len(r.required) != len(r.names):
+                self._check_nulls(sub, r)
+                return np.asarray(sub.to_tensor(null_to_nan=True)).astype(self.dtype or np.float64, copy=False)
+            return convert.matrix(sub, self.dtype)
+        self._check_nulls(sub, r)
+        if self.kind == "frame":
+            return sub.to_pandas()
+        return self._column_feed(sub)
+
+    def _check_nulls(self, sub: pa.RecordBatch, r: _Resolved) -> None:
+        nulls = [r.names[i] for i in r.required if sub.column(i).null_count]
+        if nulls:
+            raise SchemaError(f"required columns {nulls} hold nulls; fill or drop those rows, "
+                              "or log the model with those columns optional")
+
+    def _column_feed(self, sub: pa.RecordBatch) -> dict:
+        """Column signature feeding tensor inputs (ONNX): by name, or all columns into the single input."""
+        model = {m.name: m for m in self.model_tensors}
+        if all(n in model for n in sub.schema.names):
+            feed = {}
+            for name, col in zip(sub.schema.names, sub.columns):
+                m = model[name]
+                arr = _cast_tensor(col.to_numpy(zero_copy_only=False), m.dtype, name)
+                feed[name] = arr.reshape((-1, *[d if d > 0 else 1 for d in m.row_shape]))
+            return feed
+        if len(self.model_tensors) == 1:
+            m = self.model_tensors[0]
+            return {m.name: _cast_tensor(convert.matrix(sub), m.dtype, m.name)}
+        raise SchemaError(f"the model's inputs {list(model)} do not match the signature columns "
+                          f"{sub.schema.names}; re-log the model with a tensor signature")
+
+    # ---- tensor signatures ------------------------------------------------------------------
+    def _resolve_tensors(self, schema: pa.Schema):
+        names = schema.names
+        plan = []
+        for spec, feed in zip(self.specs, self.feed_names):
+            if spec.name and spec.name in names:
+                plan.append(("list", names.index(spec.name)))
+            elif feed in names:
+                plan.append(("list", names.index(feed)))
+            elif len(self.specs) == 1:
+                plan.append(self._scalar_columns(spec, schema))
+            else:
+                raise SchemaError(f"the model takes tensors {self.feed_names}; the input needs a list column "
+                                  f"for each, named so (it has {names})")
+        return plan
+
+    def _scalar_columns(self, spec: TensorSpec, schema: pa.Schema):
+        names = schema.names
+        lists = [f.name for f in schema if pa.types.is_nested(f.type)]
+        if not self.feature_columns and len(lists) == 1 and len(names) == 1:
+            return ("list", 0)
+        width = int(np.prod(spec.row_shape)) if spec.row_shape and min(spec.row_shape) > 0 else None
+        cols = self.feature_columns or names
+        absent = [c for c in cols if c not in names]
+        if absent:
+            raise SchemaError(f"feature_columns {absent} are not in the input (it has {names})")
+        if width is not None and len(cols) != width:
+            raise SchemaError(
+                f"model input {self.feed_names[0]!r} is a {spec.dtype} tensor of {width} values per row; the input has "
+                f"{len(cols)} columns {cols}; pass one list column named {self.feed_names[0]!r}, exactly {width} "
+                "numeric columns, or feature_columns=[...] naming them in order")
+        bad = [c for c in cols if not _is_numeric(schema.field(c).type)]
+        if bad:
+            raise SchemaError(f"columns {bad} are not numeric, so they cannot make up tensor {self.feed_names[0]!r}")
+        return ("scalars", [names.index(c) for c in cols])
+
+    def _tensors(self, batch: pa.RecordBatch, plan) -> object:
+        arrays = []
+        for spec, feed, (how, where) in zip(self.specs, self.feed_names, plan):
+            if how == "list":
+                arr = convert.list_tensor(batch.column(where), batch.schema.names[where])
+            else:
+                sub = batch.select(where) if where != list(range(batch.num_columns)) else batch
+                arr = convert.matrix(sub)
+            arr = _cast_tensor(arr, spec.dtype, feed)
+            want = spec.row_shape
+            if len(want) == 0 and arr.ndim == 2 and arr.shape[1] == 1:
+                arr = arr[:, 0]
+            elif len(want) != arr.ndim - 1 or any(w > 0 and w != g for w, g in zip(want, arr.shape[1:])):
+                if int(np.prod(arr.shape[1:])) == int(np.prod([abs(w) for w in want])) and all(w > 0 for w in want):
+                    arr = arr.reshape((-1, *want))
+                else:
+                    raise SchemaError(f"input {feed!r} has rows of shape {arr.shape[1:]}, the model wants "
+                                      f"{tuple(want)} (-1 means any); reshape the data first")
+            arrays.append(arr)
+        if self.kind == "tensors":
+            return dict(zip(self.feed_names, arrays))
+        if len(arrays) == 1:
+            return arrays[0]
+        return dict(zip(self.feed_names, arrays))

@@ -1,0 +1,67 @@
+"""What a model returned -> an output RecordBatch, with the same column rules in every mode.
+
+- named outputs (signature, dict keys, DataFrame columns, ONNX output names) keep their names;
+- one unnamed output is ``prediction``: a scalar column, or a fixed-size list of k values per row;
+- no signature: the same rules, applied to what predict returns.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from . import convert
+from .errors import ScoringError
+from .signature import Signature
+
+__all__ = ["OutputPlan", "PREDICTION"]
+
+PREDICTION = "prediction"
+
+
+class OutputPlan:
+    def __init__(self, signature: Signature):
+        specs = signature.outputs or ()
+        self.names = [s.name for s in specs] if specs and all(s.name for s in specs) else None
+        self.schema = signature.output_schema()
+        single = self.names[0] if self.names and len(self.names) == 1 else PREDICTION
+        self._single = [single]
+
+    def build(self, raw, rows: int) -> pa.RecordBatch:
+        if isinstance(raw, np.ndarray):  # the common case first: one array
+            batch = pa.RecordBatch.from_arrays([convert.to_arrow(raw)], self._single)
+        else:
+            batch = self._other(raw)
+        if batch.num_rows != rows:
+            raise ScoringError(f"the model returned {batch.num_rows} rows for {rows} input rows; "
+                               "a model must return one prediction per row")
+        return batch
+
+    def _other(self, raw) -> pa.RecordBatch:
+        if isinstance(raw, pa.RecordBatch):
+            return raw
+        if isinstance(raw, pa.Table):
+            return raw.combine_chunks().to_batches()[0] if raw.num_rows else pa.RecordBatch.from_pylist([], raw.schema)
+        if isinstance(raw, dict):
+            return pa.RecordBatch.from_arrays([convert.to_arrow(v) for v in raw.values()], [str(k) for k in raw])
+        module = type(raw).__module__.split(".")[0]
+        if module == "pandas" and hasattr(raw, "columns"):
+            return self._frame(raw)
+        if module == "polars" and hasattr(raw, "columns"):
+            return self._other(raw.to_arrow())
+        if isinstance(raw, (list, tuple)) and raw and all(hasattr(v, "__len__") and not isinstance(v, (str, bytes, dict)) for v in raw) \
+                and self.names and len(raw) == len(self.names):
+            return pa.RecordBatch.from_arrays([convert.to_arrow(v) for v in raw], self.names)
+        return pa.RecordBatch.from_arrays([convert.to_arrow(raw)], self._single)
+
+    def _frame(self, df) -> pa.RecordBatch:
+        named = all(isinstance(c, str) for c in df.columns)
+        if not named:
+            if df.shape[1] == 1:
+                names = self._single
+            elif self.names and len(self.names) == df.shape[1]:
+                names = self.names
+            else:
+                names = [f"{PREDICTION}_{c}" for c in df.columns]
+            df = df.set_axis(names, axis=1)
+        return pa.RecordBatch.from_pandas(df, preserve_index=False)

@@ -1,0 +1,128 @@
+"""The scorer: one hot path, ``RecordBatch -> model input -> predict -> RecordBatch``, that every mode calls.
+
+>>> import engine, pyarrow as pa
+>>> model = engine.load_model("path/to/model")                        # doctest: +SKIP
+>>> model.score_batch(pa.record_batch({"x": [1.0, 2.0]}))            # doctest: +SKIP
+pyarrow.RecordBatch
+prediction: double
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyarrow as pa
+
+import flavors
+
+from . import convert, uris
+from .errors import EngineError, ScoringError, SchemaError
+from .inputs import InputPlan
+from .mlmodel import ModelMeta, read_mlmodel
+from .outputs import OutputPlan
+from .params import ParamsPlan
+from .requirements import warn_once
+
+__all__ = ["Model", "load_model"]
+
+
+class Model:
+    """A loaded model: everything about its input and output is decided here, once."""
+
+    def __init__(self, meta: ModelMeta, flavor: str, predictor: flavors.Predictor, feature_columns=None):
+        self.meta = meta
+        self.flavor = flavor
+        self.predictor = predictor
+        sig = meta.signature
+        self._inputs = InputPlan(sig, predictor.input_kind, predictor.dtype, predictor.tensor_specs, feature_columns)
+        self._outputs = OutputPlan(sig)
+        self._params = ParamsPlan(sig.params)
+        self._predict = predictor.predict
+        self._fixed_params = self._params.resolve(None) if predictor.accepts_params else None
+        self._empty_schema = self._outputs.schema
+
+    @property
+    def path(self) -> Path:
+        return self.meta.path
+
+    @property
+    def signature(self):
+        return self.meta.signature
+
+    @property
+    def input_schema(self) -> pa.Schema | None:
+        """Arrow schema of the signature's inputs (for tensor models, list columns); None if unsigned."""
+        return self.meta.signature.input_schema()
+
+    @property
+    def output_schema(self) -> pa.Schema | None:
+        """Arrow schema of the outputs: from the signature, else learned from the first scored batch."""
+        return self._outputs.schema or self._empty_schema
+
+    @property
+    def input_columns(self) -> list[str] | None:
+        """The columns the model reads, when known before seeing data (a Parquet reader reads only these)."""
+        return self._inputs.columns
+
+    def score_batch(self, batch: pa.RecordBatch, params: dict | None = None) -> pa.RecordBatch:
+        """The hot path: one RecordBatch in, one RecordBatch of outputs (same rows, same order) out."""
+        rows = batch.num_rows
+        if rows == 0:
+            return self._empty()
+        x = self._inputs.build(batch)
+        p = self._params.resolve(params) if params else self._fixed_params
+        try:
+            raw = self._predict(x, p)
+        except EngineError:
+            raise
+        except Exception as exc:
+            raise ScoringError(f"the {self.flavor} model raised {type(exc).__name__}: {exc}") from exc
+        out = self._outputs.build(raw, rows)
+        if self._empty_schema is None:
+            self._empty_schema = out.schema
+        return out
+
+    def predict(self, data, params: dict | None = None) -> pa.Table:
+        """Score any supported input (Arrow, pandas, polars, numpy, dict of columns); returns a Table."""
+        if params and not self.predictor.accepts_params:
+            self._params.resolve(params)  # validates, so a wrong name still gets a clear error
+        table = convert.to_table(data, self._names_for_arrays())
+        batches = table.combine_chunks().to_batches() or [pa.RecordBatch.from_pylist([], table.schema)]
+        if table.num_rows == 0:
+            return pa.Table.from_batches([self._empty()])
+        out = [self.score_batch(b, params) for b in batches]
+        return pa.Table.from_batches(out)
+
+    def _names_for_arrays(self) -> list[str] | None:
+        specs = self.meta.signature.inputs or self.predictor.tensor_specs or ()
+        names = [s.name for s in specs]
+        return names if names and all(names) else None
+
+    def _empty(self) -> pa.RecordBatch:
+        if self._empty_schema is None:
+            raise SchemaError("cannot score an empty batch: the model has no output signature, so the shape of an "
+                              "empty result is unknown; pass at least one row")
+        return pa.RecordBatch.from_pylist([], self._empty_schema)
+
+    def __repr__(self) -> str:
+        return f"Model(path={str(self.path)!r}, flavor={self.flavor!r})"
+
+
+def load_model(uri: str | os.PathLike, *, flavor: str | None = None, model_config: dict | None = None,
+               feature_columns: list[str] | None = None, cache_dir: str | os.PathLike | None = None) -> Model:
+    """Load a model from a path, file://, runs:/, models:/ or remote URI into a scorer.
+
+    flavor: force one of the model's flavors (default: the native one, python_function last).
+    model_config: overrides for a python_function model's ``model_config``.
+    feature_columns: scalar columns, in order, that make up a tensor input.
+    """
+    path = uris.resolve(uri, cache_dir)
+    meta = read_mlmodel(path)
+    name, chosen = flavors.choose(meta, flavor)
+    conf = dict(meta.flavors[name])
+    if model_config:
+        conf["config"] = {**(conf.get("config") or {}), **model_config}
+    warn_once(path)
+    predictor = chosen.load(meta, conf)
+    return Model(meta, name, predictor, feature_columns)

@@ -1,0 +1,104 @@
+"""Flavors: one small module per model library, each turning a model directory into a Predictor.
+
+A flavor is anything with a ``name`` and a ``load(meta, conf) -> Predictor`` method; register it
+once with ``register``. Native flavors are tried in registry order; ``python_function`` is last,
+the fallback for anything else MLflow can load.
+
+>>> from flavors import Predictor, register
+>>> class EchoFlavor:
+...     name = "echo"
+...     def load(self, meta, conf):
+...         return Predictor(predict=lambda x, params: x[:, 0], input_kind="matrix")
+>>> register(EchoFlavor())      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+from engine.errors import ConfigError, FlavorNotFound
+
+__all__ = ["Predictor", "Flavor", "register", "registered", "choose"]
+
+INPUT_KINDS = ("matrix", "tensors", "frame")
+
+
+@dataclass(frozen=True)
+class Predictor:
+    """A loaded model as the scorer sees it.
+
+    predict(model_input, params) -> raw output (ndarray, dict of arrays, DataFrame, ...)
+    input_kind: "matrix" (one 2-D ndarray), "tensors" (dict name -> ndarray), "frame" (pandas)
+    dtype: element type a "matrix" must have (None: float64 unless the signature says otherwise)
+    tensor_specs: the model's own inputs, used when the MLmodel has no signature (onnx)
+    accepts_params: whether predict uses the params argument
+    """
+
+    predict: Callable[[Any, dict | None], Any]
+    input_kind: str = "matrix"
+    dtype: np.dtype | None = None
+    tensor_specs: tuple | None = None
+    accepts_params: bool = False
+    native: Any = None
+
+    def __post_init__(self):
+        if self.input_kind not in INPUT_KINDS:
+            raise ConfigError(f"Predictor.input_kind {self.input_kind!r} is not one of {INPUT_KINDS}")
+
+
+class Flavor(Protocol):
+    name: str
+
+    def load(self, meta, conf: dict) -> Predictor: ...
+
+
+_REGISTRY: dict[str, Flavor] = {}
+
+
+def register(flavor: Flavor) -> Flavor:
+    """Add a flavor; registering a name twice is an error."""
+    if flavor.name in _REGISTRY:
+        raise ConfigError(f"flavor {flavor.name!r} is already registered; give yours another name")
+    _REGISTRY[flavor.name] = flavor
+    return flavor
+
+
+def registered() -> dict[str, Flavor]:
+    _register_builtins()
+    return dict(_REGISTRY)
+
+
+def choose(meta, wanted: str | None = None) -> tuple[str, Flavor]:
+    """The flavor to load ``meta`` with: ``wanted`` if given, else the first native one it has."""
+    flavors = registered()
+    if wanted is not None:
+        if wanted not in meta.flavors:
+            raise FlavorNotFound(f"the model has no {wanted!r} flavor; it has {sorted(meta.flavors)}")
+        if wanted not in flavors:
+            raise FlavorNotFound(f"arrowscore cannot load flavor {wanted!r}; known flavors: {sorted(flavors)}")
+        return wanted, flavors[wanted]
+    # python_function is the fallback: every native flavor, built in or registered, goes first
+    for name, flavor in sorted(flavors.items(), key=lambda kv: kv[0] == "python_function"):
+        if name in meta.flavors:
+            return name, flavor
+    raise FlavorNotFound(
+        f"the model's flavors {sorted(meta.flavors)} include none arrowscore can load "
+        f"(known: {sorted(flavors)}); log it with a python_function flavor so any Python code can serve it"
+    )
+
+
+_BUILTINS = ("onnx", "xgboost", "lightgbm", "sklearn", "pytorch", "python_function")
+
+
+def _register_builtins() -> None:
+    if all(name in _REGISTRY for name in _BUILTINS):
+        return
+    import importlib
+
+    for name in _BUILTINS:
+        if name not in _REGISTRY:
+            module = importlib.import_module(f"flavors.{name}")
+            register(module.FLAVOR)

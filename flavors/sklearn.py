@@ -1,0 +1,61 @@
+"""scikit-learn models saved as skops, pickle or cloudpickle.
+
+MLmodel keys used: ``pickled_model``, ``serialization_format`` (never the file extension: MLflow
+once wrote skops data to ``model.pkl``), ``skops_trusted_types``, and ``predict_fn`` from the
+python_function flavor (predict, predict_proba, ...).
+"""
+
+from __future__ import annotations
+
+import pickle
+
+from engine.errors import ModelLoadError, require
+
+from . import Predictor
+
+FORMATS = ("skops", "cloudpickle", "pickle")
+
+
+def load_estimator(path, serialization_format: str | None, trusted_types=None, default_format: str = "pickle"):
+    """Deserialize an estimator written by MLflow or ``engine.save_model``."""
+    fmt = serialization_format or default_format
+    if fmt not in FORMATS:
+        raise ModelLoadError(f"serialization_format {fmt!r} in MLmodel is not one of {FORMATS}; re-log the model")
+    if not path.is_file():
+        raise ModelLoadError(f"the model file {str(path)!r} named in MLmodel is missing; re-log the model")
+    if fmt == "skops":
+        sio = require("skops.io", "sklearn", "a model saved in the skops format")
+        return sio.load(path, trusted=list(trusted_types or []) or None)
+    loader = require("cloudpickle", "sklearn", "a cloudpickled model") if fmt == "cloudpickle" else pickle
+    with open(path, "rb") as fh:
+        try:
+            return loader.load(fh)
+        except ModuleNotFoundError as exc:
+            raise ModelLoadError(
+                f"unpickling {str(path)!r} needs the module {exc.name!r}, which is not installed; "
+                "install the model's requirements (arrowscore info MODEL shows them)"
+            ) from exc
+
+
+def estimator_predictor(model, method: str) -> Predictor:
+    """A Predictor calling ``model.<method>``: pandas when the model was fitted on named columns."""
+    fn = getattr(model, method, None)
+    if fn is None:
+        raise ModelLoadError(f"the model ({type(model).__name__}) has no method {method!r}; "
+                             "choose another predict_fn when logging it")
+    kind = "frame" if hasattr(model, "feature_names_in_") else "matrix"
+    return Predictor(predict=lambda x, params: fn(x), input_kind=kind, native=model)
+
+
+class SklearnFlavor:
+    name = "sklearn"
+
+    def load(self, meta, conf: dict) -> Predictor:
+        require("sklearn", "sklearn", "a scikit-learn model")
+        model = load_estimator(meta.path / conf.get("pickled_model", "model.pkl"),
+                               conf.get("serialization_format"), conf.get("skops_trusted_types"))
+        method = meta.flavors.get("python_function", {}).get("predict_fn") or "predict"
+        return estimator_predictor(model, method)
+
+
+FLAVOR = SklearnFlavor()
