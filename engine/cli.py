@@ -11,6 +11,12 @@ import sys
 __all__ = ["main"]
 
 
+def _fields(schema) -> list[str] | None:
+    if schema is None:
+        return None
+    return [f"{f.name}: {f.type}{' (optional)' if f.nullable else ''}" for f in schema]
+
+
 def _info(args) -> int:
     from . import load_model
     from .requirements import check_requirements
@@ -22,8 +28,8 @@ def _info(args) -> int:
         "flavors": sorted(model.meta.flavors),
         "flavor": model.flavor,
         "model_id": model.meta.model_id,
-        "inputs": [str(f) for f in model.input_schema] if model.input_schema else None,
-        "outputs": [str(f) for f in model.output_schema] if model.output_schema else None,
+        "inputs": _fields(model.input_schema),
+        "outputs": _fields(model.output_schema),
         "params": [p.to_dict() for p in sig.params] if sig.params else None,
         "requirements_mismatches": [str(m) for m in check_requirements(model.path)],
     }

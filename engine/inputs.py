@@ -166,6 +166,10 @@ class InputPlan:
     def _widen(self, schema, indices, names, casts: dict) -> list:
         """A matrix of mixed column types: cast explicitly to one type, so Arrow checks exactness."""
         types = [casts.get(k) or schema.field(i).type for k, i in enumerate(indices)]
+        bad = [f"{n} ({t})" for n, t in zip(names, types) if not _is_numeric(t)]
+        if bad:
+            raise SchemaError(f"the model takes a numeric matrix, but columns {bad} are not numeric; "
+                              "drop or encode them first")
         if len(set(types)) <= 1:
             return sorted(casts.items())
         target = pa.float64()

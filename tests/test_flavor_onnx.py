@@ -1,0 +1,88 @@
+"""ONNX specifics: providers with fallback, session options, several inputs and outputs."""
+
+from __future__ import annotations
+
+import logging
+
+import mlflow
+import numpy as np
+import onnx
+import pyarrow as pa
+import pytest
+import yaml
+from onnx import TensorProto, helper
+
+import engine
+from compare import assert_same_predictions
+
+
+def _two_in_two_out() -> onnx.ModelProto:
+    a = helper.make_tensor_value_info("A", TensorProto.FLOAT, [None, 2])
+    b = helper.make_tensor_value_info("B", TensorProto.FLOAT, [None, 2])
+    s = helper.make_tensor_value_info("Sum", TensorProto.FLOAT, [None, 2])
+    p = helper.make_tensor_value_info("Prod", TensorProto.FLOAT, [None, 2])
+    graph = helper.make_graph([helper.make_node("Add", ["A", "B"], ["Sum"]), helper.make_node("Mul", ["A", "B"], ["Prod"])],
+                              "g", [a, b], [s, p])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+
+
+@pytest.fixture
+def multi(tmp_path):
+    return engine.save_model(tmp_path / "multi", _two_in_two_out())
+
+
+def test_multiple_inputs_and_outputs(multi):
+    rng = np.random.default_rng(0)
+    A, B = rng.normal(size=(5, 2)).astype(np.float32), rng.normal(size=(5, 2)).astype(np.float32)
+    model = engine.load_model(multi)
+    out = model.predict({"A": A, "B": B})
+    assert out.column_names == ["Sum", "Prod"]
+    assert out.schema.field("Sum").type == pa.list_(pa.float32(), 2)
+    theirs = mlflow.pyfunc.load_model(str(multi)).predict({"A": A, "B": B})
+    assert_same_predictions(out, theirs)
+
+
+def test_missing_tensor_column_is_named(multi):
+    model = engine.load_model(multi)
+    with pytest.raises(engine.SchemaError, match=r"the model takes tensors \['A', 'B'\]"):
+        model.predict({"A": np.ones((2, 2), np.float32)})
+
+
+def _edit_mlmodel(path, **onnx_keys):
+    doc = yaml.safe_load((path / "MLmodel").read_text())
+    doc["flavors"]["onnx"].update(onnx_keys)
+    (path / "MLmodel").write_text(yaml.safe_dump(doc))
+
+
+def test_missing_provider_falls_back_to_cpu_with_one_log_line(multi, caplog):
+    _edit_mlmodel(multi, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    with caplog.at_level(logging.INFO, logger="arrowscore.flavors.onnx"):
+        model = engine.load_model(multi)
+    assert model.predictor.native.get_providers() == ["CPUExecutionProvider"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "arrowscore.flavors.onnx"]
+    assert len(lines) == 1 and "['CUDAExecutionProvider'] are not available" in lines[0]
+
+
+def test_session_options_are_honoured(multi):
+    _edit_mlmodel(multi, onnx_session_options={"intra_op_num_threads": 1, "inter_op_num_threads": 1,
+                                              "execution_mode": "sequential", "graph_optimization_level": 99,
+                                              "extra_session_config": {"session.use_env_allocators": "0"}})
+    opts = engine.load_model(multi).predictor.native.get_session_options()
+    assert opts.intra_op_num_threads == 1 and opts.inter_op_num_threads == 1
+
+
+def test_bad_execution_mode(multi):
+    _edit_mlmodel(multi, onnx_session_options={"execution_mode": "sideways"})
+    with pytest.raises(engine.ModelLoadError, match="execution_mode 'sideways' is not one of"):
+        engine.load_model(multi)
+
+
+def test_tensor_input_is_fed_without_copy(logged_models):
+    """A float32 fixed-size-list column reaches ONNX Runtime as a view of the Arrow buffer."""
+    case = logged_models["onnx"]
+    model = engine.load_model(case.uris["path"])
+    flat = pa.array(case.mlflow_input.reshape(-1))
+    batch = pa.record_batch({"input": pa.FixedSizeListArray.from_arrays(flat, 16)})
+    feed = model._inputs.build(batch)
+    (arr,) = feed.values()
+    assert np.shares_memory(arr, flat.to_numpy())
