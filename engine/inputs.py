@@ -85,18 +85,29 @@ def _cast_tensor(arr: np.ndarray, dtype: np.dtype, name: str) -> np.ndarray:
 class _Resolved:
     """How one batch schema maps onto the model input; computed once per schema."""
 
-    __slots__ = ("indices", "names", "casts", "required", "fills", "select")
+    __slots__ = ("indices", "names", "casts", "required", "fills", "select", "predict")
 
     def __init__(self, indices, names, casts, required, fills):
         self.indices, self.names, self.casts, self.required, self.fills = indices, names, casts, required, fills
         self.select = None
+        self.predict = None
 
 
 class InputPlan:
-    """RecordBatch -> model input (2-D ndarray, dict of tensors, or pandas DataFrame)."""
+    """RecordBatch -> (model input, predict function to call with it).
 
-    def __init__(self, signature: Signature, kind: str, dtype=None, model_tensors=None, feature_columns=None):
-        self.kind = kind
+    The input is a 2-D ndarray, a dict of tensors, or a pandas DataFrame, as the predictor asks;
+    the function is the predictor's, or its column-major entry point when the batch's columns can
+    feed that one (decided once per batch schema).
+    """
+
+    def __init__(self, signature: Signature, predictor, feature_columns=None):
+        self.kind = kind = predictor.input_kind
+        self.order = predictor.order
+        self.predict = predictor.predict
+        self.predict_columns = predictor.predict_columns
+        model_tensors = predictor.tensor_specs
+        dtype = predictor.dtype
         self.dtype = np.dtype(dtype) if dtype is not None else None
         self.feature_columns = list(feature_columns) if feature_columns else None
         specs = signature.inputs
@@ -133,7 +144,7 @@ class InputPlan:
             self._cache = [(schema, resolved)] + self._cache[:3]
         if self.tensors:
             return self._tensors(batch, resolved)
-        return self._columns(batch, resolved)
+        return self._columns(batch, resolved), self.predict
 
     def _resolve(self, schema: pa.Schema):
         if self.tensors:
@@ -203,8 +214,8 @@ class InputPlan:
         if self.kind == "matrix":
             if r.fills or len(r.required) != len(r.names):
                 self._check_nulls(sub, r)
-                return np.asarray(sub.to_tensor(null_to_nan=True)).astype(self.dtype or np.float64, copy=False)
-            return convert.matrix(sub, self.dtype)
+                return convert.matrix(sub, self.dtype or np.dtype(np.float64), self.order, null_to_nan=True)
+            return convert.matrix(sub, self.dtype, self.order)
         self._check_nulls(sub, r)
         if self.kind == "frame":
             return sub.to_pandas()
@@ -243,6 +254,9 @@ class InputPlan:
                 plan.append(("list", names.index(feed)))
             elif len(self.specs) == 1:
                 plan.append(self._scalar_columns(spec, schema))
+                if plan[-1][0] == "scalars" and self.predict_columns is not None and self.kind == "tensors" \
+                        and len(spec.shape) == 2:
+                    plan[-1] = ("columns", plan[-1][1])
             else:
                 raise SchemaError(f"the model takes tensors {self.feed_names}; the input needs a list column "
                                   f"for each, named so (it has {names})")
@@ -268,7 +282,12 @@ class InputPlan:
             raise SchemaError(f"columns {bad} are not numeric, so they cannot make up tensor {self.feed_names[0]!r}")
         return ("scalars", [names.index(c) for c in cols])
 
-    def _tensors(self, batch: pa.RecordBatch, plan) -> object:
+    def _tensors(self, batch: pa.RecordBatch, plan) -> tuple:
+        if plan[0][0] == "columns":  # scalar columns -> (features, rows): contiguous copies, no transpose
+            where = plan[0][1]
+            sub = batch.select(where) if where != list(range(batch.num_columns)) else batch
+            x = _cast_tensor(convert.matrix(sub, order="F").T, self.specs[0].dtype, self.feed_names[0])
+            return {self.feed_names[0]: x}, self.predict_columns
         arrays = []
         for spec, feed, (how, where) in zip(self.specs, self.feed_names, plan):
             if how == "list":
@@ -288,7 +307,7 @@ class InputPlan:
                                       f"{tuple(want)} (-1 means any); reshape the data first")
             arrays.append(arr)
         if self.kind == "tensors":
-            return dict(zip(self.feed_names, arrays))
+            return dict(zip(self.feed_names, arrays)), self.predict
         if len(arrays) == 1:
-            return arrays[0]
-        return dict(zip(self.feed_names, arrays))
+            return arrays[0], self.predict
+        return dict(zip(self.feed_names, arrays)), self.predict

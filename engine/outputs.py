@@ -29,7 +29,8 @@ class OutputPlan:
 
     def build(self, raw, rows: int) -> pa.RecordBatch:
         if isinstance(raw, np.ndarray):  # the common case first: one array
-            batch = pa.RecordBatch.from_arrays([convert.to_arrow(raw)], self._single)
+            col = pa.array(raw) if raw.ndim == 1 and raw.dtype != object else convert.to_arrow(raw)
+            batch = pa.RecordBatch.from_arrays([col], self._single)
         else:
             batch = self._other(raw)
         if batch.num_rows != rows:

@@ -35,10 +35,9 @@ class Model:
         self.flavor = flavor
         self.predictor = predictor
         sig = meta.signature
-        self._inputs = InputPlan(sig, predictor.input_kind, predictor.dtype, predictor.tensor_specs, feature_columns)
+        self._inputs = InputPlan(sig, predictor, feature_columns)
         self._outputs = OutputPlan(sig)
         self._params = ParamsPlan(sig.params)
-        self._predict = predictor.predict
         self._fixed_params = self._params.resolve(None) if predictor.accepts_params else None
         self._empty_schema = self._outputs.schema
 
@@ -70,10 +69,10 @@ class Model:
         rows = batch.num_rows
         if rows == 0:
             return self._empty()
-        x = self._inputs.build(batch)
+        x, predict = self._inputs.build(batch)
         p = self._params.resolve(params) if params else self._fixed_params
         try:
-            raw = self._predict(x, p)
+            raw = predict(x, p)
         except EngineError:
             raise
         except Exception as exc:

@@ -35,6 +35,10 @@ class Predictor:
     dtype: element type a "matrix" must have (None: float64 unless the signature says otherwise)
     tensor_specs: the model's own inputs, used when the MLmodel has no signature (onnx)
     accepts_params: whether predict uses the params argument
+    order: memory layout a "matrix" should have: "C" (row-major) or "F" (column-major, which Arrow
+        columns become with contiguous copies instead of a strided transpose)
+    predict_columns: optional second entry point taking {input: (features, rows) array}, the
+        column-major form of a single 2-D tensor input (ONNX models rewritten with a leading Transpose)
     """
 
     predict: Callable[[Any, dict | None], Any]
@@ -43,10 +47,14 @@ class Predictor:
     tensor_specs: tuple | None = None
     accepts_params: bool = False
     native: Any = None
+    order: str = "C"
+    predict_columns: Callable[[Any, dict | None], Any] | None = None
 
     def __post_init__(self):
         if self.input_kind not in INPUT_KINDS:
             raise ConfigError(f"Predictor.input_kind {self.input_kind!r} is not one of {INPUT_KINDS}")
+        if self.order not in ("C", "F"):
+            raise ConfigError(f"Predictor.order {self.order!r} is not 'C' or 'F'")
 
 
 class Flavor(Protocol):

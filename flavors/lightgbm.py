@@ -5,6 +5,8 @@ MLmodel keys used: ``data``, ``model_class``, ``serialization_format``, ``skops_
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from engine.errors import ModelLoadError, require
 
 from . import Predictor
@@ -29,7 +31,7 @@ class LightgbmFlavor:
         model = load_estimator(path, conf.get("serialization_format"), conf.get("skops_trusted_types"),
                                default_format="cloudpickle")
         method = meta.flavors.get("python_function", {}).get("predict_fn") or "predict"
-        return estimator_predictor(model, method)
+        return replace(estimator_predictor(model, method), order="C")  # LightGBM copies other layouts
 
 
 FLAVOR = LightgbmFlavor()

@@ -6,6 +6,7 @@ MLmodel keys used: ``data``, ``providers``, ``onnx_session_options``.
 from __future__ import annotations
 
 import logging
+import threading
 
 import numpy as np
 
@@ -60,6 +61,63 @@ def _tensor_spec(arg) -> TensorSpec:
     return TensorSpec(arg.name, np.dtype(_ONNX_DTYPES[arg.type]), shape)
 
 
+_COLUMNS_SUFFIX = "__columns"
+_MAX_REWRITE_BYTES = 1 << 30  # protobuf cannot serialize 2 GiB; big models keep the row-major path
+
+
+def _columnar_model(path, input_name: str) -> bytes | None:
+    """The model with its 2-D input taken column-major: (features, rows) -> Transpose -> the graph.
+
+    Arrow columns become a (features, rows) array with one contiguous copy per column, where the
+    row-major (rows, features) array needs a strided transpose; ONNX Runtime folds the added
+    Transpose into the first MatMul/Gemm, so the model runs as fast as before.
+    """
+    try:
+        import onnx
+        from onnx import helper
+    except ImportError:
+        return None
+    if path.stat().st_size > _MAX_REWRITE_BYTES:
+        return None
+    model = onnx.load(str(path))
+    graph = model.graph
+    index, original = next((i, x) for i, x in enumerate(graph.input) if x.name == input_name)
+    dims = list(original.type.tensor_type.shape.dim)
+    if len(dims) != 2:
+        return None
+    columns = helper.make_tensor_value_info(input_name + _COLUMNS_SUFFIX, original.type.tensor_type.elem_type, None)
+    columns.type.tensor_type.shape.dim.extend(reversed(dims))
+    graph.node.insert(0, helper.make_node("Transpose", [columns.name], [input_name], perm=[1, 0]))
+    graph.input.remove(original)
+    graph.input.insert(index, columns)
+    return model.SerializeToString()
+
+
+class _ColumnarEntry:
+    """predict_columns for a one-input 2-D model: builds the rewritten session on first use only."""
+
+    def __init__(self, make_session, session, input_name: str, names: list[str]):
+        self._make, self._session, self._input, self._names = make_session, session, input_name, names
+        self._run = None
+        self._lock = threading.Lock()
+
+    def _start(self) -> None:
+        rewritten = self._make()
+        if rewritten is not None:
+            self._feed, self._transpose, self._run = self._input + _COLUMNS_SUFFIX, False, rewritten.run
+        else:  # no onnx package, or too big to rewrite: transpose here instead
+            self._feed, self._transpose, self._run = self._input, True, self._session.run
+
+    def __call__(self, feed: dict, params):
+        if self._run is None:
+            with self._lock:
+                if self._run is None:
+                    self._start()
+        x = feed[self._input]
+        out = self._run(self._names, {self._feed: np.ascontiguousarray(x.T) if self._transpose else x})
+        return out[0] if len(self._names) == 1 else dict(zip(self._names, out))
+
+
 class OnnxFlavor:
     name = "onnx"
 
@@ -68,8 +126,8 @@ class OnnxFlavor:
         path = meta.path / conf.get("data", "model.onnx")
         if not path.is_file():
             raise ModelLoadError(f"the ONNX model file {str(path)!r} named in MLmodel is missing; re-log the model")
-        session = ort.InferenceSession(str(path), sess_options=_session_options(ort, conf),
-                                       providers=_providers(ort, conf))
+        options, providers = _session_options(ort, conf), _providers(ort, conf)
+        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         specs = tuple(_tensor_spec(arg) for arg in session.get_inputs())
         names = [out.name for out in session.get_outputs()]
         run = session.run
@@ -81,7 +139,17 @@ class OnnxFlavor:
             def predict(feed, params):
                 return dict(zip(names, run(names, feed)))
 
-        return Predictor(predict=predict, input_kind="tensors", tensor_specs=specs, native=session)
+        columnar = None
+        if len(specs) == 1 and len(specs[0].shape) == 2:
+            def make_session():
+                rewritten = _columnar_model(path, specs[0].name)
+                if rewritten is None:
+                    return None
+                return ort.InferenceSession(rewritten, sess_options=options, providers=providers)
+
+            columnar = _ColumnarEntry(make_session, session, specs[0].name, names)
+        return Predictor(predict=predict, input_kind="tensors", tensor_specs=specs, native=session,
+                         predict_columns=columnar)
 
 
 FLAVOR = OnnxFlavor()

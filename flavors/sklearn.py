@@ -44,7 +44,8 @@ def estimator_predictor(model, method: str) -> Predictor:
         raise ModelLoadError(f"the model ({type(model).__name__}) has no method {method!r}; "
                              "choose another predict_fn when logging it")
     kind = "frame" if hasattr(model, "feature_names_in_") else "matrix"
-    return Predictor(predict=lambda x, params: fn(x), input_kind=kind, native=model)
+    # column-major: Arrow columns copy into it contiguously, and scikit-learn takes any layout
+    return Predictor(predict=lambda x, params: fn(x), input_kind=kind, native=model, order="F")
 
 
 class SklearnFlavor:

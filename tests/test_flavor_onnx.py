@@ -83,6 +83,39 @@ def test_tensor_input_is_fed_without_copy(logged_models):
     model = engine.load_model(case.uris["path"])
     flat = pa.array(case.mlflow_input.reshape(-1))
     batch = pa.record_batch({"input": pa.FixedSizeListArray.from_arrays(flat, 16)})
-    feed = model._inputs.build(batch)
+    feed, predict = model._inputs.build(batch)
     (arr,) = feed.values()
     assert np.shares_memory(arr, flat.to_numpy())
+    assert predict is model.predictor.predict
+
+
+def test_scalar_columns_take_the_column_major_entry(logged_models):
+    """16 float columns feed a rewritten graph (features, rows) -> Transpose -> MLP: same predictions."""
+    case = logged_models["onnx"]
+    model = engine.load_model(case.uris["path"])
+    batch = pa.record_batch({f"f{i}": case.mlflow_input[:, i] for i in range(16)})
+    feed, predict = model._inputs.build(batch)
+    assert predict is model.predictor.predict_columns
+    (arr,) = feed.values()
+    assert arr.shape == (16, batch.num_rows) and arr.flags["C_CONTIGUOUS"]
+    columnar = model.score_batch(batch).column(0).to_numpy()
+    row_major = case.mlflow_input  # the same rows as one row-major tensor, through the original graph
+    np.testing.assert_allclose(columnar, model.predictor.predict({"X": row_major}, None).reshape(-1), rtol=1e-6)
+
+
+def test_column_major_entry_without_onnx_package(logged_models):
+    code = (
+        "import sys; sys.modules['onnx'] = None\n"
+        "import numpy as np, pyarrow as pa, engine\n"
+        f"m = engine.load_model({logged_models['onnx'].uris['path']!r})\n"
+        "x = np.random.default_rng(0).normal(size=(5, 16)).astype('float32')\n"
+        "b = pa.record_batch({f'f{i}': x[:, i] for i in range(16)})\n"
+        "a = m.score_batch(b).column(0).to_numpy()\n"
+        "r = m.predictor.predict({'X': x}, None).reshape(-1)\n"
+        "print('SAME', np.allclose(a, r, rtol=1e-6))\n"
+    )
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "SAME True" in out.stdout, out.stderr

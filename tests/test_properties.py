@@ -13,6 +13,7 @@ import engine
 from engine import SchemaError, convert
 from engine.inputs import InputPlan
 from engine.signature import ColSpec, Signature
+from flavors import Predictor
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -35,8 +36,9 @@ def test_nd_output_round_trip(values):
     np.testing.assert_array_equal(back.reshape(values.shape), values)  # (n, k, 1) comes back as (n, k)
 
 
-def _plan(wanted: pa.DataType) -> InputPlan:
-    return InputPlan(Signature(inputs=(ColSpec("x", wanted),)), "matrix")
+def _plan(wanted: pa.DataType, kind: str = "matrix") -> InputPlan:
+    """An input plan for a one-column signature; build() returns (model input, predict fn)."""
+    return InputPlan(Signature(inputs=(ColSpec("x", wanted),)), Predictor(predict=lambda x, p: x, input_kind=kind))
 
 
 @SETTINGS
@@ -44,7 +46,7 @@ def _plan(wanted: pa.DataType) -> InputPlan:
 def test_int64_to_double_is_exact_or_refused(ints):
     batch = pa.record_batch({"x": pa.array(ints, pa.int64())})
     try:
-        out = _plan(pa.float64()).build(batch)[:, 0]
+        out = _plan(pa.float64()).build(batch)[0][:, 0]
     except SchemaError as exc:
         # Arrow refuses any integer beyond 2**53 (a conservative range check): refusing is allowed,
         # changing a value is not
@@ -57,9 +59,9 @@ def test_int64_to_double_is_exact_or_refused(ints):
 @SETTINGS
 @given(st.lists(st.integers(-(2 ** 63), 2 ** 63 - 1), min_size=1, max_size=20))
 def test_int64_to_int32_is_exact_or_refused(ints):
-    plan = InputPlan(Signature(inputs=(ColSpec("x", pa.int32()),)), "frame")
+    plan = _plan(pa.int32(), "frame")
     try:
-        frame = plan.build(pa.record_batch({"x": pa.array(ints, pa.int64())}))
+        frame, _ = plan.build(pa.record_batch({"x": pa.array(ints, pa.int64())}))
     except SchemaError as exc:
         assert any(not -(2 ** 31) <= v < 2 ** 31 for v in ints), str(exc)
         return
@@ -70,7 +72,7 @@ def test_int64_to_int32_is_exact_or_refused(ints):
 @given(st.lists(st.floats(allow_nan=True, width=64), min_size=1, max_size=20))
 def test_float_to_long_always_refused(floats):
     with pytest.raises(SchemaError, match="is double, the model's signature wants int64"):
-        InputPlan(Signature(inputs=(ColSpec("x", pa.int64()),)), "frame").build(pa.record_batch({"x": floats}))
+        _plan(pa.int64(), "frame").build(pa.record_batch({"x": floats}))
 
 
 @SETTINGS
@@ -81,7 +83,7 @@ def test_nulls_never_slip_through_required_columns(values):
         with pytest.raises(SchemaError, match="hold nulls"):
             _plan(pa.float64()).build(batch)
     else:
-        np.testing.assert_array_equal(_plan(pa.float64()).build(batch)[:, 0], values)
+        np.testing.assert_array_equal(_plan(pa.float64()).build(batch)[0][:, 0], values)
 
 
 @pytest.fixture(scope="module")
