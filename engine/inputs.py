@@ -19,6 +19,10 @@ from .signature import ColSpec, Signature, TensorSpec
 
 __all__ = ["InputPlan"]
 
+# Below this many rows the strided row-major copy is cheap and ONNX Runtime's transposed GEMM costs
+# more than it saves; above it, the column-major feed wins (measured: benchmarks/bench_core.py).
+COLUMNAR_MIN_ROWS = 16_384
+
 _NUMERIC = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean)
 
 
@@ -283,7 +287,8 @@ class InputPlan:
         return ("scalars", [names.index(c) for c in cols])
 
     def _tensors(self, batch: pa.RecordBatch, plan) -> tuple:
-        if plan[0][0] == "columns":  # scalar columns -> (features, rows): contiguous copies, no transpose
+        if plan[0][0] == "columns" and batch.num_rows >= COLUMNAR_MIN_ROWS:
+            # scalar columns -> (features, rows): contiguous copies, no strided transpose
             where = plan[0][1]
             sub = batch.select(where) if where != list(range(batch.num_columns)) else batch
             x = _cast_tensor(convert.matrix(sub, order="F").T, self.specs[0].dtype, self.feed_names[0])
@@ -292,7 +297,7 @@ class InputPlan:
         for spec, feed, (how, where) in zip(self.specs, self.feed_names, plan):
             if how == "list":
                 arr = convert.list_tensor(batch.column(where), batch.schema.names[where])
-            else:
+            else:  # "scalars", or "columns" on a small batch
                 sub = batch.select(where) if where != list(range(batch.num_columns)) else batch
                 arr = convert.matrix(sub)
             arr = _cast_tensor(arr, spec.dtype, feed)

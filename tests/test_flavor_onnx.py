@@ -91,16 +91,21 @@ def test_tensor_input_is_fed_without_copy(logged_models):
 
 def test_scalar_columns_take_the_column_major_entry(logged_models):
     """16 float columns feed a rewritten graph (features, rows) -> Transpose -> MLP: same predictions."""
+    from engine.inputs import COLUMNAR_MIN_ROWS
+
     case = logged_models["onnx"]
     model = engine.load_model(case.uris["path"])
-    batch = pa.record_batch({f"f{i}": case.mlflow_input[:, i] for i in range(16)})
+    rows = np.tile(case.mlflow_input, (COLUMNAR_MIN_ROWS // len(case.mlflow_input) + 1, 1))
+    batch = pa.record_batch({f"f{i}": rows[:, i] for i in range(16)})
     feed, predict = model._inputs.build(batch)
     assert predict is model.predictor.predict_columns
     (arr,) = feed.values()
     assert arr.shape == (16, batch.num_rows) and arr.flags["C_CONTIGUOUS"]
     columnar = model.score_batch(batch).column(0).to_numpy()
-    row_major = case.mlflow_input  # the same rows as one row-major tensor, through the original graph
-    np.testing.assert_allclose(columnar, model.predictor.predict({"X": row_major}, None).reshape(-1), rtol=1e-6)
+    row_major = model.predictor.predict({"X": rows}, None).reshape(-1)  # the original graph, row-major
+    np.testing.assert_allclose(columnar, row_major, rtol=1e-5)
+    small = pa.record_batch({f"f{i}": case.mlflow_input[:, i] for i in range(16)})
+    assert model._inputs.build(small)[1] is model.predictor.predict  # small batches stay row-major
 
 
 def test_column_major_entry_without_onnx_package(logged_models):
@@ -108,7 +113,7 @@ def test_column_major_entry_without_onnx_package(logged_models):
         "import sys; sys.modules['onnx'] = None\n"
         "import numpy as np, pyarrow as pa, engine\n"
         f"m = engine.load_model({logged_models['onnx'].uris['path']!r})\n"
-        "x = np.random.default_rng(0).normal(size=(5, 16)).astype('float32')\n"
+        "x = np.random.default_rng(0).normal(size=(20000, 16)).astype('float32')\n"
         "b = pa.record_batch({f'f{i}': x[:, i] for i in range(16)})\n"
         "a = m.score_batch(b).column(0).to_numpy()\n"
         "r = m.predictor.predict({'X': x}, None).reshape(-1)\n"
