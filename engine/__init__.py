@@ -7,12 +7,13 @@
 
 from .errors import (ConfigError, ConnectorError, EngineError, FlavorNotFound, MissingDependency,
                      ModelLoadError, SchemaError, ScoringError)
+from .batch import ScoreOptions, ScoreReport, score
 from .save import save_model
 from .scorer import Model, load_model
 from .signature import Signature
 
 __all__ = [
-    "load_model", "Model", "save_model", "Signature",
+    "load_model", "Model", "save_model", "Signature", "score", "ScoreOptions", "ScoreReport",
     "EngineError", "ConfigError", "ModelLoadError", "FlavorNotFound", "MissingDependency",
     "SchemaError", "ScoringError", "ConnectorError",
 ]

@@ -59,6 +59,43 @@ def _predict(args) -> int:
     return 0
 
 
+def _csv(text: str | None) -> list[str]:
+    return [c.strip() for c in text.split(",") if c.strip()] if text else []
+
+
+def _pairs(items: list[str] | None, flag: str) -> dict:
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise SystemExit(f"arrowscore: {flag} takes OLD=NEW, got {item!r}")
+        out[key] = value
+    return out
+
+
+def _score(args) -> int:
+    from . import score
+
+    on_error, dead_letter = args.on_error[0], None
+    if on_error == "dead-letter":
+        if len(args.on_error) != 2:
+            raise SystemExit("arrowscore: --on-error dead-letter needs a PATH for the rejected rows")
+        dead_letter = args.on_error[1]
+    elif on_error != "fail" or len(args.on_error) != 1:
+        raise SystemExit("arrowscore: --on-error takes 'fail' or 'dead-letter PATH'")
+    runner_options = {}
+    if args.feature_columns:
+        runner_options["feature_columns"] = _csv(args.feature_columns)
+    report = score(args.model_uri, args.input, args.output, runner=args.runner,
+                   runner_options=runner_options, keep_columns=_csv(args.keep_columns),
+                   batch_rows=args.batch_rows, mode=args.mode, on_error=on_error, dead_letter=dead_letter,
+                   compression=args.compression, row_group_rows=args.row_group_rows,
+                   partition_by=args.partition_by, rename=_pairs(args.rename, "--rename"),
+                   progress=False if args.no_progress else None)
+    print(report)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="arrowscore", description="Score MLflow models fast, on Arrow batches.")
     p.add_argument("-v", "--verbose", action="store_true", help="log debug details")
@@ -81,6 +118,25 @@ def _parser() -> argparse.ArgumentParser:
     pred.add_argument("-o", "--output", help="output .json, .csv or .parquet (default: JSON on stdout)")
     pred.add_argument("--params", help="inference params as a JSON object")
     pred.set_defaults(run=_predict)
+
+    sc = sub.add_parser("score", help="score a Parquet file, directory or glob into a Parquet directory")
+    sc.add_argument("model_uri", metavar="MODEL_URI", help="path, file://, runs:/, models:/ URI")
+    sc.add_argument("input", metavar="INPUT", help="Parquet file, directory (hive partitions too), glob, or s3://...")
+    sc.add_argument("output", metavar="OUTPUT", help="output directory (local or s3://...)")
+    sc.add_argument("--runner", default="local", help="local (default); ray and spark when installed")
+    sc.add_argument("--keep-columns", help="comma-separated input columns to copy to the output (ids, ...)")
+    sc.add_argument("--batch-rows", type=int, default=65_536, help="rows per scored batch (default 65536)")
+    sc.add_argument("--mode", choices=["error", "overwrite", "append"], default="error",
+                    help="what to do when OUTPUT is not empty (default: error)")
+    sc.add_argument("--on-error", nargs="+", default=["fail"], metavar="fail|dead-letter PATH",
+                    help="rows failing the signature: stop (default) or write them to a Parquet file")
+    sc.add_argument("--compression", default="snappy", help="Parquet compression (default snappy)")
+    sc.add_argument("--row-group-rows", type=int, help="rows per output row group")
+    sc.add_argument("--partition-by", help="write output partitioned by this (kept) column")
+    sc.add_argument("--rename", action="append", metavar="OLD=NEW", help="rename an output column")
+    sc.add_argument("--feature-columns", help="comma-separated scalar columns that make up a tensor input")
+    sc.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sc.set_defaults(run=_score)
     return p
 
 

@@ -4,7 +4,6 @@ file, and score it with arrowscore. Everything lands under demo/ (ignored by git
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -42,21 +41,12 @@ def write_input(path: Path) -> Path:
 def main() -> int:
     model_dir = build_model(OUT / "model")
     data = write_input(OUT / "data" / "input.parquet")
-    model = engine.load_model(model_dir)
-    print(f"model: {model_dir} (flavor {model.flavor}); input: {data} ({ROWS:,} rows)")
-    start = time.perf_counter()
-    out_path = OUT / "out" / "scored.parquet"
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    parquet = pq.ParquetFile(data)
-    with pq.ParquetWriter(out_path, pa.schema([("id", pa.int64()), ("prediction", pa.list_(pa.float64(), 2))])) as w:
-        for batch in parquet.iter_batches(batch_size=65_536):
-            scored = model.score_batch(batch)
-            w.write_batch(pa.RecordBatch.from_arrays([batch.column("id"), scored.column(0)], ["id", "prediction"]))
-    seconds = time.perf_counter() - start
-    result = pq.read_table(out_path)
-    print(f"scored {result.num_rows:,} rows in {seconds:.2f} s ({result.num_rows / seconds:,.0f} rows/s) -> {out_path}")
+    print(f"model: {model_dir}; input: {data} ({ROWS:,} rows)")
+    report = engine.score(model_dir, data, OUT / "out", keep_columns=["id"], mode="overwrite")
+    print(report)
+    result = pq.read_table(OUT / "out")
     print(result.slice(0, 3).to_pandas().to_string(index=False))
-    return 0 if result.num_rows == ROWS else 1
+    return 0 if result.num_rows == ROWS == report.rows_scored else 1
 
 
 if __name__ == "__main__":

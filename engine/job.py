@@ -1,0 +1,88 @@
+"""Per-batch work every batch runner shares: score, keep pass-through columns, isolate bad rows.
+
+``JobScorer.score`` wraps ``Model.score_batch`` (the one hot path) with the job-level rules:
+pass-through columns, output renames, and ``on_error``: "fail" raises naming the file, rows and
+column; "dead-letter" bisects a failing batch down to the rows that fail the signature, scores the
+rest, and returns the rejected rows with their reason. Scored + rejected rows = input rows, always.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from .errors import ConfigError, SchemaError, ScoringError
+
+__all__ = ["JobScorer", "DEAD_LETTER_COLUMNS", "Where"]
+
+DEAD_LETTER_COLUMNS = ("_error", "_source_file", "_source_row")
+
+
+@dataclass(frozen=True)
+class Where:
+    """Where a batch came from, for error messages and dead letters."""
+
+    file: str
+    first_row: int
+
+
+class JobScorer:
+    def __init__(self, model, options):
+        self.model = model
+        self.keep = list(options.keep_columns)
+        self.rename = dict(options.rename)
+        self.dead_letter = options.on_error == "dead-letter"
+        self._names = None
+
+    def output_names(self, out_schema: pa.Schema) -> list[str]:
+        names = [self.rename.get(n, n) for n in out_schema.names]
+        clash = sorted(set(names) & set(self.keep))
+        if clash:
+            raise ConfigError(f"keep_columns {clash} clash with the model's output columns; rename the output "
+                              "with rename={'old': 'new'} (--rename old=new) or keep other columns")
+        unknown = sorted(set(self.rename) - set(out_schema.names))
+        if unknown:
+            raise ConfigError(f"rename names {unknown}, which the model does not output (it outputs {out_schema.names})")
+        return self.keep + names
+
+    def score(self, batch: pa.RecordBatch, where: Where) -> tuple[list[pa.RecordBatch], pa.RecordBatch | None]:
+        """(output batches in input order, rejected rows or None)."""
+        if not self.dead_letter:
+            return [self._one(batch, where)], None
+        good, bad = [], []
+        self._isolate(batch, 0, where, good, bad)
+        rejected = None
+        if bad:
+            rejected = pa.Table.from_batches([self._reject(b, where.file, where.first_row + off, reason)
+                                              for off, b, reason in bad]).combine_chunks().to_batches()[0]
+        return good, rejected
+
+    def _one(self, batch: pa.RecordBatch, where: Where) -> pa.RecordBatch:
+        try:
+            out = self.model.score_batch(batch)
+        except (SchemaError, ScoringError) as exc:
+            last = where.first_row + batch.num_rows - 1
+            raise type(exc)(f"{where.file} rows {where.first_row}-{last}: {exc}") from exc
+        if self._names is None:
+            self._names = self.output_names(out.schema)
+        arrays = [batch.column(c) for c in self.keep] + list(out.columns)
+        return pa.RecordBatch.from_arrays(arrays, self._names)
+
+    def _isolate(self, batch, offset, where, good, bad) -> None:
+        try:
+            good.append(self._one(batch, where))
+        except SchemaError as exc:
+            if batch.num_rows == 1:
+                bad.append((offset, batch, str(exc.__cause__ or exc)))
+                return
+            mid = batch.num_rows // 2
+            self._isolate(batch.slice(0, mid), offset, Where(where.file, where.first_row), good, bad)
+            self._isolate(batch.slice(mid), offset + mid, Where(where.file, where.first_row + mid), good, bad)
+
+    @staticmethod
+    def _reject(batch: pa.RecordBatch, file: str, row: int, reason: str) -> pa.RecordBatch:
+        n = batch.num_rows
+        extra = [pa.array([reason] * n, pa.string()), pa.array([file] * n, pa.string()),
+                 pa.array(range(row, row + n), pa.int64())]
+        return pa.RecordBatch.from_arrays(list(batch.columns) + extra, batch.schema.names + list(DEAD_LETTER_COLUMNS))

@@ -1,0 +1,227 @@
+"""The local runner: read, score and write overlap in three threads joined by bounded queues.
+
+    reader thread --(read_ahead batches)--> scorer (this thread) --(read_ahead batches)--> writer thread
+
+Memory stays flat: at most ``2 * read_ahead`` batches are in flight whatever the input size.
+Parquet decoding and encoding release the GIL, and so do the model libraries, so the stages run
+on different cores. Any failure stops all three stages, removes the staged output and re-raises.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .batch import ScoreReport
+from .job import JobScorer, Where
+from .progress import Progress
+
+__all__ = ["run_local"]
+
+log = logging.getLogger("arrowscore.local")
+_DONE = object()
+
+
+class _Stopped(Exception):
+    """Another stage failed; this one stops quietly."""
+
+
+def _put(q: queue.Queue, item, stop: threading.Event) -> None:
+    while True:
+        try:
+            q.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            if stop.is_set():
+                raise _Stopped() from None
+
+
+def _get(q: queue.Queue, stop: threading.Event):
+    while True:
+        try:
+            return q.get(timeout=0.1)
+        except queue.Empty:
+            if stop.is_set():
+                raise _Stopped() from None
+
+
+class _DeadLetters:
+    """Rejected rows, staged next to their destination and renamed into place at commit."""
+
+    def __init__(self, path: str | None):
+        self.path = path
+        self.rows = 0
+        self._writer = None
+        self._staging = None
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        if self._writer is None:
+            from connectors.parquet import filesystem_for
+
+            self.fs, target = filesystem_for(self.path)
+            self._target = target
+            self._staging = f"{os.path.dirname(target)}/.{os.path.basename(target)}.arrowscore-{os.getpid()}"
+            self.fs.create_dir(os.path.dirname(target) or ".", recursive=True)
+            self._writer = pq.ParquetWriter(self._staging, batch.schema, filesystem=self.fs)
+        self._writer.write_batch(batch)
+        self.rows += batch.num_rows
+
+    def commit(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self.fs.move(self._staging, self._target)
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            try:
+                self.fs.delete_file(self._staging)
+            except OSError:
+                pass
+
+
+def _reader(parts, q_in: queue.Queue, stop: threading.Event) -> None:
+    try:
+        for part in parts:
+            first = 0
+            for batch in part.batches():
+                _put(q_in, (part, first, batch), stop)
+                first += batch.num_rows
+            _put(q_in, (part, first, None), stop)  # end of this input file
+        _put(q_in, _DONE, stop)
+    except _Stopped:
+        pass
+    except BaseException as exc:  # handed to the scorer thread, which raises it
+        try:
+            _put(q_in, exc, stop)
+        except _Stopped:
+            pass
+
+
+def _writer(sink, dead: _DeadLetters, q_out: queue.Queue, stop: threading.Event, errors: list) -> None:
+    try:
+        while True:
+            item = _get(q_out, stop)
+            if item is _DONE:
+                return
+            kind, part, payload = item
+            if kind == "rows":
+                sink.write(part, payload)
+            elif kind == "end":
+                sink.close_part(part)
+            else:
+                dead.write(payload)
+    except _Stopped:
+        pass
+    except BaseException as exc:
+        errors.append(exc)
+        stop.set()
+
+
+def run_local(model_uri, input: str, output: str, options, model_config=None, feature_columns=None,
+              filesystem=None) -> ScoreReport:
+    from connectors.parquet import ParquetSink, ParquetSource
+
+    from .scorer import Model, load_model
+
+    loading = time.perf_counter()
+    model = model_uri if isinstance(model_uri, Model) else load_model(
+        model_uri, model_config=model_config, feature_columns=feature_columns)
+    start = time.perf_counter()
+    needed = model.input_columns
+    columns = None if needed is None else list(dict.fromkeys([*needed, *options.keep_columns]))
+    source = ParquetSource(input, columns=columns, batch_rows=options.batch_rows, filesystem=filesystem)
+    missing_keep = [c for c in options.keep_columns if c not in source.schema.names]
+    if missing_keep:
+        from .errors import ConfigError
+
+        raise ConfigError(f"keep_columns {missing_keep} are not in the input (it has {source.schema.names})")
+    parts = source.parts()
+    total = sum(p.num_rows for p in parts)
+    ParquetSink.clean_stale(output, filesystem)
+    sink = ParquetSink(output, mode=options.mode, compression=options.compression,
+                       row_group_rows=options.row_group_rows, partition_by=options.partition_by, filesystem=filesystem)
+    sink.open()
+    dead = _DeadLetters(options.dead_letter)
+    job = JobScorer(model, options)
+    progress = Progress(total, options.progress)
+    log.info("scoring %s rows from %d files with %s (flavor %s) into %s", f"{total:,}", len(parts),
+             model.path, model.flavor, output)
+
+    stop = threading.Event()
+    q_in: queue.Queue = queue.Queue(maxsize=options.read_ahead)
+    q_out: queue.Queue = queue.Queue(maxsize=options.read_ahead)
+    errors: list = []
+    reader = threading.Thread(target=_reader, args=(parts, q_in, stop), name="arrowscore-read", daemon=True)
+    writer = threading.Thread(target=_writer, args=(sink, dead, q_out, stop, errors), name="arrowscore-write",
+                              daemon=True)
+    reader.start()
+    writer.start()
+    scored = 0
+    try:
+        while True:
+            item = _get(q_in, stop)
+            if item is _DONE:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            part, first, batch = item
+            if batch is None:
+                _put(q_out, ("end", part.index, None), stop)
+                continue
+            outputs, rejected = job.score(batch, Where(part.path, first))
+            for out in outputs:
+                _put(q_out, ("rows", part.index, out), stop)
+                scored += out.num_rows
+            if rejected is not None:
+                _put(q_out, ("dead", part.index, rejected), stop)
+            progress.add(batch.num_rows)
+        if scored == 0 and model.output_schema is not None:
+            _put(q_out, ("rows", 0, _empty_output(job, source, model)), stop)
+        elif scored == 0:
+            log.warning("no rows were scored and the model has no output signature: the output has no part files")
+        _put(q_out, _DONE, stop)
+        writer.join()
+        if errors:
+            raise errors[0]
+        dead.commit()
+        files = sink.commit()
+    except _Stopped:
+        _abort(stop, reader, writer, sink, dead)
+        raise errors[0] if errors else RuntimeError("a scoring stage stopped without an error") from None
+    except BaseException:
+        _abort(stop, reader, writer, sink, dead)
+        raise
+    finally:
+        progress.close()
+    seconds = time.perf_counter() - start
+    if scored + dead.rows != total:  # the job's promise; a mismatch is a bug, never a silent loss
+        raise RuntimeError(f"row accounting failed: {total} input rows, {scored} scored, {dead.rows} rejected")
+    report = ScoreReport(rows=total, rows_scored=scored, dead_lettered=dead.rows, seconds=seconds,
+                         output_files=files, input_files=len(parts),
+                         dead_letter_path=options.dead_letter if dead.rows else None, runner="local",
+                         load_seconds=start - loading)
+    log.info("%s", report)
+    return report
+
+
+def _empty_output(job: JobScorer, source, model) -> pa.RecordBatch:
+    """A zero-row batch with the output schema, so an empty input still yields a readable output."""
+    out = pa.RecordBatch.from_pylist([], model.output_schema)
+    names = job.output_names(out.schema)
+    keep = [pa.array([], source.schema.field(c).type) for c in job.keep]
+    return pa.RecordBatch.from_arrays(keep + list(out.columns), names)
+
+
+def _abort(stop, reader, writer, sink, dead) -> None:
+    stop.set()
+    reader.join(timeout=10)
+    writer.join(timeout=10)
+    sink.abort()
+    dead.abort()
