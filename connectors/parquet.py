@@ -227,6 +227,7 @@ class ParquetSink:
         with self.fs.open_output_stream(f"{self.path}/{SUCCESS}") as out:
             out.write(b"")
         self._remove(self._staging)
+        self._remove_empty(f"{self.path}/_temporary")
         return final
 
     def abort(self) -> None:
@@ -261,7 +262,8 @@ class ParquetSink:
         if info.type == pafs.FileType.File:
             raise ConnectorError(f"output {self.uri!r} is a file; the output must be a directory")
         infos = self.fs.get_file_info(pafs.FileSelector(self.path, recursive=True))
-        return [i.path for i in infos if i.type == pafs.FileType.File and not _hidden(i.path, self.path)]
+        return [i.path for i in infos if i.type == pafs.FileType.File
+                and (not _hidden(i.path, self.path) or posixpath.basename(i.path) == SUCCESS)]
 
     def _swap_in_local(self) -> list[str]:
         """One rename makes the whole output visible; overwrite moves the old output aside first."""
@@ -289,6 +291,14 @@ class ParquetSink:
             self.fs.move(f"{self._staging}/{rel}", target)
             final.append(target)
         return final
+
+    def _remove_empty(self, path: str) -> None:
+        """Object stores keep a marker for an emptied directory; drop it when no other job uses it."""
+        if _is_local(self.fs):
+            return
+        left = self.fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+        if not left and self.fs.get_file_info(path).type == pafs.FileType.Directory:
+            self._remove(path)
 
     def _remove(self, path: str | None) -> None:
         if not path:

@@ -34,6 +34,7 @@ class ScoreOptions:
     row_group_rows: int | None = None
     partition_by: str | None = None
     rename: dict = field(default_factory=dict)
+    params: dict | None = None  # inference params for every batch, checked against the params schema
     read_ahead: int = 4
     progress: bool | None = None  # None: a bar on a terminal, log lines otherwise
 
@@ -115,7 +116,7 @@ def score(model_uri, input: str | os.PathLike, output: str | os.PathLike, runner
     """Score a Parquet dataset with a model and write the predictions as Parquet.
 
     options: see ScoreOptions (keep_columns, batch_rows, mode, on_error, dead_letter, compression,
-    row_group_rows, partition_by, rename, read_ahead, progress). model_uri may also be a loaded Model.
+    row_group_rows, partition_by, rename, params, read_ahead, progress). model_uri may also be a loaded Model.
     """
     opts = ScoreOptions(**options)
     _builtin()

@@ -91,6 +91,7 @@ def _score(args) -> int:
                    batch_rows=args.batch_rows, mode=args.mode, on_error=on_error, dead_letter=dead_letter,
                    compression=args.compression, row_group_rows=args.row_group_rows,
                    partition_by=args.partition_by, rename=_pairs(args.rename, "--rename"),
+                   params=json.loads(args.params) if args.params else None,
                    progress=False if args.no_progress else None)
     print(report)
     return 0
@@ -134,6 +135,7 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--row-group-rows", type=int, help="rows per output row group")
     sc.add_argument("--partition-by", help="write output partitioned by this (kept) column")
     sc.add_argument("--rename", action="append", metavar="OLD=NEW", help="rename an output column")
+    sc.add_argument("--params", help="inference params as a JSON object, for every batch")
     sc.add_argument("--feature-columns", help="comma-separated scalar columns that make up a tensor input")
     sc.add_argument("--no-progress", action="store_true", help="no progress bar")
     sc.set_defaults(run=_score)

@@ -37,7 +37,7 @@ def matrix(batch: pa.RecordBatch, dtype: np.dtype | None = None, order: str = "C
         nulls = _null_columns(batch)
         if nulls:
             raise SchemaError(f"columns {nulls} hold nulls, which the model cannot take; "
-                              "fill or drop those rows first") from None
+                              "fill or drop those rows, or log the model with those columns optional") from None
         bad = [f"{f.name} ({f.type})" for f in batch.schema if not (pa.types.is_integer(f.type)
                or pa.types.is_floating(f.type) or pa.types.is_boolean(f.type))]
         raise SchemaError(f"the model takes a numeric matrix, but columns {bad} are not numeric; "

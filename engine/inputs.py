@@ -228,8 +228,8 @@ class InputPlan:
     def _check_nulls(self, sub: pa.RecordBatch, r: _Resolved) -> None:
         nulls = [r.names[i] for i in r.required if sub.column(i).null_count]
         if nulls:
-            raise SchemaError(f"required columns {nulls} hold nulls; fill or drop those rows, "
-                              "or log the model with those columns optional")
+            raise SchemaError(f"columns {nulls} hold nulls, which the model cannot take; fill or drop those "
+                              "rows, or log the model with those columns optional")
 
     def _column_feed(self, sub: pa.RecordBatch) -> dict:
         """Column signature feeding tensor inputs (ONNX): by name, or all columns into the single input."""

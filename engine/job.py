@@ -33,7 +33,11 @@ class JobScorer:
         self.keep = list(options.keep_columns)
         self.rename = dict(options.rename)
         self.dead_letter = options.on_error == "dead-letter"
+        self.params = options.params
         self._names = None
+        # a model whose inputs are not named (a tensor fed from scalar columns) sees every column it is
+        # given, so pass-through columns stay out of its input; feature_columns names them instead
+        self._drop = [c for c in self.keep] if model.input_columns is None else []
 
     def output_names(self, out_schema: pa.Schema) -> list[str]:
         names = [self.rename.get(n, n) for n in out_schema.names]
@@ -60,7 +64,8 @@ class JobScorer:
 
     def _one(self, batch: pa.RecordBatch, where: Where) -> pa.RecordBatch:
         try:
-            out = self.model.score_batch(batch)
+            features = batch.drop_columns(self._drop) if self._drop else batch
+            out = self.model.score_batch(features, self.params)
         except (SchemaError, ScoringError) as exc:
             last = where.first_row + batch.num_rows - 1
             raise type(exc)(f"{where.file} rows {where.first_row}-{last}: {exc}") from exc

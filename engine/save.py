@@ -84,13 +84,34 @@ def _write_sklearn(path: Path, obj, predict_fn: str) -> tuple[dict, list[str]]:
     return flavors, ["scikit-learn", "cloudpickle", "numpy"]
 
 
+def _user_module(obj):
+    """The module defining ``obj`` when it is the user's own code (not installed, not stdlib), else None."""
+    import sys
+    import sysconfig
+
+    module = sys.modules.get(getattr(obj, "__module__", None) or "")
+    source = getattr(module, "__file__", None)
+    if module is None or module.__name__ == "__main__" or not source:
+        return None
+    installed = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    return None if any(os.path.abspath(source).startswith(p) for p in installed) else module
+
+
 def _write_callable(path: Path, obj) -> tuple[dict, list[str]]:
     import cloudpickle
 
     from flavors.python_function import CALLABLE_FILE
 
-    with open(path / CALLABLE_FILE, "wb") as fh:
-        cloudpickle.dump(obj, fh)
+    # the user's own module travels inside the model, so the model loads where that module is absent
+    module = _user_module(obj)
+    if module is not None:
+        cloudpickle.register_pickle_by_value(module)
+    try:
+        with open(path / CALLABLE_FILE, "wb") as fh:
+            cloudpickle.dump(obj, fh)
+    finally:
+        if module is not None:
+            cloudpickle.unregister_pickle_by_value(module)
     return {"python_function": _pyfunc("flavors.python_function", data=CALLABLE_FILE)}, \
         ["arrowscore", "cloudpickle", "pandas"]
 

@@ -1,0 +1,244 @@
+"""Batch scoring over Parquet (engine.score, arrowscore score) with MLflow-logged models."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import engine
+from compare import assert_same_predictions
+from connectors.parquet import ParquetSink, ParquetSource
+from engine import ConfigError, ConnectorError, SchemaError
+from engine.progress import Progress
+
+KEYS = ["sklearn_skops", "sklearn_pipeline", "onnx", "xgboost_booster", "lightgbm_sklearn", "pyfunc_custom",
+        "pyfunc_code"]
+
+
+def write_input(case, directory, files: int = 2) -> pa.Table:
+    """The case's rows plus an 'id' column, split over ``files`` Parquet files; returns the whole table."""
+    table = case.arrow_input.append_column("id", pa.array(np.arange(case.arrow_input.num_rows) * 10))
+    directory.mkdir(parents=True, exist_ok=True)
+    bounds = np.linspace(0, table.num_rows, files + 1).astype(int)
+    for i, (a, b) in enumerate(zip(bounds, bounds[1:])):
+        pq.write_table(table.slice(a, b - a), directory / f"in-{i}.parquet", row_group_size=7)
+    return table
+
+
+def read_sorted(path) -> pa.Table:
+    return pq.read_table(path).sort_by("id")
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_outputs_equal_mlflow_row_for_row(logged_models, tmp_path, key):
+    case = logged_models[key]
+    table = write_input(case, tmp_path / "in")
+    report = engine.score(case.uris["path"], tmp_path / "in", tmp_path / "out", keep_columns=["id"],
+                          batch_rows=16, params=case.params)
+    assert report.rows == report.rows_scored == table.num_rows and report.dead_lettered == 0
+    assert report.input_files == 2 and len(report.output_files) == 2
+    assert (tmp_path / "out" / "_SUCCESS").exists()
+    out = read_sorted(tmp_path / "out")
+    assert out.column("id").to_pylist() == table.column("id").to_pylist()
+    assert_same_predictions(out.drop_columns(["id"]), case.expected)
+    # input order is kept within each output file
+    for path in report.output_files:
+        ids = pq.read_table(path).column("id").to_pylist()
+        assert ids == sorted(ids)
+
+
+def test_only_needed_columns_are_read(logged_models, tmp_path):
+    case = logged_models["xgboost_booster"]
+    table = write_input(case, tmp_path / "in", files=1).append_column("blob", pa.array(["x" * 100] * case.arrow_input.num_rows))
+    pq.write_table(table, tmp_path / "in" / "in-0.parquet")
+    model = engine.load_model(case.uris["path"])
+    source = ParquetSource(tmp_path / "in", columns=model.input_columns + ["id"])
+    assert source.num_rows == table.num_rows  # known before reading, from the footers
+    batch = next(iter(source))
+    assert "blob" not in batch.schema.names and "id" in batch.schema.names
+
+
+def test_partitioned_input_and_output(logged_models, tmp_path):
+    case = logged_models["lightgbm_booster"]
+    table = case.arrow_input.append_column("id", pa.array(range(case.arrow_input.num_rows)))
+    table = table.append_column("region", pa.array(["north", "south"] * (table.num_rows // 2)))
+    pq.write_to_dataset(table, tmp_path / "in", partition_cols=["region"])
+    report = engine.score(case.uris["path"], tmp_path / "in", tmp_path / "out", keep_columns=["id", "region"],
+                          partition_by="region")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["_SUCCESS", "region=north", "region=south"]
+    out = pq.read_table(tmp_path / "out", partitioning="hive").sort_by("id")
+    assert out.num_rows == report.rows == table.num_rows
+    np.testing.assert_allclose(out.column("prediction").to_numpy(), np.asarray(case.expected)[out.column("id").to_numpy()],
+                               rtol=1e-6)
+    assert [str(v) for v in out.column("region").to_pylist()] == table.sort_by("id").column("region").to_pylist()
+
+
+def test_modes(logged_models, tmp_path):
+    case = logged_models["onnx"]
+    write_input(case, tmp_path / "in")
+    out = tmp_path / "out"
+    first = engine.score(case.uris["path"], tmp_path / "in", out, keep_columns=["id"])
+    with pytest.raises(ConnectorError, match=r"output .* is not empty \(3 files\); .*mode 'overwrite' or 'append'"):
+        engine.score(case.uris["path"], tmp_path / "in", out, keep_columns=["id"])
+    engine.score(case.uris["path"], tmp_path / "in", out, mode="append", keep_columns=["id"])
+    assert pq.read_table(out).num_rows == 2 * first.rows
+    engine.score(case.uris["path"], tmp_path / "in", out, mode="overwrite", keep_columns=["id"])
+    assert pq.read_table(out).num_rows == first.rows
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.arrowscore")]  # no staging left
+
+
+def test_dead_letter_rows(logged_models, tmp_path):
+    case = logged_models["xgboost_booster"]
+    table = write_input(case, tmp_path / "in", files=1)
+    f0 = table.column("f0").to_pylist()
+    bad_rows = {3, 17, 18, 30}
+    f0 = [None if i in bad_rows else v for i, v in enumerate(f0)]
+    pq.write_table(table.set_column(0, "f0", pa.array(f0)), tmp_path / "in" / "in-0.parquet")
+    dead = tmp_path / "rejected" / "dead.parquet"
+    report = engine.score(case.uris["path"], tmp_path / "in", tmp_path / "out", keep_columns=["id"],
+                          on_error="dead-letter", dead_letter=str(dead), batch_rows=8)
+    assert report.dead_lettered == len(bad_rows)
+    assert report.rows_scored + report.dead_lettered == report.rows == table.num_rows
+    rejected = pq.read_table(dead)
+    assert sorted(rejected.column("_source_row").to_pylist()) == sorted(bad_rows)
+    assert all("columns ['f0'] hold nulls" in r for r in rejected.column("_error").to_pylist())
+    assert set(rejected.column("_source_file").to_pylist()) == {str(tmp_path / "in" / "in-0.parquet")}
+    out = read_sorted(tmp_path / "out")
+    keep = [i for i in range(table.num_rows) if i not in bad_rows]
+    np.testing.assert_allclose(out.column("prediction").to_numpy(), np.asarray(case.expected)[keep], rtol=1e-6)
+
+
+def test_fail_names_file_rows_and_column(logged_models, tmp_path):
+    case = logged_models["xgboost_booster"]
+    table = write_input(case, tmp_path / "in", files=1)
+    f3 = [None if i == 21 else v for i, v in enumerate(table.column("f3").to_pylist())]
+    pq.write_table(table.set_column(3, "f3", pa.array(f3)), tmp_path / "in" / "in-0.parquet")
+    with pytest.raises(SchemaError, match=r"in-0.parquet rows 16-31: .*\['f3'\] hold nulls"):
+        engine.score(case.uris["path"], tmp_path / "in", tmp_path / "out", batch_rows=16)
+    assert not (tmp_path / "out").exists()  # nothing visible after a failed job
+
+
+def test_corrupt_file(logged_models, tmp_path):
+    case = logged_models["onnx"]
+    write_input(case, tmp_path / "in")
+    (tmp_path / "in" / "in-1.parquet").write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(ConnectorError, match=r"in-1.parquet.*fix or remove that file"):
+        engine.score(case.uris["path"], tmp_path / "in", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_schema_mismatch_across_files(logged_models, tmp_path):
+    case = logged_models["xgboost_booster"]
+    table = write_input(case, tmp_path / "in")
+    pq.write_table(table.set_column(0, "f0", pa.array(["text"] * table.num_rows)), tmp_path / "in" / "in-1.parquet")
+    with pytest.raises(ConnectorError, match=r"cannot read .*in-1.parquet.*must match the schema of the first"):
+        engine.score(case.uris["path"], tmp_path / "in", tmp_path / "out")
+
+
+def test_empty_files_and_zero_row_input(logged_models, tmp_path):
+    case = logged_models["xgboost_booster"]
+    table = write_input(case, tmp_path / "in", files=1)
+    pq.write_table(table.slice(0, 0), tmp_path / "in" / "in-1.parquet")  # a valid file with no rows
+    report = engine.score(case.uris["path"], tmp_path / "in", tmp_path / "out", keep_columns=["id"])
+    assert report.rows == report.rows_scored == table.num_rows
+    (tmp_path / "zero").mkdir()
+    pq.write_table(table.slice(0, 0), tmp_path / "zero" / "empty.parquet")
+    report = engine.score(case.uris["path"], tmp_path / "zero", tmp_path / "out0", keep_columns=["id"])
+    assert report.rows == 0
+    out = pq.read_table(tmp_path / "out0")
+    assert out.num_rows == 0 and out.schema.names == ["id", "prediction"]
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(ConnectorError, match="cannot read Parquet input|has no columns"):
+        engine.score(case.uris["path"], tmp_path / "nothing", tmp_path / "out1")
+
+
+def test_keep_column_clash_and_rename(logged_models, tmp_path):
+    case = logged_models["onnx"]
+    table = write_input(case, tmp_path / "in").append_column("prediction", pa.array([0] * case.arrow_input.num_rows))
+    (tmp_path / "in" / "in-1.parquet").unlink()
+    pq.write_table(table, tmp_path / "in" / "in-0.parquet")
+    with pytest.raises(ConfigError, match=r"keep_columns \['prediction'\] clash .*--rename old=new"):
+        engine.score(case.uris["path"], tmp_path / "in", tmp_path / "out", keep_columns=["id", "prediction"])
+    report = engine.score(case.uris["path"], tmp_path / "in", tmp_path / "out", keep_columns=["id", "prediction"],
+                          rename={"prediction": "score"})
+    assert pq.read_table(report.output_files[0]).schema.names == ["id", "prediction", "score"]
+
+
+def test_bad_options():
+    with pytest.raises(ConfigError, match="needs a path for the rejected rows"):
+        engine.ScoreOptions(on_error="dead-letter")
+    with pytest.raises(ConfigError, match=r"mode 'replace' is not one of \('error', 'overwrite', 'append'\)"):
+        engine.ScoreOptions(mode="replace")
+    with pytest.raises(ConfigError, match=r"runner 'dask' is not available; available: \['local'"):
+        engine.score("m", "in", "out", runner="dask")
+
+
+def test_progress_bar_on_a_terminal():
+    stream = io.StringIO()
+    progress = Progress(1000, enabled=True, stream=stream)
+    progress.add(250)
+    progress.close()
+    last = stream.getvalue().strip().split("\r")[-1]
+    assert "250/1,000 rows" in last and "25.0%" in last and "rows/s" in last
+
+
+def test_s3_paths_through_a_local_s3_server(logged_models, tmp_path, monkeypatch):
+    """A real S3 API (moto's server on 127.0.0.1) for input, output and dead letters."""
+    import logging
+
+    import pyarrow.fs as pafs
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per S3 request otherwise
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        _, port = server.get_host_and_port()
+        fs = pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http", region="us-east-1",
+                               allow_bucket_creation=True)
+        fs.create_dir("data")
+        case = logged_models["onnx"]
+        table = write_input(case, tmp_path / "in")
+        for f in sorted((tmp_path / "in").iterdir()):
+            with fs.open_output_stream(f"data/in/{f.name}") as out:
+                out.write(f.read_bytes())
+        q = f"?endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
+        report = engine.score(case.uris["path"], f"s3://data/in{q}", f"s3://data/out{q}", keep_columns=["id"])
+        assert report.rows_scored == table.num_rows
+        names = sorted(i.path for i in fs.get_file_info(pafs.FileSelector("data/out", recursive=True)))
+        assert names == ["data/out/_SUCCESS", "data/out/part-00000.parquet", "data/out/part-00001.parquet"]
+        out = pq.read_table("data/out", filesystem=fs).sort_by("id")
+        assert_same_predictions(out.drop_columns(["id"]), case.expected)
+        with pytest.raises(ConnectorError, match="is not empty"):
+            engine.score(case.uris["path"], f"s3://data/in{q}", f"s3://data/out{q}")
+        engine.score(case.uris["path"], f"s3://data/in{q}", f"s3://data/out{q}", mode="overwrite", keep_columns=["id"])
+        assert pq.read_table("data/out", filesystem=fs).num_rows == table.num_rows
+        leftovers = fs.get_file_info(pafs.FileSelector("data/out", recursive=True))
+        assert not [i.path for i in leftovers if "_temporary" in i.path]
+    finally:
+        server.stop()
+
+
+def test_cli_score(logged_models, tmp_path):
+    case = logged_models["pyfunc_custom"]
+    table = write_input(case, tmp_path / "in")
+    out = subprocess.run([sys.executable, "-m", "engine", "score", case.uris["path"], str(tmp_path / "in"),
+                          str(tmp_path / "out"), "--keep-columns", "id", "--batch-rows", "8", "--no-progress",
+                          "--params", json.dumps(case.params)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert f"scored {table.num_rows:,} of {table.num_rows:,} rows from 2 files" in out.stdout
+    res = read_sorted(tmp_path / "out")
+    np.testing.assert_allclose(res.column("a").to_numpy(), case.expected.to_numpy(), rtol=1e-6)
+    bad = subprocess.run([sys.executable, "-m", "engine", "score", case.uris["path"], str(tmp_path / "in"),
+                          str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "ConnectorError: output" in bad.stderr and "--mode" in bad.stderr
