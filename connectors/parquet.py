@@ -79,7 +79,7 @@ class Part:
     fragment: ds.Fragment = field(repr=False)
     schema: pa.Schema = field(repr=False)
     columns: list | None = field(repr=False)
-    batch_rows: int = 65_536
+    batch_rows: int = 32_768
 
     def batches(self) -> Iterator[pa.RecordBatch]:
         try:
@@ -95,7 +95,7 @@ class Part:
 class ParquetSource:
     """A Parquet file, directory (hive partitions included), or glob, read column-projected."""
 
-    def __init__(self, path: str, columns: list[str] | None = None, batch_rows: int = 65_536,
+    def __init__(self, path: str, columns: list[str] | None = None, batch_rows: int = 32_768,
                  filesystem: pafs.FileSystem | None = None):
         if batch_rows < 1:
             raise ConfigError(f"batch_rows must be at least 1, got {batch_rows}")

@@ -126,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("output", metavar="OUTPUT", help="output directory (local or s3://...)")
     sc.add_argument("--runner", default="local", help="local (default); ray and spark when installed")
     sc.add_argument("--keep-columns", help="comma-separated input columns to copy to the output (ids, ...)")
-    sc.add_argument("--batch-rows", type=int, default=65_536, help="rows per scored batch (default 65536)")
+    sc.add_argument("--batch-rows", type=int, default=32_768, help="rows per scored batch (default 32768)")
     sc.add_argument("--mode", choices=["error", "overwrite", "append"], default="error",
                     help="what to do when OUTPUT is not empty (default: error)")
     sc.add_argument("--on-error", nargs="+", default=["fail"], metavar="fail|dead-letter PATH",

@@ -132,7 +132,7 @@ def run_local(model_uri, input: str, output: str, options, model_config=None, fe
 
     loading = time.perf_counter()
     model = model_uri if isinstance(model_uri, Model) else load_model(
-        model_uri, model_config=model_config, feature_columns=feature_columns)
+        model_uri, model_config=model_config, feature_columns=feature_columns, shared_cpu=True)
     start = time.perf_counter()
     needed = model.input_columns
     columns = None if needed is None else list(dict.fromkeys([*needed, *options.keep_columns]))

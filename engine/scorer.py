@@ -109,12 +109,15 @@ class Model:
 
 
 def load_model(uri: str | os.PathLike, *, flavor: str | None = None, model_config: dict | None = None,
-               feature_columns: list[str] | None = None, cache_dir: str | os.PathLike | None = None) -> Model:
+               feature_columns: list[str] | None = None, cache_dir: str | os.PathLike | None = None,
+               shared_cpu: bool = False) -> Model:
     """Load a model from a path, file://, runs:/, models:/ or remote URI into a scorer.
 
     flavor: force one of the model's flavors (default: the native one, python_function last).
     model_config: overrides for a python_function model's ``model_config``.
     feature_columns: scalar columns, in order, that make up a tensor input.
+    shared_cpu: the model shares the CPUs with other busy threads (batch runners set it): model
+        libraries are told not to spin idle threads.
     """
     path = uris.resolve(uri, cache_dir)
     meta = read_mlmodel(path)
@@ -123,5 +126,5 @@ def load_model(uri: str | os.PathLike, *, flavor: str | None = None, model_confi
     if model_config:
         conf["config"] = {**(conf.get("config") or {}), **model_config}
     warn_once(path)
-    predictor = chosen.load(meta, conf)
+    predictor = chosen.load(meta, conf, flavors.LoadOptions(shared_cpu=shared_cpu))
     return Model(meta, name, predictor, feature_columns)

@@ -7,7 +7,7 @@ the fallback for anything else MLflow can load.
 >>> from flavors import Predictor, register
 >>> class EchoFlavor:
 ...     name = "echo"
-...     def load(self, meta, conf):
+...     def load(self, meta, conf, options=None):
 ...         return Predictor(predict=lambda x, params: x[:, 0], input_kind="matrix")
 >>> register(EchoFlavor())      # doctest: +SKIP
 """
@@ -21,7 +21,7 @@ import numpy as np
 
 from engine.errors import ConfigError, FlavorNotFound
 
-__all__ = ["Predictor", "Flavor", "register", "registered", "choose"]
+__all__ = ["Predictor", "Flavor", "LoadOptions", "register", "registered", "choose"]
 
 INPUT_KINDS = ("matrix", "tensors", "frame")
 
@@ -57,10 +57,21 @@ class Predictor:
             raise ConfigError(f"Predictor.order {self.order!r} is not 'C' or 'F'")
 
 
+@dataclass(frozen=True)
+class LoadOptions:
+    """How the caller will run the model, for flavors that tune their library to it.
+
+    shared_cpu: other busy threads share the CPUs with the model (a pipelined batch job reading and
+        writing while it scores): libraries should not spin idle worker threads (ONNX Runtime).
+    """
+
+    shared_cpu: bool = False
+
+
 class Flavor(Protocol):
     name: str
 
-    def load(self, meta, conf: dict) -> Predictor: ...
+    def load(self, meta, conf: dict, options: LoadOptions = LoadOptions()) -> Predictor: ...
 
 
 _REGISTRY: dict[str, Flavor] = {}

@@ -18,7 +18,7 @@ _BOOSTER = "lightgbm.basic.Booster"
 class LightgbmFlavor:
     name = "lightgbm"
 
-    def load(self, meta, conf: dict) -> Predictor:
+    def load(self, meta, conf: dict, options=None) -> Predictor:
         lgb = require("lightgbm", "lightgbm", "a LightGBM model")
         model_class = conf.get("model_class") or _BOOSTER
         path = meta.path / conf.get("data", "model.lgb")

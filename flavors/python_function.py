@@ -114,7 +114,7 @@ def _loader_module(meta, conf: dict, model_config: dict) -> Predictor:
 class PythonFunctionFlavor:
     name = "python_function"
 
-    def load(self, meta, conf: dict) -> Predictor:
+    def load(self, meta, conf: dict, options=None) -> Predictor:
         add_code_path(meta, conf)
         config = dict(conf.get("config") or {})
         loader = conf.get("loader_module")

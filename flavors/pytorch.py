@@ -16,7 +16,7 @@ from . import Predictor
 class PytorchFlavor:
     name = "pytorch"
 
-    def load(self, meta, conf: dict) -> Predictor:
+    def load(self, meta, conf: dict, options=None) -> Predictor:
         torch = require("torch", "pytorch", "a PyTorch model")
         pyfunc = meta.flavors.get("python_function", {})
         data = meta.path / (pyfunc.get("data") or conf.get("model_data") or "data")

@@ -51,7 +51,7 @@ def estimator_predictor(model, method: str) -> Predictor:
 class SklearnFlavor:
     name = "sklearn"
 
-    def load(self, meta, conf: dict) -> Predictor:
+    def load(self, meta, conf: dict, options=None) -> Predictor:
         require("sklearn", "sklearn", "a scikit-learn model")
         model = load_estimator(meta.path / conf.get("pickled_model", "model.pkl"),
                                conf.get("serialization_format"), conf.get("skops_trusted_types"))

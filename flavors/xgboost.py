@@ -28,7 +28,7 @@ def _model_class(name: str):
 class XgboostFlavor:
     name = "xgboost"
 
-    def load(self, meta, conf: dict) -> Predictor:
+    def load(self, meta, conf: dict, options=None) -> Predictor:
         xgb = require("xgboost", "xgboost", "an XGBoost model")
         path = meta.path / conf.get("data", "model.xgb")
         if not path.is_file():
