@@ -71,7 +71,12 @@ def _is_local(fs: pafs.FileSystem) -> bool:
 
 @dataclass(frozen=True)
 class Part:
-    """One input file: its batches come in file order, and its rows go to one output part file."""
+    """One input file: its batches come in file order, and its rows go to one output part file.
+
+    Read one row group at a time (``ParquetFile.iter_batches``), so memory is bounded by the row
+    group, never by the file; batches are conformed to the dataset's schema (hive partition values
+    filled in, columns a file lacks as nulls, safe casts to the first file's types).
+    """
 
     index: int
     path: str
@@ -80,16 +85,56 @@ class Part:
     schema: pa.Schema = field(repr=False)
     columns: list | None = field(repr=False)
     batch_rows: int = 32_768
+    filesystem: pafs.FileSystem | None = field(default=None, repr=False)
 
     def batches(self) -> Iterator[pa.RecordBatch]:
+        wanted = self.columns or self.schema.names
+        target = pa.schema([self.schema.field(c) for c in wanted])
+        keys = ds.get_partition_keys(self.fragment.partition_expression)
         try:
-            for batch in self.fragment.to_batches(schema=self.schema, columns=self.columns,
-                                                  batch_size=self.batch_rows, use_threads=True):
-                if batch.num_rows:
-                    yield batch
+            handle = self.filesystem.open_input_file(self.path) if self.filesystem else self.path
+            parquet = pq.ParquetFile(handle)
+            present = [c for c in wanted if c in parquet.schema_arrow.names and c not in keys]
+            for table in _rebatch(parquet, present, self.batch_rows):
+                for batch in table.to_batches(max_chunksize=self.batch_rows):
+                    yield self._conform(batch, target, keys)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, OSError) as exc:
             raise ConnectorError(f"cannot read {self.path!r}: {exc}; fix or remove that file "
                                  "(every input file must match the schema of the first)") from None
+
+    @staticmethod
+    def _conform(batch: pa.RecordBatch, target: pa.Schema, keys: dict) -> pa.RecordBatch:
+        if batch.schema.equals(target):
+            return batch
+        n, arrays = batch.num_rows, []
+        for f in target:
+            if f.name in keys:
+                arrays.append(pa.repeat(pa.scalar(keys[f.name], f.type), n))
+            elif f.name in batch.schema.names:
+                col = batch.column(f.name)
+                arrays.append(col if col.type == f.type else col.cast(f.type, safe=True))
+            else:
+                arrays.append(pa.nulls(n, f.type))
+        return pa.RecordBatch.from_arrays(arrays, schema=target)
+
+
+def _rebatch(parquet: pq.ParquetFile, columns: list[str], rows: int) -> Iterator[pa.Table]:
+    """Row groups read one at a time (``iter_batches`` kept whole files decoded: memory grew with the
+    file), gathered into tables of about ``rows`` rows so tiny row groups still make full batches."""
+    pending, count = [], 0
+    for i in range(parquet.metadata.num_row_groups):
+        group = parquet.read_row_group(i, columns=columns, use_threads=True)
+        if not group.num_rows:
+            continue
+        pending.append(group)
+        count += group.num_rows
+        if count >= rows:
+            table = pa.concat_tables(pending).combine_chunks()
+            whole = (count // rows) * rows
+            yield table.slice(0, whole)
+            pending, count = ([table.slice(whole)], count - whole) if count > whole else ([], 0)
+    if count:
+        yield pa.concat_tables(pending).combine_chunks()
 
 
 class ParquetSource:
@@ -142,7 +187,7 @@ class ParquetSource:
                     rows = frag.count_rows()
                 except (pa.ArrowInvalid, OSError) as exc:
                     raise ConnectorError(f"cannot read {frag.path!r}: {exc}; fix or remove that file") from None
-                parts.append(Part(i, frag.path, rows, frag, self.schema, self.columns, self.batch_rows))
+                parts.append(Part(i, frag.path, rows, frag, self.schema, self.columns, self.batch_rows, self.fs))
             self._parts = parts
         return self._parts
 

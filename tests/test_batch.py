@@ -242,3 +242,17 @@ def test_cli_score(logged_models, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "engine", "score", case.uris["path"], str(tmp_path / "in"),
                           str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "ConnectorError: output" in bad.stderr and "--mode" in bad.stderr
+
+
+def test_glob_input_compression_and_row_groups(logged_models, tmp_path):
+    case = logged_models["xgboost_booster"]
+    table = write_input(case, tmp_path / "in", files=2)
+    pq.write_table(table.slice(0, 5), tmp_path / "in" / "other.parquet")  # not matched by the glob
+    report = engine.score(case.uris["path"], str(tmp_path / "in" / "in-*.parquet"), tmp_path / "out",
+                          keep_columns=["id"], compression="zstd", row_group_rows=8)
+    assert report.rows == table.num_rows and report.input_files == 2
+    meta = pq.ParquetFile(report.output_files[0]).metadata
+    assert meta.row_group(0).column(0).compression == "ZSTD"
+    assert meta.row_group(0).num_rows == 8
+    with pytest.raises(ConnectorError, match="no files match"):
+        engine.score(case.uris["path"], str(tmp_path / "in" / "nope-*.parquet"), tmp_path / "out2")
