@@ -122,9 +122,12 @@ def time_mlflow(model_path: Path, data: Path, out: Path) -> float:
 
 
 def peak_rss_mb(model_path: Path, data: Path, out: Path) -> float:
-    code = ("import resource, sys, engine\n"
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork+exec, so the child would report this
+    # (large) benchmark process's size
+    code = ("import engine\n"
             f"engine.score({str(model_path)!r}, {str(data)!r}, {str(out)!r}, mode='overwrite', progress=False)\n"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n")
+            "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
+            "print(int(hwm.split()[1]) / 1024)\n")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     return float(res.stdout.strip().splitlines()[-1])
 
