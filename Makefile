@@ -23,6 +23,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_core.py
+	$(PY) benchmarks/bench_parquet.py
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache

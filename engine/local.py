@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .batch import ScoreReport
+from .errors import ConfigError
 from .job import JobScorer, Where
 from .progress import Progress
 
@@ -139,8 +140,6 @@ def run_local(model_uri, input: str, output: str, options, model_config=None, fe
     source = ParquetSource(input, columns=columns, batch_rows=options.batch_rows, filesystem=filesystem)
     missing_keep = [c for c in options.keep_columns if c not in source.schema.names]
     if missing_keep:
-        from .errors import ConfigError
-
         raise ConfigError(f"keep_columns {missing_keep} are not in the input (it has {source.schema.names})")
     parts = source.parts()
     total = sum(p.num_rows for p in parts)
@@ -190,6 +189,8 @@ def run_local(model_uri, input: str, output: str, options, model_config=None, fe
         writer.join()
         if errors:
             raise errors[0]
+        if scored + dead.rows != total:  # the job's promise; a mismatch is a bug, never a silent loss
+            raise RuntimeError(f"row accounting failed: {total} input rows, {scored} scored, {dead.rows} rejected")
         dead.commit()
         files = sink.commit()
     except _Stopped:
@@ -201,8 +202,6 @@ def run_local(model_uri, input: str, output: str, options, model_config=None, fe
     finally:
         progress.close()
     seconds = time.perf_counter() - start
-    if scored + dead.rows != total:  # the job's promise; a mismatch is a bug, never a silent loss
-        raise RuntimeError(f"row accounting failed: {total} input rows, {scored} scored, {dead.rows} rejected")
     report = ScoreReport(rows=total, rows_scored=scored, dead_lettered=dead.rows, seconds=seconds,
                          output_files=files, input_files=len(parts),
                          dead_letter_path=options.dead_letter if dead.rows else None, runner="local",

@@ -15,6 +15,7 @@ import engine
 from engine import FlavorNotFound, MissingDependency, ModelLoadError
 from engine.mlmodel import read_mlmodel
 from engine.signature import Signature
+from without import load_error
 
 
 def test_signature_column_types_to_arrow():
@@ -115,45 +116,21 @@ def test_missing_file_named_in_mlmodel(tmp_path):
 
 def test_missing_framework_names_the_extra(logged_models):
     """With xgboost made unimportable in a fresh interpreter, loading says which extra to install."""
-    code = (
-        "import sys; sys.modules['xgboost'] = None\n"
-        "import engine\n"
-        "try:\n"
-        f"    engine.load_model({logged_models['xgboost_booster'].uris['path']!r})\n"
-        "except engine.MissingDependency as e:\n"
-        "    print('MISSING:', e)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert "MISSING: an XGBoost model needs the Python package 'xgboost'" in out.stdout, out.stderr
-    assert "pip install 'arrowscore[xgboost]'" in out.stdout
+    out = load_error(["xgboost"], logged_models["xgboost_booster"].uris["path"])
+    assert "MISSING: an XGBoost model needs the Python package 'xgboost'" in out
+    assert "pip install 'arrowscore[xgboost]'" in out
     assert issubclass(MissingDependency, ModelLoadError)
 
 
 def test_python_model_without_mlflow_says_so(logged_models):
-    code = (
-        "import sys; sys.modules['mlflow'] = None\n"
-        "import engine\n"
-        "try:\n"
-        f"    engine.load_model({logged_models['pyfunc_custom'].uris['path']!r})\n"
-        "except engine.MissingDependency as e:\n"
-        "    print('MISSING:', e)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert "MISSING: a custom PythonModel (its class derives from mlflow.pyfunc.PythonModel) needs" in out.stdout, out.stderr
-    assert "arrowscore[mlflow]" in out.stdout
+    out = load_error(["mlflow"], logged_models["pyfunc_custom"].uris["path"])
+    assert "MISSING: a custom PythonModel (its class derives from mlflow.pyfunc.PythonModel) needs" in out
+    assert "arrowscore[mlflow]" in out
 
 
 def test_registry_uri_without_mlflow_names_the_extra():
-    code = (
-        "import sys; sys.modules['mlflow'] = None\n"
-        "import engine\n"
-        "try:\n"
-        "    engine.load_model('models:/fraud@champion')\n"
-        "except engine.MissingDependency as e:\n"
-        "    print('MISSING:', e)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert "MISSING: the model URI 'models:/fraud@champion' needs the Python package 'mlflow'" in out.stdout, out.stderr
+    out = load_error(["mlflow"], "models:/fraud@champion")
+    assert "MISSING: the model URI 'models:/fraud@champion' needs the Python package 'mlflow'" in out
 
 
 def test_import_engine_stays_light():

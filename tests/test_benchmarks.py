@@ -1,0 +1,24 @@
+"""The benchmark scripts run (tiny sizes); their figures live in README.md, never asserted here."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_core_benchmark_runs():
+    out = subprocess.run([sys.executable, "benchmarks/bench_core.py", "--quick", "--flavors", "onnx,xgboost"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| onnx") or line.startswith("| xgboost")]
+    assert len(rows) == 4
+
+
+def test_parquet_benchmark_runs():
+    out = subprocess.run([sys.executable, "benchmarks/bench_parquet.py", "--rows", "20000", "--no-rss"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert "| onnx |" in out.stdout and "| xgboost |" in out.stdout
