@@ -104,11 +104,22 @@ def runners() -> list[str]:
     return sorted(_RUNNERS)
 
 
-def _builtin() -> None:
+_OPTIONAL = {"spark": "engine.spark_job"}  # modules that register their runner when imported
+
+
+def _builtin(name: str | None = None) -> None:
     if "local" not in _RUNNERS:
         from .local import run_local
 
         register_runner("local", run_local)
+    if name in _OPTIONAL and name not in _RUNNERS:
+        import importlib
+
+        try:
+            importlib.import_module(_OPTIONAL[name])
+        except ModuleNotFoundError as exc:
+            if exc.name != _OPTIONAL[name]:
+                raise
 
 
 def score(model_uri, input: str | os.PathLike, output: str | os.PathLike, runner: str = "local", *,
@@ -119,7 +130,7 @@ def score(model_uri, input: str | os.PathLike, output: str | os.PathLike, runner
     row_group_rows, partition_by, rename, params, read_ahead, progress). model_uri may also be a loaded Model.
     """
     opts = ScoreOptions(**options)
-    _builtin()
+    _builtin(runner)
     if runner not in _RUNNERS:
         raise ConfigError(f"runner {runner!r} is not available; available: {sorted(_RUNNERS)}")
     return _RUNNERS[runner](model_uri, os.fspath(input), os.fspath(output), opts, **(runner_options or {}))

@@ -1,0 +1,155 @@
+"""Spark in local mode: the Arrow UDF, mapInArrow scoring, spark-submit, streaming; against MLflow."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+pyspark = pytest.importorskip("pyspark")
+
+import engine  # noqa: E402
+import engine.spark  # noqa: E402
+from compare import assert_same_predictions  # noqa: E402
+
+MODELS = ["sklearn_skops", "sklearn_pipeline", "onnx", "xgboost_booster", "xgboost_sklearn", "lightgbm_booster",
+          "lightgbm_sklearn", "pyfunc_custom", "pyfunc_code"]
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from pyspark.sql import SparkSession
+
+    os.environ["PYSPARK_PYTHON"] = sys.executable  # workers must run this interpreter (pyarrow, engine)
+    session = (SparkSession.builder.master("local[2]").appName("arrowscore-tests")
+               .config("spark.ui.enabled", "false").config("spark.sql.shuffle.partitions", "2")
+               .config("spark.sql.session.timeZone", "UTC").getOrCreate())
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+def _frame(spark, case):
+    table = case.arrow_input.append_column("id", pa.array(np.arange(case.arrow_input.num_rows)))
+    return spark.createDataFrame(table.to_pandas()).repartition(3)
+
+
+def _sorted(df) -> pa.Table:
+    return df.toArrow().sort_by("id")
+
+
+@pytest.mark.parametrize("key", MODELS)
+def test_score_equals_mlflow(spark, logged_models, key):
+    case = logged_models[key]
+    out = _sorted(engine.spark.score(_frame(spark, case), case.uris["alias"], keep_columns=["id"], params=case.params))
+    assert out.num_rows == case.arrow_input.num_rows
+    assert_same_predictions(out.drop_columns(["id"]), case.expected)
+
+
+@pytest.mark.parametrize("key", MODELS)
+def test_udf_equals_mlflow(spark, logged_models, key):
+    from pyspark.sql import functions as F
+
+    case = logged_models[key]
+    predict = engine.spark.udf(spark, case.uris["path"], params=case.params)
+    df = _frame(spark, case)
+    features = case.arrow_input.column_names
+    out = _sorted(df.select("id", predict(*features).alias("prediction")))
+    assert_same_predictions(out.drop_columns(["id"]), case.expected)
+    if key != "onnx":  # a struct names the columns, in any order
+        by_struct = _sorted(df.select("id", predict(F.struct(*reversed(features))).alias("prediction")))
+        assert_same_predictions(by_struct.drop_columns(["id"]), case.expected)
+
+
+def test_onnx_tensor_model_from_an_array_column(spark, logged_models):
+    """MLflow's spark_udf cannot feed a tensor-signature model; one array column works here too."""
+    from pyspark.sql import functions as F
+
+    case = logged_models["onnx"]
+    predict = engine.spark.udf(spark, case.uris["path"])
+    df = _frame(spark, case)
+    packed = df.select("id", F.array(*case.arrow_input.column_names).alias("x"))
+    out = _sorted(packed.select("id", predict("x").alias("prediction")))
+    assert_same_predictions(out.drop_columns(["id"]), case.expected)
+
+
+def test_udf_in_spark_sql(spark, logged_models):
+    case = logged_models["xgboost_booster"]
+    spark.udf.register("xgb_score", engine.spark.udf(spark, case.uris["path"]))
+    _frame(spark, case).createOrReplaceTempView("features")
+    cols = ", ".join(case.arrow_input.column_names)
+    out = spark.sql(f"SELECT id, xgb_score({cols}) AS prediction FROM features").toArrow().sort_by("id")
+    assert_same_predictions(out.drop_columns(["id"]), case.expected)
+
+
+def test_model_loaded_once_per_python_worker(spark, logged_models, tmp_path):
+    case = logged_models["lightgbm_booster"]
+    log = tmp_path / "loads.txt"
+    df = _frame(spark, case).repartition(8)
+    scored = engine.spark.score(df, case.uris["path"], keep_columns=["id"], load_log=str(log))
+    for _ in range(2):  # 2 actions x 8 tasks
+        assert scored.count() == case.arrow_input.num_rows
+    pids = [line.split()[0] for line in log.read_text().splitlines()]
+    assert pids, "no worker loaded the model"
+    assert len(pids) == len(set(pids)), f"a Python worker loaded the model twice: {pids}"
+    assert len(pids) < 16  # 16 tasks ran; MLflow's spark_udf loads once per task in local mode
+
+
+def test_bad_input_shows_our_message(spark, logged_models):
+    case = logged_models["xgboost_booster"]
+    df = _frame(spark, case).drop("f3")
+    with pytest.raises(engine.SchemaError, match=r"needs columns \['f3'\]"):
+        engine.spark.score(df, case.uris["path"])
+    wrong = _frame(spark, case).withColumn("f2", pyspark.sql.functions.lit("text"))
+    with pytest.raises(Exception, match=r"SchemaError: .*column 'f2' is string, the model's signature wants double"):
+        engine.spark.score(wrong, case.uris["path"]).collect()
+
+
+def test_structured_streaming_file_source(spark, logged_models, tmp_path):
+    case = logged_models["onnx"]
+    src = tmp_path / "stream_in"
+    src.mkdir()
+    table = case.arrow_input.append_column("id", pa.array(np.arange(case.arrow_input.num_rows)))
+    pq.write_table(table.slice(0, 20), src / "a.parquet")
+    pq.write_table(table.slice(20), src / "b.parquet")
+    schema = spark.read.parquet(str(src)).schema
+    stream = spark.readStream.schema(schema).parquet(str(src))
+    predict = engine.spark.udf(spark, case.uris["path"])
+    scored = stream.select("id", predict(*case.arrow_input.column_names).alias("prediction"))
+    query = (scored.writeStream.format("parquet").option("path", str(tmp_path / "stream_out"))
+             .option("checkpointLocation", str(tmp_path / "ckpt")).trigger(availableNow=True).start())
+    query.awaitTermination(timeout=180)
+    out = pq.read_table(tmp_path / "stream_out").sort_by("id")
+    assert_same_predictions(out.drop_columns(["id"]), case.expected)
+
+
+def test_score_runner_and_spark_submit(spark, logged_models, tmp_path):
+    case = logged_models["xgboost_sklearn"]
+    table = case.arrow_input.append_column("id", pa.array(np.arange(case.arrow_input.num_rows)))
+    (tmp_path / "in").mkdir()
+    pq.write_table(table, tmp_path / "in" / "part.parquet")
+    report = engine.score(case.uris["path"], tmp_path / "in", tmp_path / "out", runner="spark", keep_columns=["id"])
+    assert report.rows == report.rows_scored == table.num_rows and report.runner == "spark"
+    out = pq.read_table(tmp_path / "out").sort_by("id")
+    assert_same_predictions(out.drop_columns(["id"]), case.expected)
+    assert (tmp_path / "out" / "_SUCCESS").exists()
+
+    entry = subprocess.run([sys.executable, "-m", "engine.spark_job", "--path"], capture_output=True, text=True,
+                           check=True).stdout.strip()
+    submit = os.path.join(os.path.dirname(sys.executable), "spark-submit")
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+    run = subprocess.run([submit, "--master", "local[2]", "--conf", "spark.ui.enabled=false", entry,
+                          case.uris["path"], str(tmp_path / "in"), str(tmp_path / "submitted"), "--keep-columns", "id"],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert f"scored {table.num_rows:,} of {table.num_rows:,} rows" in run.stdout and "runner spark" in run.stdout
+    out = pq.read_table(tmp_path / "submitted").sort_by("id")
+    assert_same_predictions(out.drop_columns(["id"]), case.expected)
+    with pytest.raises(engine.ConfigError, match="dead letters need the local runner"):
+        engine.score(case.uris["path"], tmp_path / "in", tmp_path / "x", runner="spark", on_error="dead-letter",
+                     dead_letter=str(tmp_path / "d.parquet"))
