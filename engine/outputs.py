@@ -14,7 +14,7 @@ from . import convert
 from .errors import ScoringError
 from .signature import Signature
 
-__all__ = ["OutputPlan", "PREDICTION"]
+__all__ = ["OutputPlan", "PREDICTION", "schema_from_tensors"]
 
 PREDICTION = "prediction"
 
@@ -66,3 +66,21 @@ class OutputPlan:
                 names = [f"{PREDICTION}_{c}" for c in df.columns]
             df = df.set_axis(names, axis=1)
         return pa.RecordBatch.from_pandas(df, preserve_index=False)
+
+
+def schema_from_tensors(specs) -> pa.Schema | None:
+    """The output schema a model's own tensor outputs produce under these rules (None: not knowable,
+    e.g. a variable row width)."""
+    fields = []
+    for spec in specs:
+        name = PREDICTION if len(specs) == 1 else spec.name
+        dims = list(spec.row_shape)
+        if dims == [1]:  # (rows, 1) becomes a scalar column, as convert.to_arrow does
+            dims = []
+        if any(d <= 0 for d in dims) or spec.dtype.kind in "OUS":
+            return None
+        t = pa.from_numpy_dtype(spec.dtype)
+        for d in reversed(dims):
+            t = pa.list_(t, d)
+        fields.append(pa.field(name, t))
+    return pa.schema(fields)

@@ -20,7 +20,7 @@ from . import convert, uris
 from .errors import EngineError, ScoringError, SchemaError
 from .inputs import InputPlan
 from .mlmodel import ModelMeta, read_mlmodel
-from .outputs import OutputPlan
+from .outputs import OutputPlan, schema_from_tensors
 from .params import ParamsPlan
 from .requirements import warn_once
 
@@ -40,6 +40,8 @@ class Model:
         self._params = ParamsPlan(sig.params)
         self._fixed_params = self._params.resolve(None) if predictor.accepts_params else None
         self._empty_schema = self._outputs.schema
+        if self._empty_schema is None and predictor.output_specs:
+            self._empty_schema = schema_from_tensors(predictor.output_specs)
 
     @property
     def path(self) -> Path:

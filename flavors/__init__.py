@@ -39,6 +39,8 @@ class Predictor:
         columns become with contiguous copies instead of a strided transpose)
     predict_columns: optional second entry point taking {input: (features, rows) array}, the
         column-major form of a single 2-D tensor input (ONNX models rewritten with a leading Transpose)
+    output_specs: the model's own outputs (TensorSpecs), giving the output schema of a model
+        logged without an output signature (onnx)
     """
 
     predict: Callable[[Any, dict | None], Any]
@@ -49,6 +51,7 @@ class Predictor:
     native: Any = None
     order: str = "C"
     predict_columns: Callable[[Any, dict | None], Any] | None = None
+    output_specs: tuple | None = None
 
     def __post_init__(self):
         if self.input_kind not in INPUT_KINDS:

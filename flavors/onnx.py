@@ -64,7 +64,8 @@ def _providers(ort, conf: dict) -> list[str]:
 
 def _tensor_spec(arg) -> TensorSpec:
     if arg.type not in _ONNX_DTYPES:
-        raise ModelLoadError(f"ONNX input {arg.name!r} has type {arg.type}, which arrowscore cannot feed from Arrow")
+        raise ModelLoadError(f"ONNX input {arg.name!r} has type {arg.type}, which arrowscore cannot feed from Arrow; "
+                             "re-export the model with tensor inputs")
     shape = tuple(d if isinstance(d, int) and d > 0 else -1 for d in (arg.shape or [-1]))
     return TensorSpec(arg.name, np.dtype(_ONNX_DTYPES[arg.type]), shape)
 
@@ -138,6 +139,8 @@ class OnnxFlavor:
         session_options, providers = _session_options(ort, conf, shared), _providers(ort, conf)
         session = ort.InferenceSession(str(path), sess_options=session_options, providers=providers)
         specs = tuple(_tensor_spec(arg) for arg in session.get_inputs())
+        outputs = session.get_outputs()
+        out_specs = tuple(_tensor_spec(o) for o in outputs) if all(o.type in _ONNX_DTYPES for o in outputs) else None
         names = [out.name for out in session.get_outputs()]
         run = session.run
 
@@ -158,7 +161,7 @@ class OnnxFlavor:
 
             columnar = _ColumnarEntry(make_session, session, specs[0].name, names)
         return Predictor(predict=predict, input_kind="tensors", tensor_specs=specs, native=session,
-                         predict_columns=columnar)
+                         predict_columns=columnar, output_specs=out_specs)
 
 
 FLAVOR = OnnxFlavor()

@@ -121,3 +121,14 @@ def test_column_major_entry_without_onnx_package(logged_models):
     )
     out = run_without(["onnx"], code)
     assert "SAME True" in out.stdout, out.stderr
+
+
+def test_output_schema_from_the_graph_without_a_signature(multi, tmp_path):
+    """An unsigned ONNX model still knows its output columns before scoring (Spark needs them)."""
+    model = engine.load_model(multi)
+    assert model.signature.outputs is None
+    assert model.output_schema.names == ["Sum", "Prod"]
+    assert model.output_schema.field("Sum").type == pa.list_(pa.float32(), 2)
+    empty = model.score_batch(pa.record_batch({"A": pa.array([], pa.list_(pa.float32(), 2)),
+                                               "B": pa.array([], pa.list_(pa.float32(), 2))}))
+    assert empty.num_rows == 0 and empty.schema.names == ["Sum", "Prod"]

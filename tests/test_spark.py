@@ -28,7 +28,7 @@ def spark():
     os.environ["PYSPARK_PYTHON"] = sys.executable  # workers must run this interpreter (pyarrow, engine)
     session = (SparkSession.builder.master("local[2]").appName("arrowscore-tests")
                .config("spark.ui.enabled", "false").config("spark.sql.shuffle.partitions", "2")
-               .config("spark.sql.session.timeZone", "UTC").getOrCreate())
+               .config("spark.sql.session.timeZone", "UTC").config("spark.ui.showConsoleProgress", "false").getOrCreate())
     session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()
