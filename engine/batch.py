@@ -74,15 +74,19 @@ class ScoreReport:
     dead_letter_path: str | None = None
     runner: str = "local"
     load_seconds: float = 0.0  # model loading, apart from ``seconds`` (reading, scoring, writing)
+    startup_seconds: float = 0.0  # connecting to / starting a cluster, included in ``seconds``
 
     @property
     def rows_per_s(self) -> float:
         return self.rows / self.seconds if self.seconds > 0 else 0.0
 
+    def _startup(self) -> str:
+        return f", cluster start-up {self.startup_seconds:.2f} s of the total" if self.startup_seconds else ""
+
     def __str__(self) -> str:
         text = (f"scored {self.rows_scored:,} of {self.rows:,} rows from {self.input_files} files in "
                 f"{self.seconds:.2f} s ({self.rows_per_s:,.0f} rows/s, runner {self.runner}; model loaded in "
-                f"{self.load_seconds:.2f} s); "
+                f"{self.load_seconds:.2f} s{self._startup()}); "
                 f"{len(self.output_files)} output files")
         if self.dead_lettered:
             text += f"; {self.dead_lettered:,} rows rejected -> {self.dead_letter_path}"
@@ -104,7 +108,7 @@ def runners() -> list[str]:
     return sorted(_RUNNERS)
 
 
-_OPTIONAL = {"spark": "engine.spark_job"}  # modules that register their runner when imported
+_OPTIONAL = {"spark": "engine.spark_job", "ray": "engine.ray_job"}  # modules that register their runner when imported
 
 
 def _builtin(name: str | None = None) -> None:

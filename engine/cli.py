@@ -86,6 +86,10 @@ def _score(args) -> int:
     runner_options = {}
     if args.feature_columns:
         runner_options["feature_columns"] = _csv(args.feature_columns)
+    if args.runner == "ray":
+        runner_options.update(address=args.ray_address, actors=args.ray_actors, cpus_per_actor=args.ray_cpus_per_actor)
+    elif args.ray_address or args.ray_actors != 1:
+        raise SystemExit("arrowscore: --ray-address and --ray-actors go with --runner ray")
     report = score(args.model_uri, args.input, args.output, runner=args.runner,
                    runner_options=runner_options, keep_columns=_csv(args.keep_columns),
                    batch_rows=args.batch_rows, mode=args.mode, on_error=on_error, dead_letter=dead_letter,
@@ -124,7 +128,7 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("model_uri", metavar="MODEL_URI", help="path, file://, runs:/, models:/ URI")
     sc.add_argument("input", metavar="INPUT", help="Parquet file, directory (hive partitions too), glob, or s3://...")
     sc.add_argument("output", metavar="OUTPUT", help="output directory (local or s3://...)")
-    sc.add_argument("--runner", default="local", help="local (default); ray and spark when installed")
+    sc.add_argument("--runner", default="local", help="local (default), ray or spark (with arrowscore[ray|spark])")
     sc.add_argument("--keep-columns", help="comma-separated input columns to copy to the output (ids, ...)")
     sc.add_argument("--batch-rows", type=int, default=32_768, help="rows per scored batch (default 32768)")
     sc.add_argument("--mode", choices=["error", "overwrite", "append"], default="error",
@@ -138,6 +142,10 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--params", help="inference params as a JSON object, for every batch")
     sc.add_argument("--feature-columns", help="comma-separated scalar columns that make up a tensor input")
     sc.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sc.add_argument("--ray-address", help="Ray cluster to use (default: RAY_ADDRESS, else a local one)")
+    sc.add_argument("--ray-actors", type=int, default=1, help="scoring actors in the Ray actor pool (default 1)")
+    sc.add_argument("--ray-cpus-per-actor", type=float, default=0.5,
+                    help="CPUs each actor reserves (default 0.5: reads must still get CPUs on small nodes)")
     sc.set_defaults(run=_score)
     return p
 

@@ -17,8 +17,8 @@ import engine  # noqa: E402
 import engine.spark  # noqa: E402
 from compare import assert_same_predictions  # noqa: E402
 
-MODELS = ["sklearn_skops", "sklearn_pipeline", "onnx", "xgboost_booster", "xgboost_sklearn", "lightgbm_booster",
-          "lightgbm_sklearn", "pyfunc_custom", "pyfunc_code"]
+MODELS = ["sklearn_skops", "sklearn_pickle", "sklearn_cloudpickle", "sklearn_pipeline", "onnx", "xgboost_booster",
+          "xgboost_sklearn", "lightgbm_booster", "lightgbm_sklearn", "pyfunc_custom", "pyfunc_code"]
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,191 @@
+"""The Ray runner: Ray Data reads the Parquet input, an actor pool scores it, the driver commits it.
+
+    arrowscore score MODEL_URI INPUT OUTPUT --runner ray [--ray-address auto] [--ray-actors 2]
+    ray job submit --address http://127.0.0.1:8265 -- arrowscore score MODEL_URI IN OUT --runner ray
+
+Each ``ScoreActor`` loads the model once (from the path the driver resolved, or from the model
+bytes the driver put in the object store when the actor runs on another machine) and calls
+``JobScorer`` -> ``Model.score_batch``, the hot path every mode shares. Actors return their output
+and rejected rows as Arrow IPC; the driver writes them with the same ``ParquetSink`` (staged, then
+committed, then ``_SUCCESS``) and dead-letter file as the local runner, so the output contract is
+identical. Ray restarts a dead actor and retries its batches; output is only taken from batches that
+completed, so every input row is written exactly once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow as pa
+
+from engine.batch import ScoreReport, register_runner
+from engine.errors import ConfigError, require
+
+__all__ = ["run_ray", "ScoreActor"]
+
+log = logging.getLogger("arrowscore.ray")
+
+
+def _pack(path: Path) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.add(str(path), arcname=".")
+    return buf.getvalue()
+
+
+def _ipc(batches: list) -> bytes | None:
+    if not batches:
+        return None
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, batches[0].schema) as writer:
+        for b in batches:
+            writer.write_batch(b)
+    return sink.getvalue()
+
+
+def _unipc(data: bytes) -> list:
+    return list(pa.ipc.open_stream(data))
+
+
+class ScoreActor:
+    """One Ray actor: the model loaded once, then one call per batch."""
+
+    def __init__(self, location: str, packed, options, feature_columns=None, load_log: str | None = None):
+        from engine import load_model
+        from engine.job import JobScorer
+
+        path = Path(location)
+        if not (path / "MLmodel").is_file():  # another machine: unpack the driver's copy once per node
+            if packed is None:
+                raise ConfigError(f"model path {location!r} is not on this Ray node, and no copy was shipped")
+            data = packed if isinstance(packed, bytes) else __import__("ray").get(packed)
+            path = Path(tempfile.gettempdir()) / "arrowscore-models" / hashlib.sha256(data).hexdigest()[:16]
+            if not (path / "MLmodel").is_file():
+                staging = Path(tempfile.mkdtemp(dir=path.parent if path.parent.exists() else None))
+                with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+                    tar.extractall(staging, filter="data")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.rename(staging, path)
+                except OSError:
+                    pass  # another actor on this node won the race
+        model = load_model(path, feature_columns=feature_columns, shared_cpu=True)
+        if load_log:
+            with open(load_log, "a") as fh:
+                fh.write(f"{os.getpid()} {path}\n")
+        self.job = JobScorer(model, options)
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        from engine.job import Where
+
+        outputs, rejected = [], []
+        for batch in table.to_batches():
+            out, dead = self.job.score(batch, Where("ray block", 0))
+            outputs.extend(out)
+            if dead is not None:
+                rejected.append(dead)
+        return pa.table({"out": pa.array([_ipc(outputs)], pa.binary()),
+                         "dead": pa.array([_ipc(rejected)], pa.binary()),
+                         "rows": pa.array([table.num_rows], pa.int64())})
+
+
+def _connect(ray, address: str | None, num_cpus: int | None):
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING)
+    elif os.environ.get("RAY_ADDRESS"):  # set by `ray job submit` and by users of a running cluster
+        ray.init(logging_level=logging.WARNING)
+    else:
+        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
+
+
+def run_ray(model_uri, input: str, output: str, options, address: str | None = None, actors: int = 1,
+            cpus_per_actor: float = 0.5, num_cpus: int | None = None, feature_columns=None, load_log=None,
+            model_config=None, filesystem=None) -> ScoreReport:
+    ray = require("ray", "ray", "the ray runner")
+    from connectors.parquet import ParquetSink, ParquetSource
+    from engine import load_model, uris
+    from engine.job import JobScorer
+    from engine.local import _DeadLetters, _empty_output
+
+    if model_config or filesystem:
+        raise ConfigError("the ray runner takes no model_config or filesystem; set them in the model or the URI")
+    if actors < 1 or cpus_per_actor <= 0:
+        raise ConfigError(f"actors must be >= 1 and cpus_per_actor > 0, got {actors} and {cpus_per_actor}")
+    loading = time.perf_counter()
+    path = uris.resolve(model_uri).resolve()  # once, in the driver: workers never touch the registry
+    model = load_model(path, feature_columns=feature_columns)
+    start = time.perf_counter()
+    needed = model.input_columns
+    columns = None if needed is None else list(dict.fromkeys([*needed, *options.keep_columns]))
+    source = ParquetSource(input, columns=columns, batch_rows=options.batch_rows)
+    missing = [c for c in options.keep_columns if c not in source.schema.names]
+    if missing:
+        raise ConfigError(f"keep_columns {missing} are not in the input (it has {source.schema.names})")
+    parts = source.parts()
+    total = sum(p.num_rows for p in parts)
+    JobScorer(model, options)  # option errors (clashes, renames) surface here, before any cluster work
+    connecting = time.perf_counter()
+    _connect(ray, address, num_cpus)
+    startup = time.perf_counter() - connecting
+    ParquetSink.clean_stale(output)
+    sink = ParquetSink(output, mode=options.mode, compression=options.compression,
+                       row_group_rows=options.row_group_rows, partition_by=options.partition_by)
+    sink.open()
+    dead = _DeadLetters(options.dead_letter)
+    scored = seen = 0
+    try:
+        # a model directory only travels when some actor may run on another machine
+        packed = ray.put(_pack(path)) if len(ray.nodes()) > 1 else None
+        dataset = ray.data.read_parquet([p.path for p in parts], columns=columns, filesystem=source.fs,
+                                        partitioning=ray.data.datasource.Partitioning("hive", base_dir=source.path)
+                                        if _hive(parts, source) else None)
+        scoredset = dataset.map_batches(
+            ScoreActor, fn_constructor_args=(str(path), packed, options, feature_columns, load_log),
+            batch_format="pyarrow", batch_size=options.batch_rows,
+            compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=cpus_per_actor)
+        part = 0
+        for table in scoredset.iter_batches(batch_format="pyarrow", batch_size=None):
+            for row in table.to_pylist():
+                for batch in _unipc(row["out"]) if row["out"] else []:
+                    sink.write(part, batch)
+                    scored += batch.num_rows
+                for batch in _unipc(row["dead"]) if row["dead"] else []:
+                    dead.write(batch)
+                seen += row["rows"]
+            if scored and scored // 1_000_000 > part:  # roll to a new part file every ~1M rows
+                sink.close_part(part)
+                part += 1
+        if scored == 0 and model.output_schema is not None:
+            sink.write(0, _empty_output(JobScorer(model, options), source, model))
+        if seen != total or scored + dead.rows != total:
+            raise RuntimeError(f"row accounting failed: {total} input rows, {seen} came back, {scored} scored, "
+                               f"{dead.rows} rejected")
+        dead.commit()
+        files = sink.commit()
+    except BaseException:
+        sink.abort()
+        dead.abort()
+        raise
+    report = ScoreReport(rows=total, rows_scored=scored, dead_lettered=dead.rows,
+                         seconds=time.perf_counter() - start, output_files=files, input_files=len(parts),
+                         dead_letter_path=options.dead_letter if dead.rows else None, runner="ray",
+                         load_seconds=start - loading, startup_seconds=startup)
+    log.info("%s", report)
+    return report
+
+
+def _hive(parts, source) -> bool:
+    return any("=" in Path(p.path).parent.name for p in parts) and source.fs.get_file_info(source.path).type.name == "Directory"
+
+
+if __name__ != "__main__":
+    register_runner("ray", run_ray)

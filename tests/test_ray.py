@@ -1,0 +1,136 @@
+"""Ray: a real head node on 127.0.0.1, jobs submitted with `ray job submit`, an actor killed mid-job."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+ray = pytest.importorskip("ray")
+
+import engine  # noqa: E402
+from compare import assert_same_predictions  # noqa: E402
+
+pytestmark = pytest.mark.timeout(300)  # Ray Data can hang without an error when CPUs run out: never wait forever
+BIN = Path(sys.executable).parent
+GCS_PORT, DASHBOARD_PORT = 6391, 8265
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    """`ray start --head` on loopback (token auth off: loopback only), stopped afterwards."""
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
+           "RAY_USAGE_STATS_ENABLED": "0"}
+    start = [str(BIN / "ray"), "start", "--head", "--num-cpus", "2", "--port", str(GCS_PORT),
+             "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(DASHBOARD_PORT),
+             "--include-dashboard", "true", "--disable-usage-stats", "--object-store-memory", str(1 << 30)]
+    subprocess.run(start, env=env, check=True, capture_output=True, timeout=180)
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    ray.init(address=f"127.0.0.1:{GCS_PORT}", logging_level="WARNING")
+    try:
+        yield {"address": f"127.0.0.1:{GCS_PORT}", "env": env}
+    finally:
+        ray.shutdown()
+        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def _input(case, directory: Path, files: int = 2) -> pa.Table:
+    table = case.arrow_input.append_column("id", pa.array(np.arange(case.arrow_input.num_rows)))
+    directory.mkdir(parents=True)
+    bounds = np.linspace(0, table.num_rows, files + 1).astype(int)
+    for i, (a, b) in enumerate(zip(bounds, bounds[1:])):
+        pq.write_table(table.slice(a, b - a), directory / f"in-{i}.parquet")
+    return table
+
+
+@pytest.mark.parametrize("key", ["sklearn_pipeline", "onnx", "xgboost_booster", "lightgbm_sklearn", "pyfunc_custom",
+                                 "pyfunc_code"])
+def test_same_output_as_local_runner(ray_head, logged_models, tmp_path, key):
+    case = logged_models[key]
+    table = _input(case, tmp_path / "in")
+    report = engine.score(case.uris["alias"], tmp_path / "in", tmp_path / "out", runner="ray", keep_columns=["id"],
+                          params=case.params, runner_options={"actors": 2})
+    assert report.rows == report.rows_scored == table.num_rows and report.runner == "ray"
+    assert (tmp_path / "out" / "_SUCCESS").exists()
+    ours = pq.read_table(tmp_path / "out").sort_by("id")
+    local = engine.score(case.uris["path"], tmp_path / "in", tmp_path / "local", keep_columns=["id"], params=case.params)
+    assert ours.equals(pq.read_table(tmp_path / "local").sort_by("id")), "ray and local runners differ"
+    assert_same_predictions(ours.drop_columns(["id"]), case.expected)
+    assert local.rows == report.rows
+
+
+def test_dead_letters_and_modes(ray_head, logged_models, tmp_path):
+    case = logged_models["xgboost_booster"]
+    table = _input(case, tmp_path / "in", files=1)
+    f0 = [None if i in (2, 9) else v for i, v in enumerate(table.column("f0").to_pylist())]
+    pq.write_table(table.set_column(0, "f0", pa.array(f0)), tmp_path / "in" / "in-0.parquet")
+    report = engine.score(case.uris["path"], tmp_path / "in", tmp_path / "out", runner="ray", keep_columns=["id"],
+                          on_error="dead-letter", dead_letter=str(tmp_path / "dead.parquet"))
+    assert report.dead_lettered == 2 and report.rows_scored == table.num_rows - 2
+    assert sorted(pq.read_table(tmp_path / "dead.parquet").column("id").to_pylist()) == [2, 9]
+    with pytest.raises(engine.ConnectorError, match="is not empty"):
+        engine.score(case.uris["path"], tmp_path / "in", tmp_path / "out", runner="ray")
+
+
+def test_ray_job_submit(ray_head, logged_models, tmp_path):
+    case = logged_models["onnx"]
+    table = _input(case, tmp_path / "in")
+    out = tmp_path / "out"
+    cmd = [str(BIN / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{DASHBOARD_PORT}", "--",
+           str(BIN / "arrowscore"), "score", case.uris["path"], str(tmp_path / "in"), str(out),
+           "--runner", "ray", "--keep-columns", "id", "--no-progress"]
+    run = subprocess.run(cmd, env=ray_head["env"], capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert f"scored {table.num_rows:,} of {table.num_rows:,} rows" in run.stdout
+    result = pq.read_table(out).sort_by("id")
+    assert_same_predictions(result.drop_columns(["id"]), case.expected)
+
+
+def _slow_double(df):
+    import time as _time
+
+    _time.sleep(0.05)
+    return df["x"] * 2.0
+
+
+def test_killed_actor_is_replaced_and_no_row_is_lost_or_doubled(ray_head, tmp_path):
+    model = engine.save_model(tmp_path / "model", _slow_double, signature=pa.schema([pa.field("x", pa.float64(), False)]))
+    (tmp_path / "in").mkdir()
+    rows = 20_000
+    for i in range(4):
+        ids = np.arange(i * rows // 4, (i + 1) * rows // 4)
+        pq.write_table(pa.table({"id": ids, "x": ids * 1.0}), tmp_path / "in" / f"f{i}.parquet")
+    log = tmp_path / "loads.txt"
+    killed = []
+
+    def kill_first_actor():
+        deadline = time.time() + 120
+        while time.time() < deadline and not killed:
+            if log.exists() and log.read_text().strip():
+                time.sleep(0.5)  # let it take a few batches first
+                pid = int(log.read_text().split()[0])
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_first_actor)
+    killer.start()
+    report = engine.score(model, tmp_path / "in", tmp_path / "out", runner="ray", keep_columns=["id"], batch_rows=250,
+                          runner_options={"actors": 1, "load_log": str(log)})
+    killer.join()
+    assert killed, "no actor was killed"
+    pids = [int(line.split()[0]) for line in log.read_text().splitlines()]
+    assert len(pids) >= 2 and pids[0] in killed  # the pool replaced the killed actor
+    out = pq.read_table(tmp_path / "out")
+    assert sorted(out.column("id").to_pylist()) == list(range(rows)), "rows lost or doubled"
+    np.testing.assert_allclose(out.sort_by("id").column("prediction").to_numpy(), np.arange(rows) * 2.0)
+    assert report.rows_scored == rows
