@@ -1,0 +1,103 @@
+"""Ray benchmark: `engine.score(runner="ray")` against the local runner and against what users write today.
+
+N rows x 16 doubles (default 5M), Parquet in and out, a local Ray with 2 CPUs, the ONNX MLP:
+  local      engine.score(runner="local")
+  ray        engine.score(runner="ray"), actor pool of 2 x 0.5 CPU
+  ray+mlflow ray.data.read_parquet -> map_batches(class calling mlflow.pyfunc.load_model(...).predict on
+             pandas batches, same pool) -> write_parquet
+Ray's start-up (ray.init) is reported apart; each figure is the best of two runs.
+
+    python benchmarks/bench_ray.py                 # 5M rows
+    python benchmarks/bench_ray.py --rows 200000   # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import engine  # noqa: E402
+from bench_parquet import build_models, write_input  # noqa: E402
+
+
+class MlflowPredictor:
+    """The Ray Data batch-inference pattern users write with MLflow today."""
+
+    def __init__(self, path: str):
+        import mlflow
+
+        self.model = mlflow.pyfunc.load_model(path)
+
+    def __call__(self, df):
+        import numpy as np
+        import pandas as pd
+
+        pred = self.model.predict(df)
+        if isinstance(pred, pd.DataFrame):
+            pred = pred.iloc[:, 0].to_numpy()
+        return pd.DataFrame({"prediction": np.asarray(pred).reshape(-1)})
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", type=int, default=5_000_000)
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+    warnings.simplefilter("ignore")
+    import logging
+
+    import ray
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        write_input(root / "in", args.rows, files=5)
+        model = str(build_models(root / "models")["onnx"])
+        start = time.perf_counter()
+        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR,
+                 object_store_memory=2 << 30)
+        startup = time.perf_counter() - start
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        # Ray >= 2.56 hands pandas batches with pyarrow-backed dtypes, which MLflow's ONNX wrapper turns
+        # into string tensors; numpy-backed pandas is what the MLflow pattern needs to run at all
+        ctx.enable_arrow_backed_pandas_conversion = False
+        runs = {"local": [], "ray": [], "ray+mlflow": []}
+        for _ in range(2):
+            runs["local"].append(engine.score(model, root / "in", root / "out", mode="overwrite", progress=False).seconds)
+            runs["ray"].append(engine.score(model, root / "in", root / "out", mode="overwrite", runner="ray",
+                                            runner_options={"actors": 2}).seconds)
+            shutil.rmtree(root / "out", ignore_errors=True)
+            t0 = time.perf_counter()
+            (ray.data.read_parquet(str(root / "in"))
+             .map_batches(MlflowPredictor, fn_constructor_args=(model,), batch_format="pandas", batch_size=32_768,
+                          compute=ray.data.ActorPoolStrategy(size=2), num_cpus=0.5)
+             .write_parquet(str(root / "out")))
+            runs["ray+mlflow"].append(time.perf_counter() - t0)
+        ray.shutdown()
+    best = {k: min(v) for k, v in runs.items()}
+    rate = {k: args.rows / v for k, v in best.items()}
+    print(f"Ray local cluster (2 CPUs), {args.rows:,} rows x 16 doubles, ONNX MLP; ray.init took {startup:.1f} s "
+          "(apart); every Ray pipeline also pays its own actor start-up, included below")
+    print("| job | seconds | rows/s |\n|---|---|---|")
+    for k in best:
+        print(f"| {k} | {best[k]:.2f} | {rate[k]:,.0f} |")
+    ratios = {"ray / local": rate["ray"] / rate["local"], "ray / ray+mlflow": rate["ray"] / rate["ray+mlflow"]}
+    for k, v in ratios.items():
+        print(f"{k}: {v:.2f}")
+    print("goals: ray / local >= 0.7; ray / ray+mlflow >= 1.5")
+    if args.json:
+        args.json.write_text(json.dumps({"seconds": best, "ratios": ratios, "startup_s": startup}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
