@@ -24,6 +24,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_core.py
 	$(PY) benchmarks/bench_parquet.py
+	$(PY) benchmarks/bench_spark.py
+	$(PY) benchmarks/bench_ray.py
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache
