@@ -68,7 +68,7 @@ def _pairs(items: list[str] | None, flag: str) -> dict:
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key or not value:
-            raise SystemExit(f"arrowscore: {flag} takes OLD=NEW, got {item!r}")
+            raise SystemExit(f"arrowscore: {flag} takes KEY=VALUE, got {item!r}")
         out[key] = value
     return out
 
@@ -97,6 +97,19 @@ def _score(args) -> int:
                    partition_by=args.partition_by, rename=_pairs(args.rename, "--rename"),
                    params=json.loads(args.params) if args.params else None,
                    progress=False if args.no_progress else None)
+    print(report)
+    return 0
+
+
+def _stream(args) -> int:
+    from .stream import stream
+
+    report = stream(args.model_uri, handle_signals=True, bootstrap_servers=args.bootstrap_servers,
+                    input_topic=args.input_topic, output_topic=args.output_topic, group_id=args.group_id,
+                    guarantee=args.guarantee, dead_letter_topic=args.dead_letter_topic, value_format=args.format,
+                    keep_columns=_csv(args.keep_columns) if args.keep_columns is not None else ("_key",),
+                    max_batch_rows=args.max_batch_rows, max_wait_ms=args.max_wait_ms,
+                    client_config=_pairs(args.X, "-X"), stats_every_s=args.stats_every_s)
     print(report)
     return 0
 
@@ -147,6 +160,24 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--ray-cpus-per-actor", type=float, default=0.5,
                     help="CPUs each actor reserves (default 0.5: reads must still get CPUs on small nodes)")
     sc.set_defaults(run=_score)
+
+    st = sub.add_parser("stream", help="score a Kafka topic into another, continuously")
+    st.add_argument("model_uri", metavar="MODEL_URI", help="path, file://, runs:/, models:/ URI")
+    st.add_argument("--bootstrap-servers", required=True)
+    st.add_argument("--input-topic", required=True)
+    st.add_argument("--output-topic", required=True)
+    st.add_argument("--group-id", required=True)
+    st.add_argument("--guarantee", choices=["at-least-once", "exactly-once"], default="at-least-once")
+    st.add_argument("--dead-letter-topic", help="where undecodable or invalid messages go (else the stream stops)")
+    st.add_argument("--format", choices=["json", "arrow"], default="json",
+                    help="message values: one JSON object each, or an Arrow IPC stream each")
+    st.add_argument("--keep-columns", help="input fields or pass-through columns (_key, _partition, _offset, "
+                                           "_timestamp) to copy into each output (default _key)")
+    st.add_argument("--max-batch-rows", type=int, default=10_000, help="messages per micro-batch at most")
+    st.add_argument("--max-wait-ms", type=int, default=100, help="longest wait to fill a micro-batch")
+    st.add_argument("--stats-every-s", type=float, default=10.0, help="seconds between progress log lines")
+    st.add_argument("-X", action="append", metavar="KEY=VALUE", help="extra Kafka client setting (repeatable)")
+    st.set_defaults(run=_stream)
     return p
 
 

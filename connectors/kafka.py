@@ -1,0 +1,158 @@
+"""Kafka messages <-> Arrow batches (confluent-kafka messages in, produce arguments out).
+
+Two value formats:
+- ``json``: one JSON object per message, one row;
+- ``arrow``: an Arrow IPC stream per message, any number of rows.
+Every decoded row carries ``_msg`` (its message's index in the micro-batch) and the pass-through
+columns ``_key``, ``_partition``, ``_offset``, ``_timestamp`` (ms since the epoch).
+
+>>> batch, bad = decode([msg1, msg2], "json")        # doctest: +SKIP
+>>> bad                                                # [(index, "reason"), ...] for undecodable messages
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Iterable
+
+import pyarrow as pa
+
+from engine.errors import ConfigError
+
+__all__ = ["decode", "encode", "FORMATS", "PASS_THROUGH"]
+
+FORMATS = ("json", "arrow")
+PASS_THROUGH = ("_key", "_partition", "_offset", "_timestamp")
+
+
+def _meta_columns(msgs: list, index: list[int]) -> dict:
+    keys = [msgs[i].key() for i in index]
+    return {
+        "_msg": pa.array(index, pa.int32()),
+        "_key": pa.array([k.decode("utf-8", "replace") if k is not None else None for k in keys], pa.string()),
+        "_partition": pa.array([msgs[i].partition() for i in index], pa.int32()),
+        "_offset": pa.array([msgs[i].offset() for i in index], pa.int64()),
+        "_timestamp": pa.array([msgs[i].timestamp()[1] for i in index], pa.int64()),
+    }
+
+
+def _json_rows(msgs: list) -> tuple[list, list, list]:
+    rows, index, bad = [], [], []
+    for i, m in enumerate(msgs):
+        try:
+            row = json.loads(m.value())
+        except (TypeError, ValueError, UnicodeDecodeError) as exc:
+            bad.append((i, f"value is not valid JSON: {exc}"))
+            continue
+        if not isinstance(row, dict):
+            bad.append((i, f"value is JSON {type(row).__name__}, not an object with one field per column"))
+            continue
+        rows.append(row)
+        index.append(i)
+    return rows, index, bad
+
+
+def _arrow_rows(msgs: list) -> tuple[list, list, list]:
+    tables, index, bad = [], [], []
+    for i, m in enumerate(msgs):
+        try:
+            table = pa.ipc.open_stream(m.value()).read_all()
+        except (pa.ArrowInvalid, TypeError, OSError) as exc:
+            bad.append((i, f"value is not an Arrow IPC stream: {exc}"))
+            continue
+        tables.append(table)
+        index.extend([i] * table.num_rows)
+    return tables, index, bad
+
+
+def decode(msgs: list, fmt: str) -> tuple[pa.RecordBatch | None, list]:
+    """(rows of every decodable message with _msg and pass-through columns, [(index, reason)] of the rest)."""
+    if fmt == "json":
+        rows, index, bad = _json_rows(msgs)
+        if not rows:
+            return None, bad
+        try:
+            data = pa.Table.from_pylist(rows)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            data, index, bad = _json_one_by_one(rows, index, bad)
+            if data is None:
+                return None, bad
+    elif fmt == "arrow":
+        tables, index, bad = _arrow_rows(msgs)
+        if not tables:
+            return None, bad
+        try:
+            data = pa.concat_tables(tables, promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise ConfigError(f"Arrow messages in one micro-batch have schemas that cannot be combined: {exc}") from None
+    else:
+        raise ConfigError(f"value format {fmt!r} is not one of {FORMATS}")
+    data = data.combine_chunks()
+    for name, column in _meta_columns(msgs, index).items():
+        if name in data.column_names:
+            raise ConfigError(f"message field {name!r} clashes with arrowscore's pass-through column of that name")
+        data = data.append_column(name, column)
+    batches = data.to_batches()
+    return (batches[0] if batches else None), bad
+
+
+def _json_one_by_one(rows, index, bad):
+    """Rows whose types cannot share one column (e.g. a number here, a list there): keep the rows that
+    agree with the first, reject the others with the reason."""
+    keep_rows, keep_index = [], []
+    schema = None
+    for row, i in zip(rows, index):
+        try:
+            table = pa.Table.from_pylist([row], schema=schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            bad.append((i, _which_field(row, schema) or f"field types differ from the rest of the batch: {exc}"))
+            continue
+        schema = schema or table.schema
+        keep_rows.append(row)
+        keep_index.append(i)
+    if not keep_rows:
+        return None, [], bad
+    return pa.Table.from_pylist(keep_rows, schema=schema), keep_index, bad
+
+
+def _which_field(row: dict, schema: pa.Schema) -> str | None:
+    for f in schema:
+        try:
+            pa.array([row.get(f.name)], type=f.type)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            value = row.get(f.name)
+            return f"field {f.name!r} is {type(value).__name__} {value!r}; the other messages have {f.type}"
+    return None
+
+
+def _jsonable(v):
+    if isinstance(v, float) and v != v:
+        return None
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    if hasattr(v, "isoformat"):
+        return v.isoformat()
+    return v
+
+
+def encode(out: pa.RecordBatch, fmt: str) -> Iterable[tuple[int, bytes]]:
+    """(message index, value) per input message, from an output batch that carries ``_msg``."""
+    msg = out.column("_msg").to_pylist()
+    data = out.drop_columns(["_msg"])
+    if fmt == "json":
+        names = data.schema.names
+        columns = [c.to_pylist() for c in data.columns]
+        for r, i in enumerate(msg):
+            yield i, json.dumps({n: _jsonable(col[r]) for n, col in zip(names, columns)}).encode()
+        return
+    start = 0
+    while start < len(msg):
+        end = start
+        while end < len(msg) and msg[end] == msg[start]:
+            end += 1
+        sink = io.BytesIO()
+        with pa.ipc.new_stream(sink, data.schema) as writer:
+            writer.write_batch(data.slice(start, end - start))
+        yield msg[start], sink.getvalue()
+        start = end

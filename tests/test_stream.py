@@ -1,0 +1,231 @@
+"""Streaming over a real Apache Kafka broker (KRaft, 127.0.0.1, jars from Maven Central)."""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+ck = pytest.importorskip("confluent_kafka")
+
+import engine  # noqa: E402
+from engine.stream import stream  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts" / "kafka"))
+import broker  # noqa: E402
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory):
+    info = broker.start(tmp_path_factory.mktemp("kafka"), port=19192)
+    try:
+        yield info["bootstrap"]
+    finally:
+        broker.stop(Path(info["dir"]))
+
+
+def _topics(bootstrap: str, *names: str, partitions: int = 1) -> None:
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_topics([NewTopic(n, partitions, 1) for n in names]).values():
+        future.result(30)
+
+
+def _produce(bootstrap: str, topic: str, values: list, keys: list) -> None:
+    p = ck.Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    for k, v in zip(keys, values):
+        p.produce(topic, key=k, value=v, headers=[("trace", k.encode())])
+    assert p.flush(30) == 0
+
+
+def _consume_all(bootstrap: str, topic: str, expect: int, timeout_s: float = 60) -> list:
+    c = ck.Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex}",
+                     "auto.offset.reset": "earliest", "isolation.level": "read_committed", "enable.auto.commit": False})
+    c.subscribe([topic])
+    out, deadline = [], time.time() + timeout_s
+    while time.time() < deadline and len(out) < expect:
+        out.extend(m for m in c.consume(1000, 0.5) if not m.error())
+    quiet = time.time() + 2  # anything beyond what we expect (duplicates) must show too
+    while time.time() < quiet:
+        out.extend(m for m in c.consume(1000, 0.3) if not m.error())
+    c.close()
+    return out
+
+
+@pytest.fixture(scope="module")
+def xgb_case(logged_models):
+    case = logged_models["xgboost_booster"]
+    rows = case.arrow_input.to_pylist()
+    return case, rows, np.asarray(case.expected)
+
+
+@pytest.mark.parametrize("guarantee", ["at-least-once", "exactly-once"])
+def test_json_round_trip(kafka, xgb_case, guarantee):
+    case, rows, expected = xgb_case
+    topic = f"in-{uuid.uuid4().hex[:8]}"
+    _topics(kafka, topic, topic + "-out", partitions=2)
+    keys = [f"k{i}" for i in range(len(rows))]
+    _produce(kafka, topic, [json.dumps(r).encode() for r in rows], keys)
+    report = stream(case.uris["path"], bootstrap_servers=kafka, input_topic=topic, output_topic=topic + "-out",
+                    group_id=f"g-{topic}", guarantee=guarantee, max_messages=len(rows), max_batch_rows=16)
+    assert report.messages == len(rows) and report.dead_lettered == 0
+    out = _consume_all(kafka, topic + "-out", len(rows))
+    got = {m.key().decode(): json.loads(m.value()) for m in out}
+    assert len(out) == len(rows) == len(got), "an input was lost or doubled"
+    for i, key in enumerate(keys):
+        assert got[key]["_key"] == key
+        np.testing.assert_allclose(got[key]["prediction"], expected[i], rtol=1e-6)
+    assert all(dict(m.headers())["trace"] == m.key() for m in out)  # headers kept
+
+
+def test_arrow_messages_exactly_once(kafka, logged_models):
+    case = logged_models["onnx"]
+    table = case.arrow_input
+    topic = f"arrow-{uuid.uuid4().hex[:8]}"
+    _topics(kafka, topic, topic + "-out")
+    values, keys = [], []
+    for start in range(0, table.num_rows, 10):  # 10 rows per message
+        sink = io.BytesIO()
+        with pa.ipc.new_stream(sink, table.schema) as w:
+            w.write_table(table.slice(start, 10))
+        values.append(sink.getvalue())
+        keys.append(f"m{start}")
+    _produce(kafka, topic, values, keys)
+    stream(case.uris["path"], bootstrap_servers=kafka, input_topic=topic, output_topic=topic + "-out",
+           group_id=f"g-{topic}", guarantee="exactly-once", value_format="arrow", max_messages=len(values))
+    out = _consume_all(kafka, topic + "-out", len(values))
+    assert sorted(m.key().decode() for m in out) == sorted(keys)
+    preds = np.concatenate([pa.ipc.open_stream(m.value()).read_all().column("prediction").to_numpy()
+                            for m in sorted(out, key=lambda m: int(m.key()[1:]))])
+    (expected,) = [np.asarray(v).reshape(-1) for v in case.expected.values()]
+    np.testing.assert_allclose(preds, expected, rtol=1e-6)
+
+
+def test_poison_messages_go_to_the_dead_letter_topic(kafka, xgb_case):
+    case, rows, expected = xgb_case
+    topic = f"poison-{uuid.uuid4().hex[:8]}"
+    _topics(kafka, topic, topic + "-out", topic + "-dead")
+    good = rows[:10]
+    missing = {k: v for k, v in rows[10].items() if k != "f3"}
+    wrong = {**rows[11], "f5": "not a number"}
+    values = [json.dumps(r).encode() for r in good] + [b"{not json", json.dumps(missing).encode(),
+                                                       json.dumps(wrong).encode(), b"[1, 2]"]
+    keys = [f"g{i}" for i in range(10)] + ["bad-json", "missing", "wrong", "array"]
+    _produce(kafka, topic, values, keys)
+    report = stream(case.uris["path"], bootstrap_servers=kafka, input_topic=topic, output_topic=topic + "-out",
+                    group_id=f"g-{topic}", dead_letter_topic=topic + "-dead", max_messages=len(values))
+    assert report.dead_lettered == 4 and report.rows == 10
+    dead = {m.key().decode(): dict(m.headers()) for m in _consume_all(kafka, topic + "-dead", 4)}
+    assert set(dead) == {"bad-json", "missing", "wrong", "array"}
+    assert b"not valid JSON" in dead["bad-json"]["arrowscore.error"]
+    assert b"['f3'] hold nulls" in dead["missing"]["arrowscore.error"]
+    assert b"field 'f5' is str 'not a number'; the other messages have double" in dead["wrong"]["arrowscore.error"]
+    assert b"not an object" in dead["array"]["arrowscore.error"]
+    assert dead["missing"]["trace"] == b"missing"  # the original headers travel along
+    out = {m.key().decode(): json.loads(m.value()) for m in _consume_all(kafka, topic + "-out", 10)}
+    assert sorted(out) == sorted(keys[:10])
+
+
+def test_bad_message_without_dead_letter_topic_stops_the_stream(kafka, xgb_case):
+    case, rows, _ = xgb_case
+    topic = f"stop-{uuid.uuid4().hex[:8]}"
+    _topics(kafka, topic, topic + "-out")
+    _produce(kafka, topic, [json.dumps(rows[0]).encode(), b"{broken"], ["a", "b"])
+    with pytest.raises(engine.ConnectorError, match=r"cannot be scored \(value is not valid JSON.*no --dead-letter-topic"):
+        stream(case.uris["path"], bootstrap_servers=kafka, input_topic=topic, output_topic=topic + "-out",
+               group_id=f"g-{topic}", max_messages=2)
+
+
+def _committed(kafka: str, group: str, topic: str) -> int:
+    c = ck.Consumer({"bootstrap.servers": kafka, "group.id": group})
+    tps = c.committed([ck.TopicPartition(topic, 0)], 30)
+    c.close()
+    return tps[0].offset
+
+
+def _cli(kafka, model, topic, group, guarantee):
+    return [sys.executable, "-m", "engine", "stream", model, "--bootstrap-servers", kafka, "--input-topic", topic,
+            "--output-topic", topic + "-out", "--group-id", group, "--guarantee", guarantee, "--max-batch-rows", "50",
+            "--stats-every-s", "1"]
+
+
+def test_sigterm_stops_cleanly_with_offsets_committed(kafka, xgb_case):
+    case, rows, _ = xgb_case
+    topic = f"term-{uuid.uuid4().hex[:8]}"
+    _topics(kafka, topic, topic + "-out")
+    _produce(kafka, topic, [json.dumps(r).encode() for r in rows], [f"k{i}" for i in range(len(rows))])
+    proc = subprocess.Popen(_cli(kafka, case.uris["path"], topic, "g-term", "at-least-once"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(_consume_all(kafka, topic + "-out", len(rows), timeout_s=1)) < len(rows):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-2000:]
+    assert f"streamed {len(rows):,} messages" in out
+    assert _committed(kafka, "g-term", topic) == len(rows)
+
+
+@pytest.mark.parametrize("guarantee", ["at-least-once", "exactly-once"])
+def test_sigkill_at_random_points_then_restart(kafka, xgb_case, guarantee):
+    """Kill the stream for real while input is being produced; restart it; nothing lost (and, with
+    exactly-once, nothing doubled for a read_committed reader)."""
+    case, rows, expected = xgb_case
+    topic = f"kill-{guarantee[:5]}-{uuid.uuid4().hex[:6]}"
+    _topics(kafka, topic, topic + "-out")
+    total = 600
+    values = [json.dumps(rows[i % len(rows)]).encode() for i in range(total)]
+    keys = [f"k{i}" for i in range(total)]
+    producer_done = threading.Event()
+
+    def produce_slowly():
+        p = ck.Producer({"bootstrap.servers": kafka, "linger.ms": 1})
+        for i in range(total):
+            p.produce(topic, key=keys[i], value=values[i])
+            if i % 50 == 0:
+                p.flush(10)
+                time.sleep(0.1)
+        p.flush(30)
+        producer_done.set()
+
+    feeder = threading.Thread(target=produce_slowly)
+    feeder.start()
+    rng = np.random.default_rng(7)
+    group = f"g-{topic}"
+    for _ in range(3):
+        proc = subprocess.Popen(_cli(kafka, case.uris["path"], topic, group, guarantee),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(float(rng.uniform(3.0, 5.0)))  # start-up (~2-3 s) plus some batches
+        proc.kill()
+        proc.wait(30)
+    feeder.join()
+    # a final run drains the topic
+    final = subprocess.Popen(_cli(kafka, case.uris["path"], topic, group, guarantee), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and _committed(kafka, group, topic) < total:
+        time.sleep(0.5)
+    final.send_signal(signal.SIGTERM)
+    final.communicate(timeout=60)
+    out = _consume_all(kafka, topic + "-out", total)
+    seen = [m.key().decode() for m in out]
+    assert set(seen) == set(keys), f"{len(set(keys) - set(seen))} inputs lost"
+    if guarantee == "exactly-once":
+        assert len(seen) == total, f"{len(seen) - total} duplicates seen by a read_committed reader"
+    for m in out:
+        i = int(m.key()[1:])
+        np.testing.assert_allclose(json.loads(m.value())["prediction"], expected[i % len(rows)], rtol=1e-6)
