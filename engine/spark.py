@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from .errors import ConfigError, SchemaError, require
 
-__all__ = ["udf", "score", "model_location"]
+__all__ = ["udf", "score", "model_location", "spark_schema"]
 
 _MODELS: dict = {}  # per Python worker process: location -> Model
 _LOCK = threading.Lock()
@@ -76,7 +76,7 @@ def _spark_type(arrow_type: pa.DataType):
     return from_arrow_type(arrow_type)
 
 
-def _spark_schema(schema: pa.Schema):
+def spark_schema(schema: pa.Schema):
     from pyspark.sql.types import StructField, StructType
 
     return StructType([StructField(f.name, _spark_type(f.type), True) for f in schema])
@@ -114,7 +114,7 @@ def udf(spark, model_uri, result_type=None, *, params: dict | None = None, featu
     driver_model = load_model(location if not shipped else model_uri, feature_columns=feature_columns,
                               cache_dir=cache_dir)
     if result_type is None:
-        result_type = _spark_schema(_output_schema(driver_model))
+        result_type = spark_schema(_output_schema(driver_model))
         if len(result_type.fields) == 1:
             result_type = result_type.fields[0].dataType
     if params:
@@ -180,7 +180,7 @@ def score(df, model_uri, keep_columns=(), *, rename: dict | None = None, params:
     names = job.output_names(out_schema)
     keep_fields = [pa.field(c, _arrow_of(source, c)) for c in opts.keep_columns]
     result = pa.schema(keep_fields + [pa.field(n, f.type) for n, f in zip(names[len(keep_fields):], out_schema)])
-    spark_schema = _spark_schema(result)
+    spark_schema = spark_schema(result)
     options = {"feature_columns": feature_columns, "load_log": load_log}
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:

@@ -211,3 +211,39 @@ def logged_models(mlflow_store) -> dict[str, LoggedModel]:
 @pytest.fixture(scope="session")
 def model_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("model-cache")
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory):
+    """A real Apache Kafka broker (KRaft, 127.0.0.1:19192), started once and stopped at the end."""
+    pytest.importorskip("confluent_kafka")
+    sys.path.insert(0, str(ROOT / "scripts" / "kafka"))
+    import broker
+
+    info = broker.start(tmp_path_factory.mktemp("kafka"), port=19192)
+    try:
+        yield info["bootstrap"]
+    finally:
+        broker.stop(Path(info["dir"]))
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """Spark in local mode, with the Kafka connector's jars (from Maven Central) on its classpath."""
+    pytest.importorskip("pyspark")
+    from pyspark.sql import SparkSession
+
+    sys.path.insert(0, str(ROOT / "scripts" / "spark_kafka"))
+    import jars
+
+    os.environ["PYSPARK_PYTHON"] = sys.executable  # workers must run this interpreter (pyarrow, engine)
+    session = (SparkSession.builder.master("local[2]").appName("arrowscore-tests")
+               .config("spark.ui.enabled", "false").config("spark.sql.shuffle.partitions", "2")
+               .config("spark.sql.session.timeZone", "UTC").config("spark.ui.showConsoleProgress", "false")
+               .config("spark.jars", ",".join(jars.jars())).getOrCreate())
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()

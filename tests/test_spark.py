@@ -21,19 +21,6 @@ MODELS = ["sklearn_skops", "sklearn_pickle", "sklearn_cloudpickle", "sklearn_pip
           "xgboost_sklearn", "lightgbm_booster", "lightgbm_sklearn", "pyfunc_custom", "pyfunc_code"]
 
 
-@pytest.fixture(scope="session")
-def spark():
-    from pyspark.sql import SparkSession
-
-    os.environ["PYSPARK_PYTHON"] = sys.executable  # workers must run this interpreter (pyarrow, engine)
-    session = (SparkSession.builder.master("local[2]").appName("arrowscore-tests")
-               .config("spark.ui.enabled", "false").config("spark.sql.shuffle.partitions", "2")
-               .config("spark.sql.session.timeZone", "UTC").config("spark.ui.showConsoleProgress", "false").getOrCreate())
-    session.sparkContext.setLogLevel("ERROR")
-    yield session
-    session.stop()
-
-
 def _frame(spark, case):
     table = case.arrow_input.append_column("id", pa.array(np.arange(case.arrow_input.num_rows)))
     return spark.createDataFrame(table.to_pandas()).repartition(3)

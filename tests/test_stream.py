@@ -12,6 +12,7 @@ import time
 import uuid
 from pathlib import Path
 
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -21,20 +22,7 @@ ck = pytest.importorskip("confluent_kafka")
 import engine  # noqa: E402
 from engine.stream import stream  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts" / "kafka"))
-import broker  # noqa: E402
-
 pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture(scope="session")
-def kafka(tmp_path_factory):
-    info = broker.start(tmp_path_factory.mktemp("kafka"), port=19192)
-    try:
-        yield info["bootstrap"]
-    finally:
-        broker.stop(Path(info["dir"]))
 
 
 def _topics(bootstrap: str, *names: str, partitions: int = 1) -> None:
@@ -229,3 +217,21 @@ def test_sigkill_at_random_points_then_restart(kafka, xgb_case, guarantee):
     for m in out:
         i = int(m.key()[1:])
         np.testing.assert_allclose(json.loads(m.value())["prediction"], expected[i % len(rows)], rtol=1e-6)
+
+
+def test_spark_structured_streaming_from_kafka_to_kafka(kafka, spark, xgb_case, tmp_path):
+    """Spark's Kafka source -> engine.spark.udf -> Spark's Kafka sink (examples/spark_kafka_stream.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    import spark_kafka_stream
+
+    case, rows, expected = xgb_case
+    topic = f"spark-{uuid.uuid4().hex[:8]}"
+    _topics(kafka, topic, topic + "-out")
+    keys = [f"k{i}" for i in range(len(rows))]
+    _produce(kafka, topic, [json.dumps(r).encode() for r in rows], keys)
+    query = spark_kafka_stream.start(spark, case.uris["path"], kafka, topic, topic + "-out", str(tmp_path / "ckpt"),
+                                     available_now=True)
+    query.awaitTermination(timeout=180)
+    out = {m.key().decode(): json.loads(m.value())["prediction"] for m in _consume_all(kafka, topic + "-out", len(rows))}
+    assert sorted(out) == sorted(keys)
+    np.testing.assert_allclose([out[k] for k in keys], expected, rtol=1e-6)

@@ -64,7 +64,8 @@ def fetch_jars() -> Path:
         raise RuntimeError("Maven (mvn) is needed to fetch the Kafka broker's jars from Maven Central")
     LIBS.mkdir(parents=True, exist_ok=True)
     subprocess.run([mvn, "-q", "-B", "-f", str(HERE / "pom.xml"), "dependency:copy-dependencies",
-                    "-DincludeScope=runtime", f"-DoutputDirectory={LIBS}"], check=True, timeout=900)
+                    "-DincludeScope=runtime", f"-DoutputDirectory={LIBS}"], check=True, timeout=900,
+                   stdout=subprocess.DEVNULL)
     return LIBS
 
 
