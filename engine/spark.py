@@ -180,7 +180,7 @@ def score(df, model_uri, keep_columns=(), *, rename: dict | None = None, params:
     names = job.output_names(out_schema)
     keep_fields = [pa.field(c, _arrow_of(source, c)) for c in opts.keep_columns]
     result = pa.schema(keep_fields + [pa.field(n, f.type) for n, f in zip(names[len(keep_fields):], out_schema)])
-    spark_schema = spark_schema(result)
+    result_type = spark_schema(result)
     options = {"feature_columns": feature_columns, "load_log": load_log}
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -189,7 +189,7 @@ def score(df, model_uri, keep_columns=(), *, rename: dict | None = None, params:
             for out in worker.score(batch, Where("spark partition", 0))[0]:
                 yield pa.RecordBatch.from_arrays([_for_spark(c) for c in out.columns], out.schema.names)
 
-    return source.mapInArrow(run, spark_schema)
+    return source.mapInArrow(run, result_type)
 
 
 def _arrow_of(df, column: str) -> pa.DataType:
