@@ -69,6 +69,7 @@ class StreamReport:
     dead_lettered: int = 0
     batches: int = 0
     seconds: float = 0.0
+    busy_seconds: float = 0.0  # from the first message consumed: throughput without start-up and idling
 
     def __str__(self) -> str:
         rate = self.messages / self.seconds if self.seconds else 0.0
@@ -104,24 +105,34 @@ class _Stream:
             self.producer.init_transactions(60)
         self.report = StreamReport()
         self._failed: list = []
+        self._first_at = None
 
     # ---- one micro-batch ----------------------------------------------------------------------
     def _consume(self) -> list:
-        msgs, deadline = [], time.monotonic() + self.opts.max_wait_ms / 1000
+        """Up to max_batch_rows messages: wait (up to 0.5 s) for the first, then at most max_wait_ms more."""
+        first = self._checked(self.consumer.consume(1, 0.5))
+        if not first:
+            return []
+        msgs, deadline = first, time.monotonic() + self.opts.max_wait_ms / 1000
         while len(msgs) < self.opts.max_batch_rows and not self.stop.is_set():
             left = deadline - time.monotonic()
-            got = self.consumer.consume(self.opts.max_batch_rows - len(msgs), max(left, 0.0) if msgs else 0.5)
-            for m in got:
-                if m.error():
-                    if m.error().code() == self.ck.KafkaError._PARTITION_EOF:
-                        continue
-                    raise ConnectorError(f"consuming {self.opts.input_topic!r} failed: {m.error()}")
-                msgs.append(m)
-            if msgs and time.monotonic() >= deadline:
+            if left <= 0:
                 break
-            if not msgs and not got:
-                break
+            # consume(n, timeout) returns when n messages are in or the timeout passes, whichever is first
+            msgs.extend(self._checked(self.consumer.consume(self.opts.max_batch_rows - len(msgs), left)))
+        if self._first_at is None:
+            self._first_at = time.perf_counter()
         return msgs
+
+    def _checked(self, got: list) -> list:
+        out = []
+        for m in got:
+            if m.error():
+                if m.error().code() == self.ck.KafkaError._PARTITION_EOF:
+                    continue
+                raise ConnectorError(f"consuming {self.opts.input_topic!r} failed: {m.error()}")
+            out.append(m)
+        return out
 
     def _score(self, msgs: list) -> tuple[list, list]:
         """([(message index, output value)], [(message index, reason)])."""
@@ -240,6 +251,8 @@ class _Stream:
                              f"{self.report.messages / (now - start):,.0f}", self._lag(), self._latency * 1000)
         finally:
             self.report.seconds = time.perf_counter() - start
+            if self._first_at is not None:
+                self.report.busy_seconds = time.perf_counter() - self._first_at
             self.producer.flush(30)
             self.consumer.close()  # leaves the group: partitions move to the other members at once
         log.info("%s", self.report)
