@@ -10,10 +10,17 @@ from .errors import (ConfigError, ConnectorError, EngineError, FlavorNotFound, M
 from .batch import ScoreOptions, ScoreReport, score
 from .save import save_model
 from .scorer import Model, load_model
+
+
+def stream(model_uri, **options):
+    """Score a Kafka topic into another until stopped; see engine.stream.StreamOptions."""
+    from .stream import stream as _stream
+
+    return _stream(model_uri, **options)
 from .signature import Signature
 
 __all__ = [
-    "load_model", "Model", "save_model", "Signature", "score", "ScoreOptions", "ScoreReport",
+    "load_model", "Model", "save_model", "Signature", "score", "stream", "ScoreOptions", "ScoreReport",
     "EngineError", "ConfigError", "ModelLoadError", "FlavorNotFound", "MissingDependency",
     "SchemaError", "ScoringError", "ConnectorError",
 ]
