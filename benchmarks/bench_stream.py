@@ -99,7 +99,7 @@ def latency(bootstrap, model_dir, rate: int, seconds: float) -> tuple[float, flo
                              "--max-batch-rows", "1000", "--max-wait-ms", "5", "--keep-columns", "_timestamp"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
+        p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})  # what a real producer does at this rate
         p.produce(topic, key=b"warm", value=values[0])  # wait until the stream answers before timing
         p.flush(10)
         c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"r-{topic}", "auto.offset.reset": "earliest"})
