@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 
 from . import convert
 from .errors import SchemaError
-from .signature import ColSpec, Signature, TensorSpec
+from .signature import Signature, TensorSpec
 
 __all__ = ["InputPlan"]
 
@@ -89,12 +89,11 @@ def _cast_tensor(arr: np.ndarray, dtype: np.dtype, name: str) -> np.ndarray:
 class _Resolved:
     """How one batch schema maps onto the model input; computed once per schema."""
 
-    __slots__ = ("indices", "names", "casts", "required", "fills", "select", "predict")
+    __slots__ = ("indices", "names", "casts", "required", "fills", "select")
 
     def __init__(self, indices, names, casts, required, fills):
         self.indices, self.names, self.casts, self.required, self.fills = indices, names, casts, required, fills
         self.select = None
-        self.predict = None
 
 
 class InputPlan:
@@ -106,7 +105,7 @@ class InputPlan:
     """
 
     def __init__(self, signature: Signature, predictor, feature_columns=None):
-        self.kind = kind = predictor.input_kind
+        self.kind = predictor.input_kind
         self.order = predictor.order
         self.predict = predictor.predict
         self.predict_columns = predictor.predict_columns

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import threading
-from pathlib import Path
 from typing import Iterator, Tuple
 
 import pyarrow as pa

@@ -14,7 +14,7 @@ import pytest
 
 import engine
 from compare import assert_same_predictions
-from connectors.parquet import ParquetSink, ParquetSource
+from connectors.parquet import ParquetSource
 from engine import ConfigError, ConnectorError, SchemaError
 from engine.progress import Progress
 

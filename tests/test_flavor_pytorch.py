@@ -12,7 +12,6 @@ import engine  # noqa: E402
 
 
 def test_pytorch_model_matches_mlflow(tmp_path):
-    import pandas as pd
 
     net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
     X = np.random.default_rng(0).normal(size=(10, 4)).astype(np.float32)
