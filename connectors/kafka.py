@@ -16,6 +16,7 @@ import io
 import json
 from typing import Iterable
 
+import numpy as np
 import pyarrow as pa
 
 from engine.errors import ConfigError
@@ -27,14 +28,25 @@ PASS_THROUGH = ("_key", "_partition", "_offset", "_timestamp")
 
 
 def _meta_columns(msgs: list, index: list[int]) -> dict:
-    keys = [msgs[i].key() for i in index]
-    return {
-        "_msg": pa.array(index, pa.int32()),
+    """_msg and pass-through columns; computed once per message, then repeated for its rows."""
+    ids = np.asarray(index, np.int32)
+    if len(ids) and (np.diff(ids) == 0).any():  # several rows per message (Arrow IPC values)
+        starts = np.flatnonzero(np.r_[True, np.diff(ids) != 0])
+        unique = ids[starts]
+        take = pa.array(np.repeat(np.arange(len(unique)), np.diff(np.r_[starts, len(ids)])))
+    else:
+        unique, take = ids, None
+    picked = [msgs[i] for i in unique.tolist()]
+    keys = [m.key() for m in picked]
+    per_message = {
         "_key": pa.array([k.decode("utf-8", "replace") if k is not None else None for k in keys], pa.string()),
-        "_partition": pa.array([msgs[i].partition() for i in index], pa.int32()),
-        "_offset": pa.array([msgs[i].offset() for i in index], pa.int64()),
-        "_timestamp": pa.array([msgs[i].timestamp()[1] for i in index], pa.int64()),
+        "_partition": pa.array([m.partition() for m in picked], pa.int32()),
+        "_offset": pa.array([m.offset() for m in picked], pa.int64()),
+        "_timestamp": pa.array([m.timestamp()[1] for m in picked], pa.int64()),
     }
+    out = {"_msg": pa.array(ids, pa.int32())}
+    out.update({k: (v.take(take) if take is not None else v) for k, v in per_message.items()})
+    return out
 
 
 def _json_rows(msgs: list) -> tuple[list, list, list]:
@@ -138,21 +150,18 @@ def _jsonable(v):
 
 def encode(out: pa.RecordBatch, fmt: str) -> Iterable[tuple[int, bytes]]:
     """(message index, value) per input message, from an output batch that carries ``_msg``."""
-    msg = out.column("_msg").to_pylist()
     data = out.drop_columns(["_msg"])
     if fmt == "json":
+        msg = out.column("_msg").to_pylist()
         names = data.schema.names
         columns = [c.to_pylist() for c in data.columns]
         for r, i in enumerate(msg):
             yield i, json.dumps({n: _jsonable(col[r]) for n, col in zip(names, columns)}).encode()
         return
-    start = 0
-    while start < len(msg):
-        end = start
-        while end < len(msg) and msg[end] == msg[start]:
-            end += 1
+    ids = out.column("_msg").to_numpy()
+    bounds = np.flatnonzero(np.r_[True, np.diff(ids) != 0, True]) if len(ids) else np.array([0])
+    for start, end in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
         sink = io.BytesIO()
         with pa.ipc.new_stream(sink, data.schema) as writer:
             writer.write_batch(data.slice(start, end - start))
-        yield msg[start], sink.getvalue()
-        start = end
+        yield int(ids[start]), sink.getvalue()
