@@ -14,6 +14,7 @@ completed, so every input row is written exactly once.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
@@ -72,10 +73,8 @@ class ScoreActor:
                 with tarfile.open(fileobj=io.BytesIO(data)) as tar:
                     tar.extractall(staging, filter="data")
                 path.parent.mkdir(parents=True, exist_ok=True)
-                try:
+                with contextlib.suppress(OSError):  # another actor on this node may have won the race
                     os.rename(staging, path)
-                except OSError:
-                    pass  # another actor on this node won the race
         model = load_model(path, feature_columns=feature_columns, shared_cpu=True)
         if load_log:
             with open(load_log, "a") as fh:
