@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from engine.errors import ConfigError, ConnectorError
 
-__all__ = ["ParquetSource", "ParquetSink", "Part", "filesystem_for", "MODES"]
+__all__ = ["ParquetSource", "ParquetSink", "DeadLetterFile", "Part", "filesystem_for", "MODES"]
 
 MODES = ("error", "overwrite", "append")
 SUCCESS = "_SUCCESS"
@@ -264,11 +264,10 @@ class ParquetSink:
         for writer in self._writers.values():
             writer.close()
         self._writers.clear()
-        staged = [f for f in self._files]
         if _is_local(self.fs) and self.mode != "append":
             final = self._swap_in_local()
         else:
-            final = self._move_files(staged)
+            final = self._move_files(self._files)
         with self.fs.open_output_stream(f"{self.path}/{SUCCESS}") as out:
             out.write(b"")
         self._remove(self._staging)
@@ -366,3 +365,35 @@ class ParquetSink:
         for entry in stale:
             fs.delete_dir(os.path.join(parent, entry))
         return len(stale)
+
+
+class DeadLetterFile:
+    """Rejected rows in one Parquet file, staged beside it and moved into place at commit."""
+
+    def __init__(self, path: str | None):
+        self.path = path
+        self.rows = 0
+        self._writer = None
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        if self._writer is None:
+            self.fs, self._target = filesystem_for(self.path)
+            parent, name = posixpath.split(self._target)
+            self._staging = f"{parent}/.{name}.arrowscore-{os.getpid()}"
+            self.fs.create_dir(parent or ".", recursive=True)
+            self._writer = pq.ParquetWriter(self._staging, batch.schema, filesystem=self.fs)
+        self._writer.write_batch(batch)
+        self.rows += batch.num_rows
+
+    def commit(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self.fs.move(self._staging, self._target)
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            try:
+                self.fs.delete_file(self._staging)
+            except OSError:
+                pass

@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from .errors import ConfigError, SchemaError, ScoringError
 
-__all__ = ["JobScorer", "DEAD_LETTER_COLUMNS", "Where"]
+__all__ = ["JobScorer", "DEAD_LETTER_COLUMNS", "Where", "open_parquet_job"]
 
 DEAD_LETTER_COLUMNS = ("_error", "_source_file", "_source_row")
 
@@ -28,16 +28,24 @@ class Where:
 
 
 class JobScorer:
-    def __init__(self, model, options):
+    def __init__(self, model, keep_columns=(), rename: dict | None = None, params: dict | None = None,
+                 isolate_rejects: bool = False):
         self.model = model
-        self.keep = list(options.keep_columns)
-        self.rename = dict(options.rename)
-        self.dead_letter = options.on_error == "dead-letter"
-        self.params = options.params
+        self.keep = list(keep_columns)
+        self.rename = dict(rename or {})
+        self.dead_letter = isolate_rejects
+        self.params = params
         self._names = None
         # a model whose inputs are not named (a tensor fed from scalar columns) sees every column it is
         # given, so pass-through columns stay out of its input; feature_columns names them instead
         self._drop = [c for c in self.keep] if model.input_columns is None else []
+        if model.output_schema is not None:  # clashes and bad renames fail before any work
+            self._names = self.output_names(model.output_schema)
+
+    @classmethod
+    def from_options(cls, model, options) -> "JobScorer":
+        """The per-batch rules of a batch job (ScoreOptions)."""
+        return cls(model, options.keep_columns, options.rename, options.params, options.on_error == "dead-letter")
 
     def output_names(self, out_schema: pa.Schema) -> list[str]:
         names = [self.rename.get(n, n) for n in out_schema.names]
@@ -49,6 +57,12 @@ class JobScorer:
         if unknown:
             raise ConfigError(f"rename names {unknown}, which the model does not output (it outputs {out_schema.names})")
         return self.keep + names
+
+    def empty_output(self, input_schema: pa.Schema) -> pa.RecordBatch:
+        """A zero-row output batch, so an empty input still yields a readable output."""
+        out = pa.RecordBatch.from_pylist([], self.model.output_schema)
+        keep = [pa.array([], input_schema.field(c).type) for c in self.keep]
+        return pa.RecordBatch.from_arrays(keep + list(out.columns), self.output_names(out.schema))
 
     def score(self, batch: pa.RecordBatch, where: Where) -> tuple[list[pa.RecordBatch], pa.RecordBatch | None]:
         """(output batches in input order, rejected rows or None)."""
@@ -91,3 +105,25 @@ class JobScorer:
         extra = [pa.array([reason] * n, pa.string()), pa.array([file] * n, pa.string()),
                  pa.array(range(row, row + n), pa.int64())]
         return pa.RecordBatch.from_arrays(list(batch.columns) + extra, batch.schema.names + list(DEAD_LETTER_COLUMNS))
+
+
+def open_parquet_job(model, input: str, output: str, options, filesystem=None):
+    """What every Parquet runner starts with: (source, parts, total rows, opened sink, dead letters).
+
+    Reads only the model's columns plus keep_columns, knows the row count from the footers, removes
+    staging left by killed jobs, and opens the sink (which refuses a non-empty output in mode error).
+    """
+    from connectors.parquet import DeadLetterFile, ParquetSink, ParquetSource
+
+    needed = model.input_columns
+    columns = None if needed is None else list(dict.fromkeys([*needed, *options.keep_columns]))
+    source = ParquetSource(input, columns=columns, batch_rows=options.batch_rows, filesystem=filesystem)
+    missing = [c for c in options.keep_columns if c not in source.schema.names]
+    if missing:
+        raise ConfigError(f"keep_columns {missing} are not in the input (it has {source.schema.names})")
+    parts = source.parts()
+    ParquetSink.clean_stale(output, filesystem)
+    sink = ParquetSink(output, mode=options.mode, compression=options.compression,
+                       row_group_rows=options.row_group_rows, partition_by=options.partition_by, filesystem=filesystem)
+    sink.open()
+    return source, parts, sum(p.num_rows for p in parts), sink, DeadLetterFile(options.dead_letter)

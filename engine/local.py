@@ -10,17 +10,13 @@ on different cores. Any failure stops all three stages, removes the staged outpu
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from .batch import ScoreReport
-from .errors import ConfigError
-from .job import JobScorer, Where
+from .job import JobScorer, Where, open_parquet_job
 from .progress import Progress
 
 __all__ = ["run_local"]
@@ -52,41 +48,6 @@ def _get(q: queue.Queue, stop: threading.Event):
                 raise _Stopped() from None
 
 
-class _DeadLetters:
-    """Rejected rows, staged next to their destination and renamed into place at commit."""
-
-    def __init__(self, path: str | None):
-        self.path = path
-        self.rows = 0
-        self._writer = None
-        self._staging = None
-
-    def write(self, batch: pa.RecordBatch) -> None:
-        if self._writer is None:
-            from connectors.parquet import filesystem_for
-
-            self.fs, target = filesystem_for(self.path)
-            self._target = target
-            self._staging = f"{os.path.dirname(target)}/.{os.path.basename(target)}.arrowscore-{os.getpid()}"
-            self.fs.create_dir(os.path.dirname(target) or ".", recursive=True)
-            self._writer = pq.ParquetWriter(self._staging, batch.schema, filesystem=self.fs)
-        self._writer.write_batch(batch)
-        self.rows += batch.num_rows
-
-    def commit(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self.fs.move(self._staging, self._target)
-
-    def abort(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            try:
-                self.fs.delete_file(self._staging)
-            except OSError:
-                pass
-
-
 def _reader(parts, q_in: queue.Queue, stop: threading.Event) -> None:
     try:
         for part in parts:
@@ -105,7 +66,7 @@ def _reader(parts, q_in: queue.Queue, stop: threading.Event) -> None:
             pass
 
 
-def _writer(sink, dead: _DeadLetters, q_out: queue.Queue, stop: threading.Event, errors: list) -> None:
+def _writer(sink, dead, q_out: queue.Queue, stop: threading.Event, errors: list) -> None:
     try:
         while True:
             item = _get(q_out, stop)
@@ -127,28 +88,14 @@ def _writer(sink, dead: _DeadLetters, q_out: queue.Queue, stop: threading.Event,
 
 def run_local(model_uri, input: str, output: str, options, model_config=None, feature_columns=None,
               filesystem=None) -> ScoreReport:
-    from connectors.parquet import ParquetSink, ParquetSource
-
     from .scorer import Model, load_model
 
     loading = time.perf_counter()
     model = model_uri if isinstance(model_uri, Model) else load_model(
         model_uri, model_config=model_config, feature_columns=feature_columns, shared_cpu=True)
     start = time.perf_counter()
-    needed = model.input_columns
-    columns = None if needed is None else list(dict.fromkeys([*needed, *options.keep_columns]))
-    source = ParquetSource(input, columns=columns, batch_rows=options.batch_rows, filesystem=filesystem)
-    missing_keep = [c for c in options.keep_columns if c not in source.schema.names]
-    if missing_keep:
-        raise ConfigError(f"keep_columns {missing_keep} are not in the input (it has {source.schema.names})")
-    parts = source.parts()
-    total = sum(p.num_rows for p in parts)
-    ParquetSink.clean_stale(output, filesystem)
-    sink = ParquetSink(output, mode=options.mode, compression=options.compression,
-                       row_group_rows=options.row_group_rows, partition_by=options.partition_by, filesystem=filesystem)
-    sink.open()
-    dead = _DeadLetters(options.dead_letter)
-    job = JobScorer(model, options)
+    job = JobScorer.from_options(model, options)
+    source, parts, total, sink, dead = open_parquet_job(model, input, output, options, filesystem)
     progress = Progress(total, options.progress)
     log.info("scoring %s rows from %d files with %s (flavor %s) into %s", f"{total:,}", len(parts),
              model.path, model.flavor, output)
@@ -182,7 +129,7 @@ def run_local(model_uri, input: str, output: str, options, model_config=None, fe
                 _put(q_out, ("dead", part.index, rejected), stop)
             progress.add(batch.num_rows)
         if scored == 0 and model.output_schema is not None:
-            _put(q_out, ("rows", 0, _empty_output(job, source, model)), stop)
+            _put(q_out, ("rows", 0, job.empty_output(source.schema)), stop)
         elif scored == 0:
             log.warning("no rows were scored and the model has no output signature: the output has no part files")
         _put(q_out, _DONE, stop)
@@ -208,14 +155,6 @@ def run_local(model_uri, input: str, output: str, options, model_config=None, fe
                          load_seconds=start - loading)
     log.info("%s", report)
     return report
-
-
-def _empty_output(job: JobScorer, source, model) -> pa.RecordBatch:
-    """A zero-row batch with the output schema, so an empty input still yields a readable output."""
-    out = pa.RecordBatch.from_pylist([], model.output_schema)
-    names = job.output_names(out.schema)
-    keep = [pa.array([], source.schema.field(c).type) for c in job.keep]
-    return pa.RecordBatch.from_arrays(keep + list(out.columns), names)
 
 
 def _abort(stop, reader, writer, sink, dead) -> None:

@@ -79,7 +79,7 @@ class ScoreActor:
         if load_log:
             with open(load_log, "a") as fh:
                 fh.write(f"{os.getpid()} {path}\n")
-        self.job = JobScorer(model, options)
+        self.job = JobScorer.from_options(model, options)
 
     def __call__(self, table: pa.Table) -> pa.Table:
         from engine.job import Where
@@ -110,10 +110,8 @@ def run_ray(model_uri, input: str, output: str, options, address: str | None = N
             cpus_per_actor: float = 0.5, num_cpus: int | None = None, feature_columns=None, load_log=None,
             model_config=None, filesystem=None) -> ScoreReport:
     ray = require("ray", "ray", "the ray runner")
-    from connectors.parquet import ParquetSink, ParquetSource
     from engine import load_model, uris
-    from engine.job import JobScorer
-    from engine.local import _DeadLetters, _empty_output
+    from engine.job import JobScorer, open_parquet_job
 
     if model_config or filesystem:
         raise ConfigError("the ray runner takes no model_config or filesystem; set them in the model or the URI")
@@ -123,23 +121,12 @@ def run_ray(model_uri, input: str, output: str, options, address: str | None = N
     path = uris.resolve(model_uri).resolve()  # once, in the driver: workers never touch the registry
     model = load_model(path, feature_columns=feature_columns)
     start = time.perf_counter()
-    needed = model.input_columns
-    columns = None if needed is None else list(dict.fromkeys([*needed, *options.keep_columns]))
-    source = ParquetSource(input, columns=columns, batch_rows=options.batch_rows)
-    missing = [c for c in options.keep_columns if c not in source.schema.names]
-    if missing:
-        raise ConfigError(f"keep_columns {missing} are not in the input (it has {source.schema.names})")
-    parts = source.parts()
-    total = sum(p.num_rows for p in parts)
-    JobScorer(model, options)  # option errors (clashes, renames) surface here, before any cluster work
+    job = JobScorer.from_options(model, options)  # option errors (clashes, renames) surface here, before any cluster work
     connecting = time.perf_counter()
     _connect(ray, address, num_cpus)
     startup = time.perf_counter() - connecting
-    ParquetSink.clean_stale(output)
-    sink = ParquetSink(output, mode=options.mode, compression=options.compression,
-                       row_group_rows=options.row_group_rows, partition_by=options.partition_by)
-    sink.open()
-    dead = _DeadLetters(options.dead_letter)
+    source, parts, total, sink, dead = open_parquet_job(model, input, output, options)
+    columns = source.columns
     scored = seen = 0
     try:
         # a model directory only travels when some actor may run on another machine
@@ -164,7 +151,7 @@ def run_ray(model_uri, input: str, output: str, options, address: str | None = N
                 sink.close_part(part)
                 part += 1
         if scored == 0 and model.output_schema is not None:
-            sink.write(0, _empty_output(JobScorer(model, options), source, model))
+            sink.write(0, job.empty_output(source.schema))
         if seen != total or scored + dead.rows != total:
             raise RuntimeError(f"row accounting failed: {total} input rows, {seen} came back, {scored} scored, "
                                f"{dead.rows} rejected")

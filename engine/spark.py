@@ -117,7 +117,7 @@ def udf(spark, model_uri, result_type=None, *, params: dict | None = None, featu
         if len(result_type.fields) == 1:
             result_type = result_type.fields[0].dataType
     if params:
-        driver_model._params.resolve(params)  # a bad param fails here, on the driver, with our message
+        params = driver_model.check_params(params)  # a bad param fails here, on the driver, with our message
     names = driver_model.input_columns
     struct_out = isinstance(result_type, StructType) or (isinstance(result_type, str) and result_type.strip().startswith("struct"))
     options = {"feature_columns": feature_columns, "load_log": load_log}
@@ -175,7 +175,7 @@ def score(df, model_uri, keep_columns=(), *, rename: dict | None = None, params:
         sample = source.limit(16).toArrow().to_batches()
         sample = sample[0] if sample else None
     out_schema = _output_schema(model, sample)
-    job = JobScorer(model, opts)
+    job = JobScorer.from_options(model, opts)
     names = job.output_names(out_schema)
     keep_fields = [pa.field(c, _arrow_of(source, c)) for c in opts.keep_columns]
     result = pa.schema(keep_fields + [pa.field(n, f.type) for n, f in zip(names[len(keep_fields):], out_schema)])
@@ -183,7 +183,7 @@ def score(df, model_uri, keep_columns=(), *, rename: dict | None = None, params:
     options = {"feature_columns": feature_columns, "load_log": load_log}
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        worker = JobScorer(_worker_model(location, shipped, options), opts)
+        worker = JobScorer.from_options(_worker_model(location, shipped, options), opts)
         for batch in batches:
             for out in worker.score(batch, Where("spark partition", 0))[0]:
                 yield pa.RecordBatch.from_arrays([_for_spark(c) for c in out.columns], out.schema.names)

@@ -80,7 +80,6 @@ class StreamReport:
 class _Stream:
     def __init__(self, model, opts: StreamOptions, stop: threading.Event):
         ck = require("confluent_kafka", "kafka", "streaming over Kafka")
-        from .batch import ScoreOptions
         from .job import JobScorer
 
         from connectors.kafka import PASS_THROUGH
@@ -90,9 +89,8 @@ class _Stream:
         if unknown:
             raise ConfigError(f"keep_columns {unknown} are not pass-through columns {list(PASS_THROUGH)}")
         self.drop = [c for c in PASS_THROUGH if c not in opts.keep_columns]
-        # dead-letter mode isolates the failing messages; they go to the dead-letter topic, not a file
-        self.job = JobScorer(model, ScoreOptions(keep_columns=("_msg", *opts.keep_columns), on_error="dead-letter",
-                                                 dead_letter=opts.dead_letter_topic or "(stop)"))
+        # failing messages are isolated, then go to the dead-letter topic (or stop the stream)
+        self.job = JobScorer(model, keep_columns=("_msg", *opts.keep_columns), isolate_rejects=True)
         common = {"bootstrap.servers": opts.bootstrap_servers, "log_level": 3, **opts.client_config}
         self.consumer = ck.Consumer({**common, "group.id": opts.group_id, "enable.auto.commit": False,
                                      "auto.offset.reset": "earliest", "isolation.level": "read_committed"})
