@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from engine.errors import ConfigError
+from engine.payload import jsonable
 
 __all__ = ["decode", "encode", "FORMATS", "PASS_THROUGH"]
 
@@ -138,16 +139,6 @@ def _which_field(row: dict, schema: pa.Schema) -> str | None:
     return None
 
 
-def _jsonable(v):
-    if isinstance(v, float) and v != v:
-        return None
-    if isinstance(v, bytes):
-        return v.decode("utf-8", "replace")
-    if hasattr(v, "isoformat"):
-        return v.isoformat()
-    return v
-
-
 def encode(out: pa.RecordBatch, fmt: str) -> Iterable[tuple[int, bytes]]:
     """(message index, value) per input message, from an output batch that carries ``_msg``."""
     data = out.drop_columns(["_msg"])
@@ -156,7 +147,7 @@ def encode(out: pa.RecordBatch, fmt: str) -> Iterable[tuple[int, bytes]]:
         names = data.schema.names
         columns = [c.to_pylist() for c in data.columns]
         for r, i in enumerate(msg):
-            yield i, json.dumps({n: _jsonable(col[r]) for n, col in zip(names, columns)}).encode()
+            yield i, json.dumps({n: jsonable(col[r]) for n, col in zip(names, columns)}).encode()
         return
     ids = out.column("_msg").to_numpy()
     bounds = np.flatnonzero(np.r_[True, np.diff(ids) != 0, True]) if len(ids) else np.array([0])

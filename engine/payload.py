@@ -21,7 +21,7 @@ import pyarrow as pa
 from . import convert
 from .errors import ConfigError
 
-__all__ = ["decode_json", "read_input", "encode_json", "write_output"]
+__all__ = ["decode_json", "read_input", "encode_json", "write_output", "jsonable"]
 
 KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 
@@ -85,7 +85,8 @@ def read_input(path: str | Path, names: list[str] | None = None) -> tuple[pa.Tab
     raise ConfigError(f"cannot read {p.name!r}: the input must end in .json, .csv or .parquet")
 
 
-def _jsonable(v):
+def jsonable(v):
+    """A value from Arrow's to_pylist as JSON takes it: NaN -> null, bytes -> base64, datetimes -> ISO."""
     if isinstance(v, float) and math.isnan(v):
         return None
     if isinstance(v, bytes):
@@ -95,18 +96,18 @@ def _jsonable(v):
     if hasattr(v, "isoformat"):
         return v.isoformat()
     if isinstance(v, list):
-        return [_jsonable(x) for x in v]
+        return [jsonable(x) for x in v]
     if isinstance(v, dict):
-        return {k: _jsonable(x) for k, x in v.items()}
+        return {k: jsonable(x) for k, x in v.items()}
     return v
 
 
 def encode_json(table: pa.Table) -> str:
     """``{"predictions": ...}``: a list of values for one output column, else a list of records."""
     if table.num_columns == 1:
-        preds = [_jsonable(v) for v in table.column(0).to_pylist()]
+        preds = [jsonable(v) for v in table.column(0).to_pylist()]
     else:
-        preds = [_jsonable(r) for r in table.to_pylist()]
+        preds = [jsonable(r) for r in table.to_pylist()]
     return json.dumps({"predictions": preds})
 
 

@@ -66,6 +66,10 @@ class Model:
         """The columns the model reads, when known before seeing data (a Parquet reader reads only these)."""
         return self._inputs.columns
 
+    def check_params(self, params: dict | None) -> dict | None:
+        """Params resolved against the signature's params schema (defaults filled), or ConfigError."""
+        return self._params.resolve(params)
+
     def score_batch(self, batch: pa.RecordBatch, params: dict | None = None) -> pa.RecordBatch:
         """The hot path: one RecordBatch in, one RecordBatch of outputs (same rows, same order) out."""
         rows = batch.num_rows
@@ -86,8 +90,8 @@ class Model:
 
     def predict(self, data, params: dict | None = None) -> pa.Table:
         """Score any supported input (Arrow, pandas, polars, numpy, dict of columns); returns a Table."""
-        if params and not self.predictor.accepts_params:
-            self._params.resolve(params)  # validates, so a wrong name still gets a clear error
+        if params:
+            params = self.check_params(params)  # a bad param fails even on empty input
         table = convert.to_table(data, self._names_for_arrays())
         batches = table.combine_chunks().to_batches() or [pa.RecordBatch.from_pylist([], table.schema)]
         if table.num_rows == 0:
