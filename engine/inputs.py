@@ -283,13 +283,15 @@ class InputPlan:
         bad = [c for c in cols if not _is_numeric(schema.field(c).type)]
         if bad:
             raise SchemaError(f"columns {bad} are not numeric, so they cannot make up tensor {self.feed_names[0]!r}")
-        return ("scalars", [names.index(c) for c in cols])
+        indices = [names.index(c) for c in cols]
+        # None: the batch already is those columns in that order, so no select per batch
+        return ("scalars", None if indices == list(range(len(names))) else indices)
 
     def _tensors(self, batch: pa.RecordBatch, plan) -> tuple:
         if plan[0][0] == "columns" and batch.num_rows >= COLUMNAR_MIN_ROWS:
             # scalar columns -> (features, rows): contiguous copies, no strided transpose
             where = plan[0][1]
-            sub = batch.select(where) if where != list(range(batch.num_columns)) else batch
+            sub = batch if where is None else batch.select(where)
             x = _cast_tensor(convert.matrix(sub, order="F").T, self.specs[0].dtype, self.feed_names[0])
             return {self.feed_names[0]: x}, self.predict_columns
         arrays = []
@@ -297,7 +299,7 @@ class InputPlan:
             if how == "list":
                 arr = convert.list_tensor(batch.column(where), batch.schema.names[where])
             else:  # "scalars", or "columns" on a small batch
-                sub = batch.select(where) if where != list(range(batch.num_columns)) else batch
+                sub = batch if where is None else batch.select(where)
                 arr = convert.matrix(sub)
             arr = _cast_tensor(arr, spec.dtype, feed)
             want = spec.row_shape
