@@ -2,11 +2,13 @@
 
 N rows x 16 doubles (default 5M), Parquet in and out, a local Ray with 2 CPUs, the ONNX MLP:
   local      engine.score(runner="local")
-  ray        engine.score(runner="ray"), actor pool of 2 x 0.5 CPU
+  ray        engine.score(runner="ray"), actor pool of --actors x 0.5 CPU (default 1, the runner's default)
   ray+mlflow ray.data.read_parquet -> map_batches(class calling mlflow.pyfunc.load_model(...).predict on
              pandas batches, same pool) -> write_parquet
 Each job runs at the full size and at 1/25 of it; the difference gives its throughput after start-up
-and its fixed start-up cost (reported apart, as is ray.init); each figure is the best of two runs.
+and its fixed start-up cost (reported apart, as is ray.init); each figure is the median of --rounds runs
+(default 5; single Ray timings move by up to a second with actor start-up).
+Ray's own floor is measured too: a pipeline whose actors do nothing, on 1,000 rows.
 
     python benchmarks/bench_ray.py                 # 5M rows
     python benchmarks/bench_ray.py --rows 200000   # quick
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -28,6 +31,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import engine  # noqa: E402
 from bench_parquet import build_models, write_input  # noqa: E402
+
+
+class Nothing:
+    """An actor that returns its input: what any Ray Data actor pipeline costs before doing work."""
+
+    def __call__(self, table):
+        return table
 
 
 class MlflowPredictor:
@@ -51,6 +61,8 @@ class MlflowPredictor:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=5_000_000)
+    p.add_argument("--actors", type=int, default=1, help="actor pool size, the same for both Ray jobs")
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     warnings.simplefilter("ignore")
@@ -78,27 +90,34 @@ def main(argv=None) -> int:
             out = root / "out"
             t = {"local": engine.score(model, data, out, mode="overwrite", progress=False).seconds,
                  "ray": engine.score(model, data, out, mode="overwrite", runner="ray",
-                                     runner_options={"actors": 2}).seconds}
+                                     runner_options={"actors": args.actors}).seconds}
             shutil.rmtree(out, ignore_errors=True)
             t0 = time.perf_counter()
             (ray.data.read_parquet(str(data))
              .map_batches(MlflowPredictor, fn_constructor_args=(model,), batch_format="pandas", batch_size=32_768,
-                          compute=ray.data.ActorPoolStrategy(size=2), num_cpus=0.5)
+                          compute=ray.data.ActorPoolStrategy(size=args.actors), num_cpus=0.5)
              .write_parquet(str(out)))
             t["ray+mlflow"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            ray.data.range(1000).map_batches(Nothing, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=args.actors),
+                                             num_cpus=0.5).materialize()
+            t["floor"] = time.perf_counter() - t0
             return t
 
-        runs = [(jobs(root / "small"), jobs(root / "in")) for _ in range(2)]
+        runs = [(jobs(root / "small"), jobs(root / "in")) for _ in range(args.rounds)]
         ray.shutdown()
-    best_small = {k: min(r[0][k] for r in runs) for k in runs[0][0]}
-    best = {k: min(r[1][k] for r in runs) for k in runs[0][1]}
+    best_small = {k: statistics.median(r[0][k] for r in runs) for k in runs[0][0]}
+    best = {k: statistics.median(r[1][k] for r in runs) for k in runs[0][1]}
     # every Ray pipeline pays a fixed start-up (planning, read tasks, actors importing their
     # libraries) whatever its size: the slope between two sizes is the throughput, the rest is fixed
     extra = args.rows - small_rows
+    floor = min(best["floor"], best_small.pop("floor"))
+    best.pop("floor")
     marginal = {k: extra / max(best[k] - best_small[k], 1e-9) for k in best}
     fixed = {k: max(best_small[k] - small_rows / marginal[k], 0.0) for k in best}
-    print(f"Ray local cluster (2 CPUs), ONNX MLP, {args.rows:,} and {small_rows:,} rows x 16 doubles; ray.init "
-          f"took {startup:.1f} s (apart)")
+    print(f"Ray local cluster (2 CPUs), ONNX MLP, pools of {args.actors} x 0.5 CPU, {args.rows:,} and {small_rows:,} rows x 16 doubles; ray.init "
+          f"took {startup:.1f} s (apart); a Ray Data pipeline of "
+          f"{args.actors} actor(s) that do nothing took {floor:.2f} s")
     print("| job | seconds at full size | rows/s end to end | fixed start-up s | rows/s after start-up |")
     print("|---|---|---|---|---|")
     for k in best:
@@ -112,7 +131,8 @@ def main(argv=None) -> int:
     print("goals: ray / local >= 0.7; ray / ray+mlflow >= 1.5 (start-up reported apart)")
     if args.json:
         args.json.write_text(json.dumps({"seconds": best, "small_seconds": best_small, "fixed_s": fixed,
-                                         "marginal_rows_s": marginal, "ratios": ratios, "ray_init_s": startup}, indent=2))
+                                         "marginal_rows_s": marginal, "ratios": ratios, "ray_init_s": startup,
+                                         "ray_floor_s": floor}, indent=2))
     return 0
 
 

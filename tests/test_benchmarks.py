@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -22,3 +24,11 @@ def test_parquet_benchmark_runs():
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     assert "| onnx |" in out.stdout and "| xgboost |" in out.stdout
+
+
+def test_ray_benchmark_runs():
+    pytest.importorskip("ray")
+    out = subprocess.run([sys.executable, "benchmarks/bench_ray.py", "--rows", "50000", "--rounds", "1"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "| ray |" in out.stdout and "| ray+mlflow |" in out.stdout and "ray / local (after start-up)" in out.stdout

@@ -134,3 +134,22 @@ def test_killed_actor_is_replaced_and_no_row_is_lost_or_doubled(ray_head, tmp_pa
     assert sorted(out.column("id").to_pylist()) == list(range(rows)), "rows lost or doubled"
     np.testing.assert_allclose(out.sort_by("id").column("prediction").to_numpy(), np.arange(rows) * 2.0)
     assert report.rows_scored == rows
+
+
+def _batch_length(df):
+    return df["x"] * 0.0 + len(df)
+
+
+def test_hive_input_and_batch_rows_bound(ray_head, tmp_path):
+    """Partition values come from the directory names, as in the local runner; no model call sees more than
+    batch_rows rows although Ray gathers the read batches into larger blocks."""
+    model = engine.save_model(tmp_path / "model", _batch_length, signature=pa.schema([pa.field("x", pa.float64(), False)]))
+    ids = np.arange(30_000)
+    table = pa.table({"id": ids, "x": ids * 1.0, "region": pa.array(["north", "south", "east"] * 10_000)})
+    pq.write_to_dataset(table, tmp_path / "in", partition_cols=["region"])
+    report = engine.score(model, tmp_path / "in", tmp_path / "out", runner="ray", keep_columns=["id", "region"],
+                          batch_rows=1_000)
+    out = pq.read_table(tmp_path / "out").sort_by("id")
+    assert report.rows_scored == out.num_rows == table.num_rows
+    assert out.column("region").to_pylist() == table.column("region").to_pylist()
+    assert max(out.column("prediction").to_pylist()) == 1_000.0
