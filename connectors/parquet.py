@@ -22,7 +22,7 @@ import fnmatch
 import os
 import posixpath
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterator
 
 import pyarrow as pa
@@ -86,6 +86,26 @@ class Part:
     columns: list | None = field(repr=False)
     batch_rows: int = 32_768
     filesystem: pafs.FileSystem | None = field(default=None, repr=False)
+    row_groups: tuple[int, ...] | None = None  # None: the whole file
+
+    def split(self, max_rows: int) -> list[Part]:
+        """This file as runs of whole row groups of at most ``max_rows`` rows each (a run holds at
+        least one row group), for runners that read one file on several workers."""
+        if self.num_rows <= max_rows or self.row_groups is not None:
+            return [self]
+        meta = self.fragment.metadata
+        runs, current, rows = [], [], 0
+        for i in range(meta.num_row_groups):
+            n = meta.row_group(i).num_rows
+            if current and rows + n > max_rows:
+                runs.append((tuple(current), rows))
+                current, rows = [], 0
+            current.append(i)
+            rows += n
+        runs.append((tuple(current), rows))
+        if len(runs) == 1:
+            return [self]
+        return [replace(self, num_rows=rows, row_groups=groups) for groups, rows in runs]
 
     def batches(self) -> Iterator[pa.RecordBatch]:
         wanted = self.columns or self.schema.names
@@ -95,7 +115,7 @@ class Part:
             handle = self.filesystem.open_input_file(self.path) if self.filesystem else self.path
             parquet = pq.ParquetFile(handle)
             present = [c for c in wanted if c in parquet.schema_arrow.names and c not in keys]
-            for table in _rebatch(parquet, present, self.batch_rows):
+            for table in _rebatch(parquet, present, self.batch_rows, self.row_groups):
                 for batch in table.to_batches(max_chunksize=self.batch_rows):
                     yield self._conform(batch, target, keys)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, OSError) as exc:
@@ -118,11 +138,11 @@ class Part:
         return pa.RecordBatch.from_arrays(arrays, schema=target)
 
 
-def _rebatch(parquet: pq.ParquetFile, columns: list[str], rows: int) -> Iterator[pa.Table]:
+def _rebatch(parquet: pq.ParquetFile, columns: list[str], rows: int, groups=None) -> Iterator[pa.Table]:
     """Row groups read one at a time (``iter_batches`` kept whole files decoded: memory grew with the
     file), gathered into tables of about ``rows`` rows so tiny row groups still make full batches."""
     pending, count = [], 0
-    for i in range(parquet.metadata.num_row_groups):
+    for i in range(parquet.metadata.num_row_groups) if groups is None else groups:
         group = parquet.read_row_group(i, columns=columns, use_threads=True)
         if not group.num_rows:
             continue

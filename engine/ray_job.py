@@ -32,6 +32,7 @@ from engine.errors import ConfigError, require
 __all__ = ["run_ray", "ScoreActor"]
 
 log = logging.getLogger("arrowscore.ray")
+READ_TASK_BYTES = 256 << 20  # a bigger file is read by several tasks, each a run of its row groups
 
 
 def _pack(path: Path) -> bytes:
@@ -132,8 +133,8 @@ def run_ray(model_uri, input: str, output: str, options, address: str | None = N
     try:
         # a model directory only travels when some actor may run on another machine
         packed = ray.put(_pack(path)) if len(ray.nodes()) > 1 else None
-        dataset = ray.data.read_datasource(_source(parts, source.schema, columns),
-                                           override_num_blocks=len(parts))
+        reads = _source(parts, source.schema, columns, options.batch_rows)
+        dataset = ray.data.read_datasource(reads, override_num_blocks=reads.tasks)
         scoredset = dataset.map_batches(
             ScoreActor, fn_constructor_args=(str(path), packed, options, feature_columns, load_log),
             batch_format="pyarrow", batch_size=None,  # one call per block (fewer Ray tasks); the actor slices it
@@ -170,9 +171,10 @@ def run_ray(model_uri, input: str, output: str, options, address: str | None = N
     return report
 
 
-def _source(parts, schema: pa.Schema, columns):
-    """The input as a Ray Data datasource: one read task per input file, reading it with the local
-    runner's own reader (``Part.batches``: row group at a time, hive keys, schema conformance).
+def _source(parts, schema: pa.Schema, columns, batch_rows: int):
+    """The input as a Ray Data datasource: one read task per input file (per run of row groups of
+    about READ_TASK_BYTES in a bigger file), reading it with the local runner's own reader
+    (``Part.batches``: row group at a time, hive keys, schema conformance).
 
     The driver already listed the files and read their footers, so Ray's own Parquet reader would
     repeat that work (its footer scan starts 32 actors: 5-9 s on a 2-CPU node, measured).
@@ -181,19 +183,22 @@ def _source(parts, schema: pa.Schema, columns):
     from ray.data.datasource import Datasource, ReadTask
 
     wanted = pa.schema([schema.field(c) for c in (columns or schema.names)])
-    width = sum(_row_bytes(f.type) for f in wanted)  # a size estimate for Ray's planner
+    width = max(sum(_row_bytes(f.type) for f in wanted), 1)  # a size estimate for Ray's planner
+    pieces = [piece for part in parts for piece in part.split(max(batch_rows, READ_TASK_BYTES // width))]
 
     def read(part):  # Ray gathers these into blocks of up to DataContext.target_max_block_size
         return lambda: (pa.Table.from_batches([batch]) for batch in part.batches())
 
     class PartsSource(Datasource):
+        tasks = len(pieces)
+
         def estimate_inmemory_data_size(self):
-            return sum(p.num_rows for p in parts) * width
+            return sum(p.num_rows for p in pieces) * width
 
         def get_read_tasks(self, parallelism, per_task_row_limit=None, data_context=None):
             return [ReadTask(read(p), BlockMetadata(num_rows=p.num_rows, size_bytes=p.num_rows * width,
                                                     input_files=[p.path], exec_stats=None),
-                             schema=wanted, per_task_row_limit=per_task_row_limit) for p in parts]
+                             schema=wanted, per_task_row_limit=per_task_row_limit) for p in pieces]
 
         def get_name(self):
             return "ArrowscoreParquet"

@@ -256,3 +256,16 @@ def test_glob_input_compression_and_row_groups(logged_models, tmp_path):
     assert meta.row_group(0).num_rows == 8
     with pytest.raises(ConnectorError, match="no files match"):
         engine.score(case.uris["path"], str(tmp_path / "in" / "nope-*.parquet"), tmp_path / "out2")
+
+
+def test_part_split_into_runs_of_row_groups(tmp_path):
+    table = pa.table({"id": np.arange(1_000), "x": np.arange(1_000) * 0.5})
+    pq.write_table(table, tmp_path / "f.parquet", row_group_size=100)
+    (part,) = ParquetSource(tmp_path / "f.parquet", batch_rows=64).parts()
+    pieces = part.split(250)
+    assert [p.row_groups for p in pieces] == [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9)]
+    assert [p.num_rows for p in pieces] == [200] * 5
+    read = pa.Table.from_batches([b for p in pieces for b in p.batches()])
+    assert read.equals(table) and max(len(b) for p in pieces for b in p.batches()) == 64
+    assert part.split(1_000) == [part]
+    assert [p.row_groups for p in part.split(50)] == [(i,) for i in range(10)]  # a run holds at least one group

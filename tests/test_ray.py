@@ -140,13 +140,20 @@ def _batch_length(df):
     return df["x"] * 0.0 + len(df)
 
 
-def test_hive_input_and_batch_rows_bound(ray_head, tmp_path):
-    """Partition values come from the directory names, as in the local runner; no model call sees more than
-    batch_rows rows although Ray gathers the read batches into larger blocks."""
+def test_hive_input_split_files_and_batch_rows_bound(ray_head, tmp_path, monkeypatch):
+    """Partition values come from the directory names, as in the local runner; files bigger than a read
+    task are read by several tasks; no model call sees more than batch_rows rows although Ray gathers the
+    read batches into larger blocks."""
+    from connectors.parquet import ParquetSource
+    from engine import ray_job
+
     model = engine.save_model(tmp_path / "model", _batch_length, signature=pa.schema([pa.field("x", pa.float64(), False)]))
     ids = np.arange(30_000)
     table = pa.table({"id": ids, "x": ids * 1.0, "region": pa.array(["north", "south", "east"] * 10_000)})
-    pq.write_to_dataset(table, tmp_path / "in", partition_cols=["region"])
+    pq.write_to_dataset(table, tmp_path / "in", partition_cols=["region"], row_group_size=1_000)
+    monkeypatch.setattr(ray_job, "READ_TASK_BYTES", 3_000 * 48)  # id, x: 8 bytes a row each, region: 32
+    source = ParquetSource(tmp_path / "in", columns=["x", "id", "region"])
+    assert ray_job._source(source.parts(), source.schema, source.columns, 1_000).tasks == 3 * 4  # 3 files, 10 groups each
     report = engine.score(model, tmp_path / "in", tmp_path / "out", runner="ray", keep_columns=["id", "region"],
                           batch_rows=1_000)
     out = pq.read_table(tmp_path / "out").sort_by("id")
