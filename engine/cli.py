@@ -73,6 +73,21 @@ def _pairs(items: list[str] | None, flag: str) -> dict:
     return out
 
 
+def _json_or_file(text: str | None, flag: str) -> dict | None:
+    """A JSON object given inline, or the path of a JSON/YAML file holding one."""
+    if not text:
+        return None
+    import yaml
+
+    try:
+        value = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(open(text))
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise SystemExit(f"arrowscore: {flag} takes a JSON object or a JSON/YAML file: {exc}") from None
+    if not isinstance(value, dict):
+        raise SystemExit(f"arrowscore: {flag} must hold a JSON object (a mapping), got {type(value).__name__}")
+    return value
+
+
 def _score(args) -> int:
     from . import score
 
@@ -87,9 +102,11 @@ def _score(args) -> int:
     if args.feature_columns:
         runner_options["feature_columns"] = _csv(args.feature_columns)
     if args.runner == "ray":
-        runner_options.update(address=args.ray_address, actors=args.ray_actors, cpus_per_actor=args.ray_cpus_per_actor)
-    elif args.ray_address or args.ray_actors != 1:
-        raise SystemExit("arrowscore: --ray-address and --ray-actors go with --runner ray")
+        runner_options.update(address=args.ray_address, actors=args.ray_actors, cpus_per_actor=args.ray_cpus_per_actor,
+                              runtime_env=_json_or_file(args.ray_runtime_env, "--ray-runtime-env"),
+                              ship_code=args.ray_ship_code)
+    elif args.ray_address or args.ray_actors != 1 or args.ray_runtime_env or args.ray_ship_code:
+        raise SystemExit("arrowscore: the --ray-* options go with --runner ray")
     report = score(args.model_uri, args.input, args.output, runner=args.runner,
                    runner_options=runner_options, keep_columns=_csv(args.keep_columns),
                    batch_rows=args.batch_rows, mode=args.mode, on_error=on_error, dead_letter=dead_letter,
@@ -159,6 +176,10 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--ray-actors", type=int, default=1, help="scoring actors in the Ray actor pool (default 1)")
     sc.add_argument("--ray-cpus-per-actor", type=float, default=0.5,
                     help="CPUs each actor reserves (default 0.5: reads must still get CPUs on small nodes)")
+    sc.add_argument("--ray-runtime-env", metavar="JSON|FILE",
+                    help="Ray runtime env for the workers, as JSON or a .json/.yaml file (pip, py_modules, env_vars)")
+    sc.add_argument("--ray-ship-code", action="store_true",
+                    help="send this arrowscore's code to the workers (py_modules), for nodes without it installed")
     sc.set_defaults(run=_score)
 
     st = sub.add_parser("stream", help="score a Kafka topic into another, continuously")

@@ -97,20 +97,37 @@ class ScoreActor:
                          "rows": pa.array([table.num_rows], pa.int64())})
 
 
-def _connect(ray, address: str | None, num_cpus: int | None):
+def _runtime_env(runtime_env: dict | None, ship_code: bool) -> dict | None:
+    """The runtime env for the workers; ship_code adds arrowscore's own packages (``py_modules``) so
+    nodes that lack arrowscore, or have another version of it, import the driver's code."""
+    env = dict(runtime_env or {})
+    if ship_code:
+        import connectors
+        import engine
+        import flavors
+
+        env["py_modules"] = [*env.get("py_modules", []), *(str(Path(m.__file__).parent) for m in (engine, flavors, connectors))]
+    return env or None
+
+
+def _connect(ray, address: str | None, num_cpus: int | None, runtime_env: dict | None):
     if ray.is_initialized():
+        if runtime_env:
+            raise ConfigError("Ray is already initialized in this process, so arrowscore cannot set its runtime env; "
+                              "give it where Ray starts: ray.init(runtime_env=...) or `ray job submit --runtime-env-json`")
         return
+    extra = {"runtime_env": runtime_env} if runtime_env else {}
     if address:
-        ray.init(address=address, logging_level=logging.WARNING)
+        ray.init(address=address, logging_level=logging.WARNING, **extra)
     elif os.environ.get("RAY_ADDRESS"):  # set by `ray job submit` and by users of a running cluster
-        ray.init(logging_level=logging.WARNING)
+        ray.init(logging_level=logging.WARNING, **extra)
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
+        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING, **extra)
 
 
 def run_ray(model_uri, input: str, output: str, options, address: str | None = None, actors: int = 1,
             cpus_per_actor: float = 0.5, num_cpus: int | None = None, feature_columns=None, load_log=None,
-            model_config=None, filesystem=None) -> ScoreReport:
+            model_config=None, filesystem=None, runtime_env: dict | None = None, ship_code: bool = False) -> ScoreReport:
     ray = require("ray", "ray", "the ray runner")
     from engine import load_model, uris
     from engine.job import JobScorer, open_parquet_job
@@ -125,7 +142,7 @@ def run_ray(model_uri, input: str, output: str, options, address: str | None = N
     start = time.perf_counter()
     job = JobScorer.from_options(model, options)  # option errors (clashes, renames) surface here, before any cluster work
     connecting = time.perf_counter()
-    _connect(ray, address, num_cpus)
+    _connect(ray, address, num_cpus, _runtime_env(runtime_env, ship_code))
     startup = time.perf_counter() - connecting
     source, parts, total, sink, dead = open_parquet_job(model, input, output, options)
     columns = source.columns

@@ -160,3 +160,27 @@ def test_hive_input_split_files_and_batch_rows_bound(ray_head, tmp_path, monkeyp
     assert report.rows_scored == out.num_rows == table.num_rows
     assert out.column("region").to_pylist() == table.column("region").to_pylist()
     assert max(out.column("prediction").to_pylist()) == 1_000.0
+
+
+def _engine_location(df):
+    import sys as _sys
+
+    return df["x"].map(lambda _: _sys.modules["engine"].__file__)
+
+
+def test_ship_code_sends_arrowscore_to_the_workers(ray_head, tmp_path):
+    """--ray-ship-code: the actors import the driver's arrowscore from Ray's py_modules, not an installed copy."""
+    model = engine.save_model(tmp_path / "model", _engine_location, signature=pa.schema([pa.field("x", pa.float64(), False)]))
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"x": [1.0, 2.0, 3.0]}), tmp_path / "in" / "f.parquet")
+    cmd = [str(BIN / "arrowscore"), "score", str(model), str(tmp_path / "in"), str(tmp_path / "out"), "--runner", "ray",
+           "--ray-address", ray_head["address"], "--ray-ship-code", "--no-progress",
+           "--ray-runtime-env", '{"env_vars": {"ARROWSCORE_TEST": "1"}}']
+    # from another directory: Ray puts the driver's working directory first on the workers' sys.path
+    run = subprocess.run(cmd, env=ray_head["env"], capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    (location,) = set(pq.read_table(tmp_path / "out").column("prediction").to_pylist())
+    assert "runtime_resources/py_modules_files" in location, location
+    # in a process where Ray is already running, the runtime env cannot be changed: a clear error, not a silent no-op
+    with pytest.raises(engine.ConfigError, match="already initialized"):
+        engine.score(model, tmp_path / "in", tmp_path / "again", runner="ray", runner_options={"ship_code": True})
