@@ -28,6 +28,7 @@ import pyarrow as pa
 
 from engine.batch import ScoreReport, register_runner
 from engine.errors import ConfigError, require
+from engine.progress import Progress
 
 __all__ = ["run_ray", "ScoreActor"]
 
@@ -152,11 +153,12 @@ def run_ray(model_uri, input: str, output: str, options, address: str | None = N
         packed = ray.put(_pack(path)) if len(ray.nodes()) > 1 else None
         reads = _source(parts, source.schema, columns, options.batch_rows)
         dataset = ray.data.read_datasource(reads, override_num_blocks=reads.tasks)
+        dataset.context.enable_progress_bars = False  # the driver shows one bar, as the local runner does
         scoredset = dataset.map_batches(
             ScoreActor, fn_constructor_args=(str(path), packed, options, feature_columns, load_log),
             batch_format="pyarrow", batch_size=None,  # one call per block (fewer Ray tasks); the actor slices it
             compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=cpus_per_actor)
-        part = 0
+        part, progress = 0, Progress(total, options.progress)
         for table in scoredset.iter_batches(batch_format="pyarrow", batch_size=None):
             outs, deads = table.column("out"), table.column("dead")
             for i in range(table.num_rows):
@@ -165,10 +167,13 @@ def run_ray(model_uri, input: str, output: str, options, address: str | None = N
                     scored += batch.num_rows
                 for batch in _unipc(deads[i]):
                     dead.write(batch)
-            seen += sum(table.column("rows").to_pylist())
+            rows = sum(table.column("rows").to_pylist())
+            seen += rows
+            progress.add(rows)
             if scored and scored // 1_000_000 > part:  # roll to a new part file every ~1M rows
                 sink.close_part(part)
                 part += 1
+        progress.close()
         if scored == 0 and model.output_schema is not None:
             sink.write(0, job.empty_output(source.schema))
         if seen != total or scored + dead.rows != total:
