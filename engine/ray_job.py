@@ -148,6 +148,7 @@ def run_ray(model_uri, input: str, output: str, options, address: str | None = N
     source, parts, total, sink, dead = open_parquet_job(model, input, output, options)
     columns = source.columns
     scored = seen = 0
+    progress = Progress(total, options.progress)
     try:
         # a model directory only travels when some actor may run on another machine
         packed = ray.put(_pack(path)) if len(ray.nodes()) > 1 else None
@@ -158,7 +159,7 @@ def run_ray(model_uri, input: str, output: str, options, address: str | None = N
             ScoreActor, fn_constructor_args=(str(path), packed, options, feature_columns, load_log),
             batch_format="pyarrow", batch_size=None,  # one call per block (fewer Ray tasks); the actor slices it
             compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=cpus_per_actor)
-        part, progress = 0, Progress(total, options.progress)
+        part = 0
         for table in scoredset.iter_batches(batch_format="pyarrow", batch_size=None):
             outs, deads = table.column("out"), table.column("dead")
             for i in range(table.num_rows):
@@ -173,7 +174,6 @@ def run_ray(model_uri, input: str, output: str, options, address: str | None = N
             if scored and scored // 1_000_000 > part:  # roll to a new part file every ~1M rows
                 sink.close_part(part)
                 part += 1
-        progress.close()
         if scored == 0 and model.output_schema is not None:
             sink.write(0, job.empty_output(source.schema))
         if seen != total or scored + dead.rows != total:
@@ -185,6 +185,8 @@ def run_ray(model_uri, input: str, output: str, options, address: str | None = N
         sink.abort()
         dead.abort()
         raise
+    finally:
+        progress.close()
     report = ScoreReport(rows=total, rows_scored=scored, dead_lettered=dead.rows,
                          seconds=time.perf_counter() - start, output_files=files, input_files=len(parts),
                          dead_letter_path=options.dead_letter if dead.rows else None, runner="ray",
