@@ -106,31 +106,31 @@ def main(argv=None) -> int:
 
         runs = [(jobs(root / "small"), jobs(root / "in")) for _ in range(args.rounds)]
         ray.shutdown()
-    best_small = {k: statistics.median(r[0][k] for r in runs) for k in runs[0][0]}
-    best = {k: statistics.median(r[1][k] for r in runs) for k in runs[0][1]}
+    small = {k: statistics.median(r[0][k] for r in runs) for k in runs[0][0]}
+    full = {k: statistics.median(r[1][k] for r in runs) for k in runs[0][1]}
     # every Ray pipeline pays a fixed start-up (planning, read tasks, actors importing their
     # libraries) whatever its size: the slope between two sizes is the throughput, the rest is fixed
     extra = args.rows - small_rows
-    floor = min(best["floor"], best_small.pop("floor"))
-    best.pop("floor")
-    marginal = {k: extra / max(best[k] - best_small[k], 1e-9) for k in best}
-    fixed = {k: max(best_small[k] - small_rows / marginal[k], 0.0) for k in best}
+    floor = min(full["floor"], small.pop("floor"))
+    full.pop("floor")
+    marginal = {k: extra / max(full[k] - small[k], 1e-9) for k in full}
+    fixed = {k: max(small[k] - small_rows / marginal[k], 0.0) for k in full}
     print(f"Ray local cluster (2 CPUs), ONNX MLP, pools of {args.actors} x 0.5 CPU, {args.rows:,} and {small_rows:,} rows x 16 doubles; ray.init "
           f"took {startup:.1f} s (apart); a Ray Data pipeline of "
           f"{args.actors} actor(s) that do nothing took {floor:.2f} s")
     print("| job | seconds at full size | rows/s end to end | fixed start-up s | rows/s after start-up |")
     print("|---|---|---|---|---|")
-    for k in best:
-        print(f"| {k} | {best[k]:.2f} | {args.rows / best[k]:,.0f} | {fixed[k]:.1f} | {marginal[k]:,.0f} |")
+    for k in full:
+        print(f"| {k} | {full[k]:.2f} | {args.rows / full[k]:,.0f} | {fixed[k]:.1f} | {marginal[k]:,.0f} |")
     ratios = {"ray / local (after start-up)": marginal["ray"] / marginal["local"],
               "ray / ray+mlflow (after start-up)": marginal["ray"] / marginal["ray+mlflow"],
-              "ray / local (end to end)": best["local"] / best["ray"],
-              "ray / ray+mlflow (end to end)": best["ray+mlflow"] / best["ray"]}
+              "ray / local (end to end)": full["local"] / full["ray"],
+              "ray / ray+mlflow (end to end)": full["ray+mlflow"] / full["ray"]}
     for k, v in ratios.items():
         print(f"{k}: {v:.2f}")
     print("goals: ray / local >= 0.7; ray / ray+mlflow >= 1.5 (start-up reported apart)")
     if args.json:
-        args.json.write_text(json.dumps({"seconds": best, "small_seconds": best_small, "fixed_s": fixed,
+        args.json.write_text(json.dumps({"seconds": full, "small_seconds": small, "fixed_s": fixed,
                                          "marginal_rows_s": marginal, "ratios": ratios, "ray_init_s": startup,
                                          "ray_floor_s": floor}, indent=2))
     return 0

@@ -153,7 +153,7 @@ def test_hive_input_split_files_and_batch_rows_bound(ray_head, tmp_path, monkeyp
     pq.write_to_dataset(table, tmp_path / "in", partition_cols=["region"], row_group_size=1_000)
     monkeypatch.setattr(ray_job, "READ_TASK_BYTES", 3_000 * 48)  # id, x: 8 bytes a row each, region: 32
     source = ParquetSource(tmp_path / "in", columns=["x", "id", "region"])
-    assert ray_job._source(source.parts(), source.schema, source.columns, 1_000).tasks == 3 * 4  # 3 files, 10 groups each
+    assert ray_job._source(source.parts(), source.schema, source.columns, 1_000).tasks == 3 * 4  # 3 files of 10 groups: runs of 3, 3, 3, 1
     report = engine.score(model, tmp_path / "in", tmp_path / "out", runner="ray", keep_columns=["id", "region"],
                           batch_rows=1_000)
     out = pq.read_table(tmp_path / "out").sort_by("id")
@@ -163,13 +163,15 @@ def test_hive_input_split_files_and_batch_rows_bound(ray_head, tmp_path, monkeyp
 
 
 def _engine_location(df):
+    import os as _os
     import sys as _sys
 
-    return df["x"].map(lambda _: _sys.modules["engine"].__file__)
+    return df["x"].map(lambda _: _sys.modules["engine"].__file__ + "|" + _os.environ.get("ARROWSCORE_TEST", ""))
 
 
 def test_ship_code_sends_arrowscore_to_the_workers(ray_head, tmp_path):
-    """--ray-ship-code: the actors import the driver's arrowscore from Ray's py_modules, not an installed copy."""
+    """--ray-ship-code: the actors import the driver's arrowscore from Ray's py_modules, not an installed copy;
+    --ray-runtime-env reaches them too."""
     model = engine.save_model(tmp_path / "model", _engine_location, signature=pa.schema([pa.field("x", pa.float64(), False)]))
     (tmp_path / "in").mkdir()
     pq.write_table(pa.table({"x": [1.0, 2.0, 3.0]}), tmp_path / "in" / "f.parquet")
@@ -180,7 +182,7 @@ def test_ship_code_sends_arrowscore_to_the_workers(ray_head, tmp_path):
     run = subprocess.run(cmd, env=ray_head["env"], capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     (location,) = set(pq.read_table(tmp_path / "out").column("prediction").to_pylist())
-    assert "runtime_resources/py_modules_files" in location, location
+    assert "runtime_resources/py_modules_files" in location and location.endswith("|1"), location
     # in a process where Ray is already running, the runtime env cannot be changed: a clear error, not a silent no-op
     with pytest.raises(engine.ConfigError, match="already initialized"):
         engine.score(model, tmp_path / "in", tmp_path / "again", runner="ray", runner_options={"ship_code": True})
