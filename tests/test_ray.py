@@ -186,3 +186,27 @@ def test_ship_code_sends_arrowscore_to_the_workers(ray_head, tmp_path):
     # in a process where Ray is already running, the runtime env cannot be changed: a clear error, not a silent no-op
     with pytest.raises(engine.ConfigError, match="already initialized"):
         engine.score(model, tmp_path / "in", tmp_path / "again", runner="ray", runner_options={"ship_code": True})
+
+
+def test_actor_on_another_node_unpacks_the_shipped_model_once(logged_models, tmp_path, monkeypatch):
+    """What an actor does when the driver's model path is not on its machine (multi-node clusters): it unpacks the
+    bytes the driver shipped, once per node, and scores the same as MLflow. Run in-process: one machine cannot
+    lack the driver's path."""
+    import tempfile
+
+    from engine import ray_job
+    from engine.batch import ScoreOptions
+
+    case = logged_models["xgboost_booster"]
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "node-tmp"))
+    (tmp_path / "node-tmp").mkdir()
+    packed = ray_job._pack(engine.uris.resolve(case.uris["path"]))
+    elsewhere = str(tmp_path / "driver-only" / "model")
+    actors = [ray_job.ScoreActor(elsewhere, packed, ScoreOptions()) for _ in range(2)]
+    assert len(list((tmp_path / "node-tmp" / "arrowscore-models").iterdir())) == 1  # unpacked once, then reused
+    result = actors[1](case.arrow_input)
+    out = pa.Table.from_batches(ray_job._unipc(result.column("out")[0]))
+    assert result.column("rows")[0].as_py() == case.arrow_input.num_rows and not result.column("dead")[0].is_valid
+    assert_same_predictions(out, case.expected)
+    with pytest.raises(engine.ConfigError, match="is not on this Ray node"):
+        ray_job.ScoreActor(elsewhere, None, ScoreOptions())
