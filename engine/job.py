@@ -8,13 +8,17 @@ rest, and returns the rejected rows with their reason. Scored + rejected rows = 
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass
 
 import pyarrow as pa
 
 from .errors import ConfigError, SchemaError, ScoringError
 
-__all__ = ["JobScorer", "DEAD_LETTER_COLUMNS", "Where", "open_parquet_job"]
+__all__ = ["JobScorer", "DEAD_LETTER_COLUMNS", "Where", "open_parquet_job", "commit_parquet_job"]
+
+log = logging.getLogger("arrowscore.job")
 
 DEAD_LETTER_COLUMNS = ("_error", "_source_file", "_source_row")
 
@@ -107,6 +111,13 @@ class JobScorer:
         return pa.RecordBatch.from_arrays(list(batch.columns) + extra, batch.schema.names + list(DEAD_LETTER_COLUMNS))
 
 
+def log_load(path: str | None, model_path) -> None:
+    """One line per model load in a worker (pid, model path), so tests and operators can count loads."""
+    if path:
+        with open(path, "a") as fh:
+            fh.write(f"{os.getpid()} {model_path}\n")
+
+
 def open_parquet_job(model, input: str, output: str, options, filesystem=None):
     """What every Parquet runner starts with: (source, parts, total rows, opened sink, dead letters).
 
@@ -127,3 +138,19 @@ def open_parquet_job(model, input: str, output: str, options, filesystem=None):
                        row_group_rows=options.row_group_rows, partition_by=options.partition_by, filesystem=filesystem)
     sink.open()
     return source, parts, sum(p.num_rows for p in parts), sink, DeadLetterFile(options.dead_letter)
+
+
+def commit_parquet_job(job: JobScorer, input_schema: pa.Schema, sink, dead, scored: int, total: int) -> list[str]:
+    """What every Parquet runner ends with, once all its output is in the sink: a zero-row output when
+    nothing was scored, the row accounting check, then dead letters and output committed.
+
+    Scored + rejected = input rows is the job's promise; a mismatch is a bug, never a silent loss.
+    """
+    if scored == 0 and job.model.output_schema is not None:
+        sink.write(0, job.empty_output(input_schema))
+    elif scored == 0:
+        log.warning("no rows were scored and the model has no output signature: the output has no part files")
+    if scored + dead.rows != total:
+        raise RuntimeError(f"row accounting failed: {total} input rows, {scored} scored, {dead.rows} rejected")
+    dead.commit()
+    return sink.commit()

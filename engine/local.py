@@ -16,7 +16,7 @@ import time
 
 
 from .batch import ScoreReport
-from .job import JobScorer, Where, open_parquet_job
+from .job import JobScorer, Where, commit_parquet_job, open_parquet_job
 from .progress import Progress
 
 __all__ = ["run_local"]
@@ -128,18 +128,11 @@ def run_local(model_uri, input: str, output: str, options, model_config=None, fe
             if rejected is not None:
                 _put(q_out, ("dead", part.index, rejected), stop)
             progress.add(batch.num_rows)
-        if scored == 0 and model.output_schema is not None:
-            _put(q_out, ("rows", 0, job.empty_output(source.schema)), stop)
-        elif scored == 0:
-            log.warning("no rows were scored and the model has no output signature: the output has no part files")
         _put(q_out, _DONE, stop)
         writer.join()
         if errors:
             raise errors[0]
-        if scored + dead.rows != total:  # the job's promise; a mismatch is a bug, never a silent loss
-            raise RuntimeError(f"row accounting failed: {total} input rows, {scored} scored, {dead.rows} rejected")
-        dead.commit()
-        files = sink.commit()
+        files = commit_parquet_job(job, source.schema, sink, dead, scored, total)
     except _Stopped:
         _abort(stop, reader, writer, sink, dead)
         raise errors[0] if errors else RuntimeError("a scoring stage stopped without an error") from None

@@ -62,7 +62,7 @@ class ScoreActor:
 
     def __init__(self, location: str, packed, options, feature_columns=None, load_log: str | None = None):
         from engine import load_model
-        from engine.job import JobScorer
+        from engine.job import JobScorer, log_load
 
         path = Path(location)
         if not (path / "MLmodel").is_file():  # another machine: unpack the driver's copy once per node
@@ -78,9 +78,7 @@ class ScoreActor:
                 with contextlib.suppress(OSError):  # another actor on this node may have won the race
                     os.rename(staging, path)
         model = load_model(path, feature_columns=feature_columns, shared_cpu=True)
-        if load_log:
-            with open(load_log, "a") as fh:
-                fh.write(f"{os.getpid()} {path}\n")
+        log_load(load_log, path)
         self.job = JobScorer.from_options(model, options)
         self.batch_rows = options.batch_rows
 
@@ -131,7 +129,7 @@ def run_ray(model_uri, input: str, output: str, options, address: str | None = N
             model_config=None, filesystem=None, runtime_env: dict | None = None, ship_code: bool = False) -> ScoreReport:
     ray = require("ray", "ray", "the ray runner")
     from engine import load_model, uris
-    from engine.job import JobScorer, open_parquet_job
+    from engine.job import JobScorer, commit_parquet_job, open_parquet_job
 
     if model_config or filesystem:
         raise ConfigError("the ray runner takes no model_config or filesystem; set them in the model or the URI")
@@ -174,13 +172,9 @@ def run_ray(model_uri, input: str, output: str, options, address: str | None = N
             if scored and scored // 1_000_000 > part:  # roll to a new part file every ~1M rows
                 sink.close_part(part)
                 part += 1
-        if scored == 0 and model.output_schema is not None:
-            sink.write(0, job.empty_output(source.schema))
-        if seen != total or scored + dead.rows != total:
-            raise RuntimeError(f"row accounting failed: {total} input rows, {seen} came back, {scored} scored, "
-                               f"{dead.rows} rejected")
-        dead.commit()
-        files = sink.commit()
+        if seen != total:
+            raise RuntimeError(f"row accounting failed: {total} input rows, {seen} came back from the actors")
+        files = commit_parquet_job(job, source.schema, sink, dead, scored, total)
     except BaseException:
         sink.abort()
         dead.abort()

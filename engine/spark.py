@@ -14,13 +14,13 @@ an ``arrow_udf`` (pyspark >= 4.1) and ``score`` a ``mapInArrow``.
 
 from __future__ import annotations
 
-import os
 import threading
 from typing import Iterator, Tuple
 
 import pyarrow as pa
 
 from .errors import ConfigError, SchemaError, require
+from .job import log_load
 
 __all__ = ["udf", "score", "model_location", "spark_schema"]
 
@@ -30,13 +30,19 @@ _LOCK = threading.Lock()
 
 def model_location(spark, model_uri, cache_dir=None) -> tuple[str, bool]:
     """(where executors find the model, whether it was shipped with addFile). Driver side."""
+    return _locate(spark, model_uri, cache_dir)[1:]
+
+
+def _locate(spark, model_uri, cache_dir=None):
+    """(the driver's local copy, where executors find it, whether it was shipped): the URI is resolved
+    once, so the driver and the executors load the same model version even if an alias moves."""
     from . import uris
 
     path = uris.resolve(model_uri, cache_dir).resolve()
     if spark.sparkContext.master.startswith("local"):
-        return str(path), False
+        return path, str(path), False
     spark.sparkContext.addFile(str(path), recursive=True)
-    return path.name, True
+    return path, path.name, True
 
 
 def _worker_model(location: str, shipped: bool, options: dict):
@@ -54,11 +60,8 @@ def _worker_model(location: str, shipped: bool, options: dict):
                     from pyspark import SparkFiles
 
                     path = SparkFiles.get(location)
-                log = options.get("load_log")
                 model = load_model(path, feature_columns=options.get("feature_columns"), shared_cpu=True)
-                if log:  # one line per load, so a test or an operator can count reloads
-                    with open(log, "a") as fh:
-                        fh.write(f"{os.getpid()} {path}\n")
+                log_load(options.get("load_log"), path)
                 _MODELS[key] = model
     return model
 
@@ -109,9 +112,8 @@ def udf(spark, model_uri, result_type=None, *, params: dict | None = None, featu
 
     from . import load_model
 
-    location, shipped = model_location(spark, model_uri, cache_dir)
-    driver_model = load_model(location if not shipped else model_uri, feature_columns=feature_columns,
-                              cache_dir=cache_dir)
+    path, location, shipped = _locate(spark, model_uri, cache_dir)
+    driver_model = load_model(path, feature_columns=feature_columns)
     if result_type is None:
         result_type = spark_schema(_output_schema(driver_model))
         if len(result_type.fields) == 1:
@@ -157,8 +159,8 @@ def score(df, model_uri, keep_columns=(), *, rename: dict | None = None, params:
     from .job import JobScorer, Where
 
     spark = df.sparkSession
-    location, shipped = model_location(spark, model_uri, cache_dir)
-    model = load_model(location if not shipped else model_uri, feature_columns=feature_columns, cache_dir=cache_dir)
+    path, location, shipped = _locate(spark, model_uri, cache_dir)
+    model = load_model(path, feature_columns=feature_columns)
     opts = ScoreOptions(keep_columns=tuple(keep_columns), rename=rename or {}, params=params)
     missing = [c for c in opts.keep_columns if c not in df.columns]
     if missing:
