@@ -146,13 +146,18 @@ def _rebatch(parquet: pq.ParquetFile, columns: list[str], rows: int, groups=None
         group = parquet.read_row_group(i, columns=columns, use_threads=True)
         if not group.num_rows:
             continue
-        pending.append(group)
-        count += group.num_rows
-        if count >= rows:
-            table = pa.concat_tables(pending).combine_chunks()
-            whole = (count // rows) * rows
-            yield table.slice(0, whole)
-            pending, count = ([table.slice(whole)], count - whole) if count > whole else ([], 0)
+        if count + group.num_rows < rows:
+            pending.append(group)
+            count += group.num_rows
+            continue
+        # only the batch that spans the carried-over rows is copied; the rest are slices of this group
+        need = rows - count
+        yield pa.concat_tables([*pending, group.slice(0, need)]).combine_chunks()
+        rest = group.slice(need)
+        whole = (rest.num_rows // rows) * rows
+        if whole:
+            yield rest.slice(0, whole).combine_chunks()
+        pending, count = ([rest.slice(whole)], rest.num_rows - whole) if rest.num_rows > whole else ([], 0)
     if count:
         yield pa.concat_tables(pending).combine_chunks()
 
@@ -220,6 +225,11 @@ class ParquetSource:
             yield from part.batches()
 
 
+def _staging_name(name: str, tag) -> str:
+    """The hidden sibling a job stages ``name`` in (clean_stale finds killed jobs' by this prefix)."""
+    return f".{name}.arrowscore-{tag}"
+
+
 def _hidden(path: str, base: str) -> bool:
     rel = posixpath.relpath(path, base)
     return any(seg.startswith((".", "_")) for seg in rel.split("/"))
@@ -252,7 +262,7 @@ class ParquetSink:
         if _is_local(self.fs):
             parent, name = os.path.split(self.path)
             os.makedirs(parent, exist_ok=True)
-            self._staging = os.path.join(parent, f".{name}.arrowscore-{self.job}")
+            self._staging = os.path.join(parent, _staging_name(name, self.job))
         else:
             self._staging = f"{self.path}/_temporary/{self.job}"
         self.fs.create_dir(self._staging, recursive=True)
@@ -334,7 +344,7 @@ class ParquetSink:
         old = None
         if os.path.exists(self.path):
             if self.mode == "overwrite" or not os.listdir(self.path):
-                old = f"{os.path.dirname(self.path)}/.{os.path.basename(self.path)}.arrowscore-old-{self.job}"
+                old = os.path.join(os.path.dirname(self.path), _staging_name(os.path.basename(self.path), f"old-{self.job}"))
                 os.rename(self.path, old)
             else:
                 raise ConnectorError(f"output {self.uri!r} became non-empty while the job ran; nothing was written")
@@ -381,7 +391,7 @@ class ParquetSink:
         parent, name = os.path.split(local.rstrip("/"))
         if not os.path.isdir(parent):
             return 0
-        stale = [e for e in os.listdir(parent) if e.startswith(f".{name}.arrowscore-")]
+        stale = [e for e in os.listdir(parent) if e.startswith(_staging_name(name, ""))]
         for entry in stale:
             fs.delete_dir(os.path.join(parent, entry))
         return len(stale)
@@ -399,7 +409,7 @@ class DeadLetterFile:
         if self._writer is None:
             self.fs, self._target = filesystem_for(self.path)
             parent, name = posixpath.split(self._target)
-            self._staging = f"{parent}/.{name}.arrowscore-{os.getpid()}"
+            self._staging = f"{parent}/{_staging_name(name, os.getpid())}"
             self.fs.create_dir(parent or ".", recursive=True)
             self._writer = pq.ParquetWriter(self._staging, batch.schema, filesystem=self.fs)
         self._writer.write_batch(batch)
