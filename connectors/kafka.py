@@ -28,8 +28,8 @@ FORMATS = ("json", "arrow")
 PASS_THROUGH = ("_key", "_partition", "_offset", "_timestamp")
 
 
-def _meta_columns(msgs: list, index: list[int]) -> dict:
-    """_msg and pass-through columns; computed once per message, then repeated for its rows."""
+def _meta_columns(msgs: list, index: list[int], keep) -> dict:
+    """_msg and the kept pass-through columns; computed once per message, then repeated for its rows."""
     ids = np.asarray(index, np.int32)
     if len(ids) and (np.diff(ids) == 0).any():  # several rows per message (Arrow IPC values)
         starts = np.flatnonzero(np.r_[True, np.diff(ids) != 0])
@@ -38,13 +38,14 @@ def _meta_columns(msgs: list, index: list[int]) -> dict:
     else:
         unique, take = ids, None
     picked = [msgs[i] for i in unique.tolist()]
-    keys = [m.key() for m in picked]
-    per_message = {
-        "_key": pa.array([k.decode("utf-8", "replace") if k is not None else None for k in keys], pa.string()),
-        "_partition": pa.array([m.partition() for m in picked], pa.int32()),
-        "_offset": pa.array([m.offset() for m in picked], pa.int64()),
-        "_timestamp": pa.array([m.timestamp()[1] for m in picked], pa.int64()),
+    build = {
+        "_key": lambda: pa.array([k.decode("utf-8", "replace") if (k := m.key()) is not None else None
+                                  for m in picked], pa.string()),
+        "_partition": lambda: pa.array([m.partition() for m in picked], pa.int32()),
+        "_offset": lambda: pa.array([m.offset() for m in picked], pa.int64()),
+        "_timestamp": lambda: pa.array([m.timestamp()[1] for m in picked], pa.int64()),
     }
+    per_message = {name: build[name]() for name in PASS_THROUGH if name in keep}
     out = {"_msg": pa.array(ids, pa.int32())}
     out.update({k: (v.take(take) if take is not None else v) for k, v in per_message.items()})
     return out
@@ -79,8 +80,9 @@ def _arrow_rows(msgs: list) -> tuple[list, list, list]:
     return tables, index, bad
 
 
-def decode(msgs: list, fmt: str) -> tuple[pa.RecordBatch | None, list]:
-    """(rows of every decodable message with _msg and pass-through columns, [(index, reason)] of the rest)."""
+def decode(msgs: list, fmt: str, keep=PASS_THROUGH) -> tuple[pa.RecordBatch | None, list]:
+    """(rows of every decodable message with _msg and the ``keep`` pass-through columns, [(index, reason)]
+    of the rest). A message field named like any pass-through column is refused."""
     if fmt == "json":
         rows, index, bad = _json_rows(msgs)
         if not rows:
@@ -102,9 +104,10 @@ def decode(msgs: list, fmt: str) -> tuple[pa.RecordBatch | None, list]:
     else:
         raise ConfigError(f"value format {fmt!r} is not one of {FORMATS}")
     data = data.combine_chunks()
-    for name, column in _meta_columns(msgs, index).items():
+    for name in ("_msg", *PASS_THROUGH):
         if name in data.column_names:
             raise ConfigError(f"message field {name!r} clashes with arrowscore's pass-through column of that name")
+    for name, column in _meta_columns(msgs, index, keep).items():
         data = data.append_column(name, column)
     batches = data.to_batches()
     return (batches[0] if batches else None), bad

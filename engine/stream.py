@@ -88,7 +88,6 @@ class _Stream:
         unknown = [c for c in opts.keep_columns if c.startswith("_") and c not in PASS_THROUGH]
         if unknown:
             raise ConfigError(f"keep_columns {unknown} are not pass-through columns {list(PASS_THROUGH)}")
-        self.drop = [c for c in PASS_THROUGH if c not in opts.keep_columns]
         # failing messages are isolated, then go to the dead-letter topic (or stop the stream)
         self.job = JobScorer(model, keep_columns=("_msg", *opts.keep_columns), isolate_rejects=True)
         common = {"bootstrap.servers": opts.bootstrap_servers, "log_level": 3, **opts.client_config}
@@ -138,11 +137,10 @@ class _Stream:
 
         from .job import Where
 
-        batch, bad = decode(msgs, self.opts.value_format)
+        batch, bad = decode(msgs, self.opts.value_format, keep=self.opts.keep_columns)
         outputs = []
         if batch is not None:
-            features = batch.drop_columns(self.drop) if self.drop else batch
-            good, rejected = self.job.score(features, Where(self.opts.input_topic, 0))
+            good, rejected = self.job.score(batch, Where(self.opts.input_topic, 0))
             dead = {}
             if rejected is not None:
                 for i, reason in zip(rejected.column("_msg").to_pylist(), rejected.column("_error").to_pylist()):
