@@ -132,6 +132,12 @@ def _stream(args) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from connectors.kafka import FORMATS
+    from connectors.parquet import MODES
+
+    from .batch import ScoreOptions
+    from .stream import GUARANTEES, StreamOptions
+
     p = argparse.ArgumentParser(prog="arrowscore", description="Score MLflow models fast, on Arrow batches.")
     p.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     sub = p.add_subparsers(dest="command", required=True)
@@ -160,12 +166,14 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("output", metavar="OUTPUT", help="output directory (local or s3://...)")
     sc.add_argument("--runner", default="local", help="local (default), ray or spark (with arrowscore[ray|spark])")
     sc.add_argument("--keep-columns", help="comma-separated input columns to copy to the output (ids, ...)")
-    sc.add_argument("--batch-rows", type=int, default=32_768, help="rows per scored batch (default 32768)")
-    sc.add_argument("--mode", choices=["error", "overwrite", "append"], default="error",
-                    help="what to do when OUTPUT is not empty (default: error)")
+    sc.add_argument("--batch-rows", type=int, default=ScoreOptions.batch_rows,
+                    help=f"rows per scored batch (default {ScoreOptions.batch_rows})")
+    sc.add_argument("--mode", choices=MODES, default=ScoreOptions.mode,
+                    help=f"what to do when OUTPUT is not empty (default: {ScoreOptions.mode})")
     sc.add_argument("--on-error", nargs="+", default=["fail"], metavar="fail|dead-letter PATH",
                     help="rows failing the signature: stop (default) or write them to a Parquet file")
-    sc.add_argument("--compression", default="snappy", help="Parquet compression (default snappy)")
+    sc.add_argument("--compression", default=ScoreOptions.compression,
+                    help=f"Parquet compression (default {ScoreOptions.compression})")
     sc.add_argument("--row-group-rows", type=int, help="rows per output row group")
     sc.add_argument("--partition-by", help="write output partitioned by this (kept) column")
     sc.add_argument("--rename", action="append", metavar="OLD=NEW", help="rename an output column")
@@ -188,15 +196,17 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--input-topic", required=True)
     st.add_argument("--output-topic", required=True)
     st.add_argument("--group-id", required=True)
-    st.add_argument("--guarantee", choices=["at-least-once", "exactly-once"], default="at-least-once")
+    st.add_argument("--guarantee", choices=GUARANTEES, default=StreamOptions.guarantee)
     st.add_argument("--dead-letter-topic", help="where undecodable or invalid messages go (else the stream stops)")
-    st.add_argument("--format", choices=["json", "arrow"], default="json",
+    st.add_argument("--format", choices=FORMATS, default=StreamOptions.value_format,
                     help="message values: one JSON object each, or an Arrow IPC stream each")
     st.add_argument("--keep-columns", help="input fields or pass-through columns (_key, _partition, _offset, "
                                            "_timestamp) to copy into each output (default _key)")
-    st.add_argument("--max-batch-rows", type=int, default=10_000, help="messages per micro-batch at most")
-    st.add_argument("--max-wait-ms", type=int, default=100, help="longest wait to fill a micro-batch")
-    st.add_argument("--stats-every-s", type=float, default=10.0, help="seconds between progress log lines")
+    st.add_argument("--max-batch-rows", type=int, default=StreamOptions.max_batch_rows,
+                    help="messages per micro-batch at most")
+    st.add_argument("--max-wait-ms", type=int, default=StreamOptions.max_wait_ms, help="longest wait to fill a micro-batch")
+    st.add_argument("--stats-every-s", type=float, default=StreamOptions.stats_every_s,
+                    help="seconds between progress log lines")
     st.add_argument("-X", action="append", metavar="KEY=VALUE", help="extra Kafka client setting (repeatable)")
     st.set_defaults(run=_stream)
     return p
