@@ -134,7 +134,7 @@ def save_model(path: str | os.PathLike, model, signature=None, *, predict_fn: st
             flavors, deps = _write_sklearn(out, model, predict_fn)
         else:
             flavors, deps = _write_callable(out, model)
-        pins = [f"{d}=={_version(d)}" if _version(d) else d for d in deps]
+        pins = [f"{d}=={v}" if (v := _version(d)) else d for d in deps]
         (out / "requirements.txt").write_text("\n".join(pins) + "\n")
         (out / "python_env.yaml").write_text(yaml.safe_dump({
             "python": platform.python_version(), "build_dependencies": ["pip"],

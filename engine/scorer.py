@@ -93,10 +93,9 @@ class Model:
         if params:
             params = self.check_params(params)  # a bad param fails even on empty input
         table = convert.to_table(data, self._names_for_arrays())
-        batches = table.combine_chunks().to_batches() or [pa.RecordBatch.from_pylist([], table.schema)]
         if table.num_rows == 0:
             return pa.Table.from_batches([self._empty()])
-        out = [self.score_batch(b, params) for b in batches]
+        out = [self.score_batch(b, params) for b in table.combine_chunks().to_batches()]
         return pa.Table.from_batches(out)
 
     def _names_for_arrays(self) -> list[str] | None:

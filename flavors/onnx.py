@@ -141,7 +141,7 @@ class OnnxFlavor:
         specs = tuple(_tensor_spec(arg) for arg in session.get_inputs())
         outputs = session.get_outputs()
         out_specs = tuple(_tensor_spec(o) for o in outputs) if all(o.type in _ONNX_DTYPES for o in outputs) else None
-        names = [out.name for out in session.get_outputs()]
+        names = [out.name for out in outputs]
         run = session.run
 
         if len(names) == 1:
