@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import broker  # noqa: E402
 import engine  # noqa: E402
 from bench_parquet import NAMES, build_models  # noqa: E402
-from engine.stream import stream  # noqa: E402
+from engine.runners.stream import stream  # noqa: E402
 
 PORT = 19292
 

@@ -1,31 +1,10 @@
-"""Sources and sinks: where batches come from and where scored batches go.
+"""Connectors: where batches come from and where scored batches go.
 
-A Source yields RecordBatches; a Sink accepts them and commits once at the end, so nothing is
-visible before the job succeeds. ``connectors.memory`` is the in-process seam tests use.
+- ``connectors.parquet``: ``ParquetSource`` (files -> ``Part``s -> RecordBatches, a row group at a
+  time), ``ParquetSink`` (part files staged, committed together), ``DeadLetterFile``;
+- ``connectors.kafka``: ``decode`` / ``encode`` (messages <-> RecordBatches) and the clients
+  ``KafkaSource`` / ``KafkaSink`` (consume, produce, commit offsets or transactions).
 
->>> from connectors.memory import MemorySource, MemorySink
->>> sink = MemorySink()
->>> for batch in MemorySource([pa.record_batch({"x": [1.0]})]):   # doctest: +SKIP
-...     sink.write(batch)
->>> sink.commit()                                                  # doctest: +SKIP
+A connector knows its system, not the model: runners in ``engine.runners`` drive a source, the
+scorer and a sink. A new connector is a module here, used by a runner or mode.
 """
-
-from __future__ import annotations
-
-from typing import Iterator, Protocol
-
-import pyarrow as pa
-
-__all__ = ["Source", "Sink"]
-
-
-class Source(Protocol):
-    def __iter__(self) -> Iterator[pa.RecordBatch]: ...
-
-
-class Sink(Protocol):
-    def write(self, batch: pa.RecordBatch) -> None: ...
-
-    def commit(self) -> None: ...
-
-    def abort(self) -> None: ...

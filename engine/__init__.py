@@ -1,26 +1,43 @@
 """arrowscore: score MLflow models fast, on Arrow batches, in every mode.
 
+The packages, lowest layer first; a layer imports only the ones before it (tests/test_layout.py checks):
+
+    engine.errors       the one error tree
+    engine.model        MLmodel, signature, conversions, the scorer (the hot path), save_model
+    flavors             one module per model library, loading a model directory into a predictor
+    connectors          parquet (source, sink, dead letters) and kafka (codec, clients)
+    engine.jobs         options and reports, JobScorer (per-batch rules), the ends of a Parquet job
+    engine.runners      the modes over data: local, ray, spark, stream (Kafka); RUNNERS lists them
+    engine.cli          the ``arrowscore`` command
+
+A new flavor goes in ``flavors/``, a new source or sink in ``connectors/``, a new batch runner in
+``engine/runners/`` (and ``RUNNERS``), a new mode (HTTP server, scheduled jobs) in its own package
+beside ``runners``, using ``jobs`` and ``model``, with its command in ``engine.cli``.
+
 >>> import engine
->>> model = engine.load_model("models:/fraud@champion")   # doctest: +SKIP
->>> model.predict(df)                                      # doctest: +SKIP
+>>> engine.load_model("no/such/model")
+Traceback (most recent call last):
+...
+engine.errors.ModelLoadError: ...
 """
 
 from .errors import (ConfigError, ConnectorError, EngineError, FlavorNotFound, MissingDependency,
                      ModelLoadError, SchemaError, ScoringError)
-from .batch import ScoreOptions, ScoreReport, score
-from .save import save_model
-from .scorer import Model, load_model
+from .jobs.options import RayOptions, ScoreOptions, ScoreReport, SparkOptions, StreamOptions, StreamReport
+from .model import Model, Signature, load_model, save_model
+from .runners import score
 
 
-def stream(model_uri, **options):
-    """Score a Kafka topic into another until stopped; see engine.stream.StreamOptions."""
-    from .stream import stream as _stream
+def stream(model_uri, **options) -> StreamReport:
+    """Score a Kafka topic into another until stopped; options: see ``engine.StreamOptions``."""
+    from .runners.stream import stream as run_stream
 
-    return _stream(model_uri, **options)
-from .signature import Signature
+    return run_stream(model_uri, **options)
+
 
 __all__ = [
     "load_model", "Model", "save_model", "Signature", "score", "stream", "ScoreOptions", "ScoreReport",
+    "RayOptions", "SparkOptions", "StreamOptions", "StreamReport",
     "EngineError", "ConfigError", "ModelLoadError", "FlavorNotFound", "MissingDependency",
     "SchemaError", "ScoringError", "ConnectorError",
 ]

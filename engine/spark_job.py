@@ -1,78 +1,13 @@
-"""The Spark runner, and the spark-submit entry point.
+"""The spark-submit entry point: ``arrowscore score ... --runner spark`` as a script Spark can run.
 
     spark-submit --master 'local[2]' "$(python -m engine.spark_job --path)" MODEL_URI INPUT OUTPUT [score options]
-    arrowscore score MODEL_URI INPUT OUTPUT --runner spark            # the same from the CLI
-
-Takes every ``arrowscore score`` option; Spark reads the Parquet input, ``engine.spark.score`` scores
-it with mapInArrow, and Spark's file committer writes the output (``_temporary/`` until the job
-commits, then ``_SUCCESS``).
 """
 
 from __future__ import annotations
 
 import sys
-import time
 
-from engine.batch import ScoreReport, register_runner  # absolute: spark-submit runs this file as a script
-from engine.errors import ConfigError, require
-
-__all__ = ["run_spark", "main"]
-
-_MODES = {"error": "errorifexists", "overwrite": "overwrite", "append": "append"}
-
-
-def run_spark(model_uri, input: str, output: str, options, master: str | None = None, feature_columns=None,
-              model_config=None, filesystem=None) -> ScoreReport:
-    require("pyspark", "spark", "the spark runner")
-    from pyspark.sql import SparkSession
-
-    from engine import spark as spark_scoring
-
-    if options.on_error != "fail":
-        raise ConfigError("the spark runner stops on bad rows (on_error 'fail'); dead letters need the local runner")
-    if model_config or filesystem:
-        raise ConfigError("the spark runner takes no model_config or filesystem; set them in the model or Spark conf")
-    if options.row_group_rows:
-        raise ConfigError("the spark runner sizes row groups in bytes: set Spark's parquet.block.size instead of "
-                          "row_group_rows")
-    builder = SparkSession.builder.appName("arrowscore")
-    if master:
-        builder = builder.master(master)
-    elif SparkSession.getActiveSession() is None and "spark.master" not in _submitted_conf():
-        builder = builder.master("local[*]")
-    spark = builder.getOrCreate()
-    start = time.perf_counter()
-    df = spark.read.parquet(input)
-    rows = df.count()  # from the Parquet footers
-    scored = spark_scoring.score(df, model_uri, keep_columns=options.keep_columns, rename=options.rename,
-                                 params=options.params, feature_columns=feature_columns)
-    writer = scored.write.mode(_MODES[options.mode]).option("compression", options.compression)
-    if options.partition_by:
-        writer = writer.partitionBy(options.partition_by)
-    writer.parquet(output)
-    files = _part_files(spark, output)
-    return ScoreReport(rows=rows, rows_scored=rows, dead_lettered=0, seconds=time.perf_counter() - start,
-                       output_files=files, input_files=len(df.inputFiles()), runner="spark")
-
-
-def _submitted_conf() -> dict:
-    from pyspark import SparkConf
-
-    return dict(SparkConf().getAll())
-
-
-def _part_files(spark, output: str) -> list[str]:
-    import pyarrow.fs as pafs
-
-    from connectors.parquet import filesystem_for
-
-    fs, path = filesystem_for(output)
-    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
-    return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
-
-
-if __name__ != "__main__":  # as a script, the CLI imports engine.spark_job, which registers it
-    register_runner("spark", run_spark)
+__all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,7 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     if args == ["--path"]:
         print(__file__)
         return 0
-    from engine.cli import main as cli_main
+    from engine.cli import main as cli_main  # absolute: spark-submit runs this file as a script
 
     return cli_main(["score", *args, "--runner", "spark"])
 

@@ -9,7 +9,12 @@ the fallback for anything else MLflow can load.
 ...     name = "echo"
 ...     def load(self, meta, conf, options=None):
 ...         return Predictor(predict=lambda x, params: x[:, 0], input_kind="matrix")
->>> register(EchoFlavor())      # doctest: +SKIP
+>>> EchoFlavor().load(None, {}).input_kind
+'matrix'
+>>> register(EchoFlavor()); register(EchoFlavor())
+Traceback (most recent call last):
+...
+engine.errors.ConfigError: flavor 'echo' is already registered...
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import threading
 import numpy as np
 
 from engine.errors import ModelLoadError, require
-from engine.signature import TensorSpec
+from engine.model.signature import TensorSpec
 
 from . import Predictor
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from engine.convert import list_tensor
+from engine.model.convert import list_tensor
 
 
 def columns_of_expected(expected) -> dict[str, np.ndarray]:

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+from needs import need
 
 ROWS = 40
 N_FEATURES = 16
@@ -219,7 +220,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def kafka(tmp_path_factory):
     """A real Apache Kafka broker (KRaft, 127.0.0.1:19192), started once and stopped at the end."""
-    pytest.importorskip("confluent_kafka")
+    need("confluent_kafka", "the Kafka broker fixture")
     sys.path.insert(0, str(ROOT / "scripts" / "kafka"))
     import broker
 
@@ -233,7 +234,7 @@ def kafka(tmp_path_factory):
 @pytest.fixture(scope="session")
 def spark():
     """Spark in local mode, with the Kafka connector's jars (from Maven Central) on its classpath."""
-    pytest.importorskip("pyspark")
+    need("pyspark", "the Spark fixture")
     from pyspark.sql import SparkSession
 
     sys.path.insert(0, str(ROOT / "scripts" / "spark_kafka"))

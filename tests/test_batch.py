@@ -16,7 +16,7 @@ import engine
 from compare import assert_same_predictions
 from connectors.parquet import ParquetSource
 from engine import ConfigError, ConnectorError, SchemaError
-from engine.progress import Progress
+from engine.jobs.progress import Progress
 
 KEYS = ["sklearn_skops", "sklearn_pipeline", "onnx", "xgboost_booster", "lightgbm_sklearn", "pyfunc_custom",
         "pyfunc_code"]
@@ -176,8 +176,14 @@ def test_bad_options():
         engine.ScoreOptions(on_error="dead-letter")
     with pytest.raises(ConfigError, match=r"mode 'replace' is not one of \('error', 'overwrite', 'append'\)"):
         engine.ScoreOptions(mode="replace")
-    with pytest.raises(ConfigError, match=r"runner 'dask' is not available; available: \['local'"):
+    with pytest.raises(ConfigError, match=r"runner 'dask' is not one of \['local', 'ray', 'spark'\]"):
         engine.score("m", "in", "out", runner="dask")
+    with pytest.raises(ConfigError, match=r"the ray runner has no options \['actor'\]; it takes \['actors', 'address'"):
+        engine.score("m", "in", "out", runner="ray", runner_options={"actor": 2})
+    with pytest.raises(ConfigError, match="actors must be at least 1, got 0"):
+        engine.score("m", "in", "out", runner="ray", runner_options={"actors": 0})
+    with pytest.raises(ConfigError, match="cpus_per_actor must be above 0"):
+        engine.RayOptions(cpus_per_actor=0)
 
 
 def test_progress_bar_on_a_terminal():

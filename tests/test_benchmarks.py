@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from needs import need
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,7 +27,7 @@ def test_parquet_benchmark_runs():
 
 
 def test_ray_benchmark_runs():
-    pytest.importorskip("ray")
+    need("ray", "the Ray benchmark")
     out = subprocess.run([sys.executable, "benchmarks/bench_ray.py", "--rows", "50000", "--rounds", "1"],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -92,7 +92,7 @@ def test_tensor_input_is_fed_without_copy(logged_models):
 
 def test_scalar_columns_take_the_column_major_entry(logged_models):
     """16 float columns feed a rewritten graph (features, rows) -> Transpose -> MLP: same predictions."""
-    from engine.inputs import COLUMNAR_MIN_ROWS
+    from engine.model.inputs import COLUMNAR_MIN_ROWS
 
     case = logged_models["onnx"]
     model = engine.load_model(case.uris["path"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+torch = pytest.importorskip("torch", reason="torch is not in the test environment (not in the dev extra)")
 mlflow = pytest.importorskip("mlflow")
 
 import engine  # noqa: E402

@@ -13,8 +13,8 @@ import yaml
 
 import engine
 from engine import FlavorNotFound, MissingDependency, ModelLoadError
-from engine.mlmodel import read_mlmodel
-from engine.signature import Signature
+from engine.model.mlmodel import read_mlmodel
+from engine.model.signature import Signature
 from without import load_error
 
 

@@ -6,6 +6,7 @@ import pytest
 
 import engine
 from compare import assert_same_predictions
+from needs import need
 
 MODELS = ["sklearn_skops", "sklearn_pickle", "sklearn_cloudpickle", "sklearn_pipeline", "onnx",
           "xgboost_booster", "xgboost_sklearn", "lightgbm_booster", "lightgbm_sklearn", "pyfunc_custom", "pyfunc_code"]
@@ -37,7 +38,7 @@ def test_pandas_input_same_as_arrow(logged_models, key):
 
 @pytest.mark.parametrize("key", ["onnx", "xgboost_booster", "sklearn_pickle"])
 def test_polars_numpy_dict_inputs(logged_models, key):
-    polars = pytest.importorskip("polars")
+    polars = need("polars", "polars inputs")
     case = logged_models[key]
     model = engine.load_model(case.uris["path"])
     table = case.arrow_input

@@ -10,9 +10,10 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import engine
-from engine import SchemaError, convert
-from engine.inputs import InputPlan
-from engine.signature import ColSpec, Signature
+from engine import SchemaError
+from engine.model import convert
+from engine.model.inputs import InputPlan
+from engine.model.signature import ColSpec, Signature
 from flavors import Predictor
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -15,7 +15,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-ray = pytest.importorskip("ray")
+from needs import need  # noqa: E402
+
+ray = need("ray", "the Ray runner suite")
 
 import engine  # noqa: E402
 from compare import assert_same_predictions  # noqa: E402
@@ -145,7 +147,7 @@ def test_hive_input_split_files_and_batch_rows_bound(ray_head, tmp_path, monkeyp
     task are read by several tasks; no model call sees more than batch_rows rows although Ray gathers the
     read batches into larger blocks."""
     from connectors.parquet import ParquetSource
-    from engine import ray_job
+    from engine.runners import ray as ray_job
 
     model = engine.save_model(tmp_path / "model", _batch_length, signature=pa.schema([pa.field("x", pa.float64(), False)]))
     ids = np.arange(30_000)
@@ -194,13 +196,13 @@ def test_actor_on_another_node_unpacks_the_shipped_model_once(logged_models, tmp
     lack the driver's path."""
     import tempfile
 
-    from engine import ray_job
-    from engine.batch import ScoreOptions
+    from engine.runners import ray as ray_job
+    from engine.jobs.options import ScoreOptions
 
     case = logged_models["xgboost_booster"]
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "node-tmp"))
     (tmp_path / "node-tmp").mkdir()
-    packed = ray_job._pack(engine.uris.resolve(case.uris["path"]))
+    packed = ray_job._pack(engine.model.uris.resolve(case.uris["path"]))
     elsewhere = str(tmp_path / "driver-only" / "model")
     actors = [ray_job.ScoreActor(elsewhere, packed, ScoreOptions()) for _ in range(2)]
     assert len(list((tmp_path / "node-tmp" / "arrowscore-models").iterdir())) == 1  # unpacked once, then reused

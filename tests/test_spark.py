@@ -11,7 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-pyspark = pytest.importorskip("pyspark")
+from needs import need  # noqa: E402
+
+pyspark = need("pyspark", "the Spark suite")
 
 import engine  # noqa: E402
 import engine.spark  # noqa: E402

@@ -17,10 +17,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-ck = pytest.importorskip("confluent_kafka")
+from needs import need  # noqa: E402
+
+ck = need("confluent_kafka", "the Kafka streaming suite")
 
 import engine  # noqa: E402
-from engine.stream import stream  # noqa: E402
+from engine.runners.stream import stream  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
 

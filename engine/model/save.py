@@ -1,8 +1,12 @@
 """``save_model``: write an MLflow model directory that arrowscore and MLflow both load.
 
->>> from sklearn.linear_model import LinearRegression                       # doctest: +SKIP
->>> engine.save_model("out/model", LinearRegression().fit(X, y),             # doctest: +SKIP
-...                   signature=pa.schema([("x", pa.float64())]))
+>>> import tempfile, numpy as np, pyarrow as pa
+>>> from sklearn.linear_model import LinearRegression
+>>> fitted = LinearRegression().fit(np.array([[0.0], [1.0]]), np.array([1.0, 3.0]))
+>>> path = save_model(tempfile.mkdtemp() + "/model", fitted, signature=pa.schema([("x", pa.float64())]))
+>>> from engine import load_model
+>>> round(load_model(path).predict({"x": [2.0]}).column("prediction")[0].as_py(), 6)
+5.0
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from pathlib import Path
 import pyarrow as pa
 import yaml
 
-from .errors import ConfigError
+from ..errors import ConfigError
 from .mlmodel import write_mlmodel
 from .signature import Signature
 

@@ -6,8 +6,9 @@ Two value formats:
 Every decoded row carries ``_msg`` (its message's index in the micro-batch) and the pass-through
 columns ``_key``, ``_partition``, ``_offset``, ``_timestamp`` (ms since the epoch).
 
->>> batch, bad = decode([msg1, msg2], "json")        # doctest: +SKIP
->>> bad                                                # [(index, "reason"), ...] for undecodable messages
+    batch, bad = decode(messages, "json")   # confluent_kafka Messages -> one RecordBatch (+ _msg, _key, ...)
+    bad                                     # [(index, reason), ...] for the undecodable ones
+    for index, value in encode(scored, "json"): ...   # one output value per input message
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from engine.errors import ConfigError
-from engine.payload import jsonable
+from engine.model.payload import jsonable
 
 __all__ = ["decode", "encode", "FORMATS", "PASS_THROUGH"]
 

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from engine.batch import ScoreReport, register_runner
-from engine.errors import ConfigError, require
-from engine.progress import Progress
+from ..errors import ConfigError, require
+from ..jobs.options import RayOptions, ScoreOptions, ScoreReport
+from ..jobs.progress import Progress
 
 __all__ = ["run_ray", "ScoreActor"]
 
@@ -60,9 +60,9 @@ def _unipc(value: pa.Scalar) -> list:
 class ScoreActor:
     """One Ray actor: the model loaded once, then one call per batch."""
 
-    def __init__(self, location: str, packed, options, feature_columns=None, load_log: str | None = None):
-        from engine import load_model
-        from engine.job import JobScorer, log_load
+    def __init__(self, location: str, packed, options: ScoreOptions, load_log: str | None = None):
+        from ..jobs.scoring import JobScorer, log_load
+        from ..model import load_model
 
         path = Path(location)
         if not (path / "MLmodel").is_file():  # another machine: unpack the driver's copy once per node
@@ -77,13 +77,13 @@ class ScoreActor:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 with contextlib.suppress(OSError):  # another actor on this node may have won the race
                     os.rename(staging, path)
-        model = load_model(path, feature_columns=feature_columns, shared_cpu=True)
+        model = load_model(path, shared_cpu=True, **options.load_kwargs())
         log_load(load_log, path)
         self.job = JobScorer.from_options(model, options)
         self.batch_rows = options.batch_rows
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        from engine.job import Where
+        from ..jobs.scoring import Where
 
         outputs, rejected = [], []
         for batch in table.to_batches(max_chunksize=self.batch_rows):
@@ -101,11 +101,8 @@ def _runtime_env(runtime_env: dict | None, ship_code: bool) -> dict | None:
     nodes that lack arrowscore, or have another version of it, import the driver's code."""
     env = dict(runtime_env or {})
     if ship_code:
-        import connectors
-        import engine
-        import flavors
-
-        env["py_modules"] = [*env.get("py_modules", []), *(str(Path(m.__file__).parent) for m in (engine, flavors, connectors))]
+        root = Path(__file__).resolve().parents[2]  # the directory holding engine/, flavors/, connectors/
+        env["py_modules"] = [*env.get("py_modules", []), *(str(root / name) for name in ("engine", "flavors", "connectors"))]
     return env or None
 
 
@@ -124,24 +121,20 @@ def _connect(ray, address: str | None, num_cpus: int | None, runtime_env: dict |
         ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING, **extra)
 
 
-def run_ray(model_uri, input: str, output: str, options, address: str | None = None, actors: int = 1,
-            cpus_per_actor: float = 0.5, num_cpus: int | None = None, feature_columns=None, load_log=None,
-            model_config=None, filesystem=None, runtime_env: dict | None = None, ship_code: bool = False) -> ScoreReport:
+def run_ray(model_uri, input: str, output: str, options: ScoreOptions, ray_opts: RayOptions = RayOptions()) -> ScoreReport:
     ray = require("ray", "ray", "the ray runner")
-    from engine import load_model, uris
-    from engine.job import JobScorer, commit_parquet_job, open_parquet_job
+    from ..jobs.parquet import commit_parquet_job, open_parquet_job
+    from ..jobs.scoring import JobScorer
+    from ..model import Model, load_model, uris
 
-    if model_config or filesystem:
-        raise ConfigError("the ray runner takes no model_config or filesystem; set them in the model or the URI")
-    if actors < 1 or cpus_per_actor <= 0:
-        raise ConfigError(f"actors must be >= 1 and cpus_per_actor > 0, got {actors} and {cpus_per_actor}")
     loading = time.perf_counter()
-    path = uris.resolve(model_uri).resolve()  # once, in the driver: workers never touch the registry
-    model = load_model(path, feature_columns=feature_columns)
+    # resolved once, in the driver: workers never touch the registry
+    path = (model_uri.path if isinstance(model_uri, Model) else uris.resolve(model_uri)).resolve()
+    model = load_model(path, **options.load_kwargs())
     start = time.perf_counter()
     job = JobScorer.from_options(model, options)  # option errors (clashes, renames) surface here, before any cluster work
     connecting = time.perf_counter()
-    _connect(ray, address, num_cpus, _runtime_env(runtime_env, ship_code))
+    _connect(ray, ray_opts.address, ray_opts.num_cpus, _runtime_env(ray_opts.runtime_env, ray_opts.ship_code))
     startup = time.perf_counter() - connecting
     source, parts, total, sink, dead = open_parquet_job(model, input, output, options)
     columns = source.columns
@@ -154,9 +147,9 @@ def run_ray(model_uri, input: str, output: str, options, address: str | None = N
         dataset = ray.data.read_datasource(reads, override_num_blocks=reads.tasks)
         dataset.context.enable_progress_bars = False  # the driver shows one bar, as the local runner does
         scoredset = dataset.map_batches(
-            ScoreActor, fn_constructor_args=(str(path), packed, options, feature_columns, load_log),
+            ScoreActor, fn_constructor_args=(str(path), packed, options, ray_opts.load_log),
             batch_format="pyarrow", batch_size=None,  # one call per block (fewer Ray tasks); the actor slices it
-            compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=cpus_per_actor)
+            compute=ray.data.ActorPoolStrategy(size=ray_opts.actors), num_cpus=ray_opts.cpus_per_actor)
         part = 0
         for table in scoredset.iter_batches(batch_format="pyarrow", batch_size=None):
             outs, deads = table.column("out"), table.column("dead")
@@ -229,7 +222,3 @@ def _row_bytes(type_: pa.DataType) -> int:
         return max(type_.bit_width // 8, 1)
     except ValueError:  # strings, lists: no fixed width
         return 32
-
-
-if __name__ != "__main__":
-    register_runner("ray", run_ray)

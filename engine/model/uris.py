@@ -5,8 +5,10 @@ URIs (``s3://`` ...) go through MLflow (``arrowscore[mlflow]``) and land in a ca
 identifies the model's content (its model id, or run and path), so a restart or a second worker
 reuses the download. Aliases are resolved on every call; only the content is cached.
 
->>> resolve("file:///models/iris")   # doctest: +SKIP
-PosixPath('/models/iris')
+>>> resolve("file:///no/such/model")
+Traceback (most recent call last):
+...
+engine.errors.ModelLoadError: model path '/no/such/model' does not exist; ...
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import tempfile
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from .errors import ConfigError, ModelLoadError, require
+from ..errors import ConfigError, ModelLoadError, require
 
 __all__ = ["resolve", "default_cache_dir", "cache_key"]
 

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import convert
-from .errors import SchemaError
+from ..errors import SchemaError
 from .signature import Signature, TensorSpec
 
 __all__ = ["InputPlan"]

@@ -14,10 +14,10 @@ import queue
 import threading
 import time
 
-
-from .batch import ScoreReport
-from .job import JobScorer, Where, commit_parquet_job, open_parquet_job
-from .progress import Progress
+from ..jobs.options import LocalOptions, ScoreOptions, ScoreReport
+from ..jobs.parquet import commit_parquet_job, open_parquet_job
+from ..jobs.progress import Progress
+from ..jobs.scoring import JobScorer, Where
 
 __all__ = ["run_local"]
 
@@ -86,13 +86,14 @@ def _writer(sink, dead, q_out: queue.Queue, stop: threading.Event, errors: list)
         stop.set()
 
 
-def run_local(model_uri, input: str, output: str, options, model_config=None, feature_columns=None,
-              filesystem=None) -> ScoreReport:
-    from .scorer import Model, load_model
+def run_local(model_uri, input: str, output: str, options: ScoreOptions,
+              local: LocalOptions = LocalOptions()) -> ScoreReport:
+    from ..model import Model, load_model
 
+    filesystem = local.filesystem
     loading = time.perf_counter()
-    model = model_uri if isinstance(model_uri, Model) else load_model(
-        model_uri, model_config=model_config, feature_columns=feature_columns, shared_cpu=True)
+    model = model_uri if isinstance(model_uri, Model) else load_model(model_uri, shared_cpu=True,
+                                                                      **options.load_kwargs())
     start = time.perf_counter()
     job = JobScorer.from_options(model, options)
     source, parts, total, sink, dead = open_parquet_job(model, input, output, options, filesystem)

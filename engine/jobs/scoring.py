@@ -8,17 +8,14 @@ rest, and returns the rejected rows with their reason. Scored + rejected rows = 
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 
 import pyarrow as pa
 
-from .errors import ConfigError, SchemaError, ScoringError
+from ..errors import ConfigError, SchemaError, ScoringError
 
-__all__ = ["JobScorer", "DEAD_LETTER_COLUMNS", "Where", "open_parquet_job", "commit_parquet_job"]
-
-log = logging.getLogger("arrowscore.job")
+__all__ = ["JobScorer", "DEAD_LETTER_COLUMNS", "Where", "log_load"]
 
 DEAD_LETTER_COLUMNS = ("_error", "_source_file", "_source_row")
 
@@ -116,41 +113,3 @@ def log_load(path: str | None, model_path) -> None:
     if path:
         with open(path, "a") as fh:
             fh.write(f"{os.getpid()} {model_path}\n")
-
-
-def open_parquet_job(model, input: str, output: str, options, filesystem=None):
-    """What every Parquet runner starts with: (source, parts, total rows, opened sink, dead letters).
-
-    Reads only the model's columns plus keep_columns, knows the row count from the footers, removes
-    staging left by killed jobs, and opens the sink (which refuses a non-empty output in mode error).
-    """
-    from connectors.parquet import DeadLetterFile, ParquetSink, ParquetSource
-
-    needed = model.input_columns
-    columns = None if needed is None else list(dict.fromkeys([*needed, *options.keep_columns]))
-    source = ParquetSource(input, columns=columns, batch_rows=options.batch_rows, filesystem=filesystem)
-    missing = [c for c in options.keep_columns if c not in source.schema.names]
-    if missing:
-        raise ConfigError(f"keep_columns {missing} are not in the input (it has {source.schema.names})")
-    parts = source.parts()
-    ParquetSink.clean_stale(output, filesystem)
-    sink = ParquetSink(output, mode=options.mode, compression=options.compression,
-                       row_group_rows=options.row_group_rows, partition_by=options.partition_by, filesystem=filesystem)
-    sink.open()
-    return source, parts, sum(p.num_rows for p in parts), sink, DeadLetterFile(options.dead_letter)
-
-
-def commit_parquet_job(job: JobScorer, input_schema: pa.Schema, sink, dead, scored: int, total: int) -> list[str]:
-    """What every Parquet runner ends with, once all its output is in the sink: a zero-row output when
-    nothing was scored, the row accounting check, then dead letters and output committed.
-
-    Scored + rejected = input rows is the job's promise; a mismatch is a bug, never a silent loss.
-    """
-    if scored == 0 and job.model.output_schema is not None:
-        sink.write(0, job.empty_output(input_schema))
-    elif scored == 0:
-        log.warning("no rows were scored and the model has no output signature: the output has no part files")
-    if scored + dead.rows != total:
-        raise RuntimeError(f"row accounting failed: {total} input rows, {scored} scored, {dead.rows} rejected")
-    dead.commit()
-    return sink.commit()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["ParamsPlan"]
 

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import convert
-from .errors import ScoringError
+from ..errors import ScoringError
 from .signature import Signature
 
 __all__ = ["OutputPlan", "PREDICTION", "schema_from_tensors"]

@@ -1,10 +1,11 @@
 """The scorer: one hot path, ``RecordBatch -> model input -> predict -> RecordBatch``, that every mode calls.
 
->>> import engine, pyarrow as pa
->>> model = engine.load_model("path/to/model")                        # doctest: +SKIP
->>> model.score_batch(pa.record_batch({"x": [1.0, 2.0]}))            # doctest: +SKIP
-pyarrow.RecordBatch
-prediction: double
+>>> import tempfile, engine, pyarrow as pa
+>>> path = engine.save_model(tempfile.mkdtemp() + "/m", lambda df: df["x"] * 2,
+...                          signature=pa.schema([("x", pa.float64())]))
+>>> model = engine.load_model(path)
+>>> model.score_batch(pa.record_batch({"x": [1.0, 2.0]})).to_pydict()
+{'prediction': [2.0, 4.0]}
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pyarrow as pa
 import flavors
 
 from . import convert, uris
-from .errors import EngineError, ScoringError, SchemaError
+from ..errors import EngineError, ScoringError, SchemaError
 from .inputs import InputPlan
 from .mlmodel import ModelMeta, read_mlmodel
 from .outputs import OutputPlan, schema_from_tensors

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import convert
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["decode_json", "read_input", "encode_json", "write_output", "jsonable"]
 

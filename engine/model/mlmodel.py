@@ -1,8 +1,9 @@
 """Reading and writing the MLmodel file of a model directory.
 
->>> meta = read_mlmodel("path/to/model")            # doctest: +SKIP
->>> meta.flavors["python_function"]["loader_module"]  # doctest: +SKIP
-'mlflow.sklearn'
+>>> import tempfile, engine, pyarrow as pa
+>>> path = engine.save_model(tempfile.mkdtemp() + "/m", lambda df: df["x"], signature=pa.schema([("x", pa.float64())]))
+>>> read_mlmodel(path).flavors["python_function"]["loader_module"]
+'flavors.python_function'
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import ModelLoadError
+from ..errors import ModelLoadError
 from .signature import Signature
 
 __all__ = ["ModelMeta", "read_mlmodel", "write_mlmodel"]

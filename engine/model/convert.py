@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .errors import ConfigError, SchemaError
+from ..errors import ConfigError, SchemaError
 
 __all__ = ["matrix", "list_tensor", "to_arrow", "to_table"]
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from .errors import ModelLoadError
+from ..errors import ModelLoadError
 
 __all__ = ["ColSpec", "TensorSpec", "ParamSpec", "Signature", "arrow_type", "mlflow_type"]
 

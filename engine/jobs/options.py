@@ -1,0 +1,222 @@
+"""What a job can be told, and what it reports: frozen dataclasses, validated once, imported by every
+runner and by the CLI (whose flags are built from these fields), importing no runner.
+
+>>> ScoreOptions(keep_columns=["id"], on_error="dead-letter", dead_letter="rejected.parquet").keep_columns
+('id',)
+>>> RayOptions(actors=0)
+Traceback (most recent call last):
+...
+engine.errors.ConfigError: actors must be at least 1, got 0
+
+Field metadata ``help`` is the CLI's help text; ``cli=False`` keeps a field off the command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from ..errors import ConfigError
+
+__all__ = ["ScoreOptions", "ScoreReport", "LocalOptions", "RayOptions", "SparkOptions", "StreamOptions",
+           "StreamReport", "ON_ERROR", "GUARANTEES", "runner_options"]
+
+ON_ERROR = ("fail", "dead-letter")
+GUARANTEES = ("at-least-once", "exactly-once")
+
+
+def _opt(default, help: str, cli: bool = True, **extra):
+    """A dataclass field with its CLI help; mutable defaults become factories."""
+    meta = {"help": help, "cli": cli, **extra}
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _at_least(obj, minimum, *names) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and value < minimum:
+            raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    """Everything a batch job can be told; validated once, passed to whichever runner runs it."""
+
+    keep_columns: tuple = _opt((), "input columns to copy to the output (ids, ...)")
+    # a batch of 16 doubles stays in cache between stages; 64k halved ONNX rows/s
+    batch_rows: int = _opt(32_768, "rows per scored batch")
+    mode: str = _opt("error", "what to do when OUTPUT is not empty")
+    on_error: str = _opt("fail", "rows failing the signature: stop, or write them to a dead-letter file")
+    dead_letter: str | None = _opt(None, "Parquet file for rejected rows (with on_error dead-letter)")
+    compression: str = _opt("snappy", "Parquet compression")
+    row_group_rows: int | None = _opt(None, "rows per output row group")
+    partition_by: str | None = _opt(None, "write output partitioned by this (kept) column")
+    rename: dict = _opt({}, "rename output columns {old: new}")
+    params: dict | None = _opt(None, "inference params for every batch, checked against the params schema")
+    read_ahead: int = _opt(4, "batches in flight between reading, scoring and writing")
+    progress: bool | None = _opt(None, "None: a bar on a terminal, log lines otherwise")
+    feature_columns: tuple | None = _opt(None, "scalar columns that make up a tensor input, in order")
+    model_config: dict | None = _opt(None, "overrides for a python_function model's model_config")
+
+    def __post_init__(self):
+        from connectors.parquet import MODES
+
+        object.__setattr__(self, "keep_columns", tuple(self.keep_columns or ()))
+        object.__setattr__(self, "rename", dict(self.rename or {}))
+        if self.feature_columns is not None:
+            object.__setattr__(self, "feature_columns", tuple(self.feature_columns) or None)
+        _at_least(self, 1, "batch_rows", "read_ahead", "row_group_rows")
+        if self.mode not in MODES:
+            raise ConfigError(f"mode {self.mode!r} is not one of {MODES}")
+        if self.on_error not in ON_ERROR:
+            raise ConfigError(f"on_error {self.on_error!r} is not one of {ON_ERROR}")
+        if self.on_error == "dead-letter" and not self.dead_letter:
+            raise ConfigError("on_error 'dead-letter' needs a path for the rejected rows (dead_letter=PATH, "
+                              "--on-error dead-letter PATH)")
+        dupes = {c for c in self.keep_columns if list(self.keep_columns).count(c) > 1}
+        if dupes:
+            raise ConfigError(f"keep_columns names {sorted(dupes)} more than once")
+
+    def load_kwargs(self) -> dict:
+        """The ``load_model`` arguments these options imply."""
+        return {"feature_columns": list(self.feature_columns) if self.feature_columns else None,
+                "model_config": self.model_config}
+
+
+@dataclass(frozen=True)
+class LocalOptions:
+    """The local runner's own options."""
+
+    filesystem: object = _opt(None, "a pyarrow.fs.FileSystem for the input and output paths", cli=False)
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """The Ray runner's options (``--ray-*`` on the command line)."""
+
+    address: str | None = _opt(None, "Ray cluster to use (default: RAY_ADDRESS, else a local one)")
+    actors: int = _opt(1, "scoring actors in the Ray actor pool")
+    cpus_per_actor: float = _opt(0.5, "CPUs each actor reserves (below 1: reads must still get CPUs on small nodes)")
+    num_cpus: int | None = _opt(None, "CPUs of a local Ray started by arrowscore (default: all)")
+    runtime_env: dict | None = _opt(None, "Ray runtime env for the workers (pip, py_modules, env_vars)",
+                                    metavar="JSON|FILE")
+    ship_code: bool = _opt(False, "send this arrowscore's code to the workers (py_modules), for nodes without it")
+    load_log: str | None = _opt(None, "append one line per model load in an actor (tests count loads)", cli=False)
+
+    def __post_init__(self):
+        _at_least(self, 1, "actors", "num_cpus")
+        if self.cpus_per_actor <= 0:
+            raise ConfigError(f"cpus_per_actor must be above 0, got {self.cpus_per_actor}")
+        if self.runtime_env is not None and not isinstance(self.runtime_env, dict):
+            raise ConfigError(f"runtime_env must be a mapping, got {type(self.runtime_env).__name__}")
+
+
+@dataclass(frozen=True)
+class SparkOptions:
+    """The Spark runner's options (``--spark-*``)."""
+
+    master: str | None = _opt(None, "Spark master (default: spark-submit's, else local[*])")
+    load_log: str | None = _opt(None, "append one line per model load in a worker (tests count loads)", cli=False)
+
+
+RUNNER_OPTIONS = {"local": LocalOptions, "ray": RayOptions, "spark": SparkOptions}
+
+
+def runner_options(runner: str, given) -> object:
+    """The runner's options object from a dict (checked: unknown keys are refused) or itself."""
+    cls = RUNNER_OPTIONS.get(runner)
+    if cls is None:
+        raise ConfigError(f"runner {runner!r} is not one of {sorted(RUNNER_OPTIONS)}")
+    if isinstance(given, cls):
+        return given
+    given = dict(given or {})
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise ConfigError(f"the {runner} runner has no options {unknown}; it takes {sorted(known)}")
+    return cls(**given)
+
+
+@dataclass
+class ScoreReport:
+    """What a batch job did: every input row is either scored or dead-lettered."""
+
+    rows: int
+    rows_scored: int
+    dead_lettered: int
+    seconds: float
+    output_files: list
+    input_files: int = 0
+    dead_letter_path: str | None = None
+    runner: str = "local"
+    load_seconds: float = 0.0  # model loading, apart from ``seconds`` (reading, scoring, writing)
+    startup_seconds: float = 0.0  # connecting to / starting a cluster, included in ``seconds``
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+    def _startup(self) -> str:
+        return f", cluster start-up {self.startup_seconds:.2f} s of the total" if self.startup_seconds else ""
+
+    def __str__(self) -> str:
+        text = (f"scored {self.rows_scored:,} of {self.rows:,} rows from {self.input_files} files in "
+                f"{self.seconds:.2f} s ({self.rows_per_s:,.0f} rows/s, runner {self.runner}; model loaded in "
+                f"{self.load_seconds:.2f} s{self._startup()}); "
+                f"{len(self.output_files)} output files")
+        if self.dead_lettered:
+            text += f"; {self.dead_lettered:,} rows rejected -> {self.dead_letter_path}"
+        return text
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    """A Kafka stream: where from, where to, with which guarantee (``arrowscore stream``)."""
+
+    bootstrap_servers: str = _opt("", "Kafka bootstrap servers, host:port[,...]")
+    input_topic: str = _opt("", "topic to score")
+    output_topic: str = _opt("", "topic the predictions go to")
+    group_id: str = _opt("", "consumer group (replicas of one stream share it)")
+    guarantee: str = _opt("at-least-once", "delivery guarantee")
+    dead_letter_topic: str | None = _opt(None, "where undecodable or invalid messages go (else the stream stops)")
+    value_format: str = _opt("json", "message values: one JSON object each, or an Arrow IPC stream each")
+    keep_columns: tuple = _opt(("_key",), "input fields or pass-through columns (_key, _partition, _offset, "
+                                          "_timestamp) to copy into each output")
+    max_batch_rows: int = _opt(10_000, "messages per micro-batch at most")
+    max_wait_ms: int = _opt(100, "longest wait to fill a micro-batch once its first message arrived")
+    client_config: dict = _opt({}, "extra Kafka client settings", cli=False)
+    transactional_id: str | None = _opt(None, "exactly-once: the producer's transactional.id", cli=False)
+    stats_every_s: float = _opt(10.0, "seconds between progress log lines")
+    max_messages: int | None = _opt(None, "stop after this many input messages (tests, backfills)", cli=False)
+    idle_timeout_s: float | None = _opt(None, "stop after this long without messages", cli=False)
+
+    def __post_init__(self):
+        from connectors.kafka import FORMATS
+
+        object.__setattr__(self, "keep_columns", tuple(self.keep_columns or ()))
+        if self.guarantee not in GUARANTEES:
+            raise ConfigError(f"guarantee {self.guarantee!r} is not one of {GUARANTEES}")
+        if self.value_format not in FORMATS:
+            raise ConfigError(f"value format {self.value_format!r} is not one of {FORMATS}")
+        if self.max_batch_rows < 1 or self.max_wait_ms < 0:
+            raise ConfigError("max_batch_rows must be >= 1 and max_wait_ms >= 0")
+        for name in ("bootstrap_servers", "input_topic", "output_topic", "group_id"):
+            if not getattr(self, name):
+                raise ConfigError(f"{name} is required (--{name.replace('_', '-')})")
+
+
+@dataclass
+class StreamReport:
+    messages: int = 0
+    rows: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+    busy_seconds: float = 0.0  # from the first message consumed: throughput without start-up and idling
+
+    def __str__(self) -> str:
+        rate = self.messages / self.seconds if self.seconds else 0.0
+        return (f"streamed {self.messages:,} messages ({self.rows:,} rows) in {self.batches:,} batches, "
+                f"{self.dead_lettered:,} dead-lettered, {self.seconds:.1f} s ({rate:,.0f} msg/s)")

@@ -1,0 +1,148 @@
+"""Streaming scoring over Kafka: micro-batches through the one scorer, at-least-once or exactly-once.
+
+    arrowscore stream MODEL --bootstrap-servers 127.0.0.1:9092 --input-topic in --output-topic out \\
+        --group-id scorer [--guarantee exactly-once] [--dead-letter-topic dead] [-X linger.ms=5]
+
+Each loop turn consumes up to ``max_batch_rows`` messages (waiting at most ``max_wait_ms``), decodes
+them to one RecordBatch, scores it with ``JobScorer`` -> ``Model.score_batch`` and produces one output
+message per input message (same key, same headers). Then:
+- at-least-once: wait until the broker acknowledged every output, then commit the consumed offsets;
+- exactly-once: outputs, dead letters and the consumed offsets go in one Kafka transaction.
+Messages that cannot be decoded or fail the signature go to the dead-letter topic with the reason in
+the ``arrowscore.error`` header; without a dead-letter topic the stream stops on them, so nothing
+vanishes. SIGTERM/SIGINT finish the current batch, commit, and close.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+
+from connectors.kafka import PASS_THROUGH, KafkaSink, KafkaSource, decode, encode
+
+from ..errors import ConfigError, ConnectorError
+from ..jobs.options import StreamOptions, StreamReport
+from ..jobs.scoring import JobScorer, Where
+
+__all__ = ["stream"]
+
+log = logging.getLogger("arrowscore.stream")
+
+
+class _Loop:
+    """One stream: the Kafka clients (connectors), the job's rules, and the report."""
+
+    def __init__(self, model, opts: StreamOptions, stop: threading.Event):
+        unknown = [c for c in opts.keep_columns if c.startswith("_") and c not in PASS_THROUGH]
+        if unknown:
+            raise ConfigError(f"keep_columns {unknown} are not pass-through columns {list(PASS_THROUGH)}")
+        self.opts, self.stop = opts, stop
+        # failing messages are isolated, then go to the dead-letter topic (or stop the stream)
+        self.job = JobScorer(model, keep_columns=("_msg", *opts.keep_columns), isolate_rejects=True)
+        common = {"bootstrap.servers": opts.bootstrap_servers, "log_level": 3, **opts.client_config}
+        transactional = None
+        if opts.guarantee == "exactly-once":
+            transactional = opts.transactional_id or f"arrowscore-{opts.group_id}-{opts.input_topic}"
+        self.sink = KafkaSink(common, transactional)
+        self.source = KafkaSource({**common, "group.id": opts.group_id}, opts.input_topic)
+        self.report = StreamReport()
+        self.first_at = None
+        self.latency = 0.0
+
+    def _score(self, msgs: list) -> tuple[list, list]:
+        """([(message index, output value)], [(message index, reason)])."""
+        batch, bad = decode(msgs, self.opts.value_format, keep=self.opts.keep_columns)
+        outputs = []
+        if batch is not None:
+            good, rejected = self.job.score(batch, Where(self.opts.input_topic, 0))
+            dead = {}
+            if rejected is not None:
+                for i, reason in zip(rejected.column("_msg").to_pylist(), rejected.column("_error").to_pylist()):
+                    dead.setdefault(i, reason)
+                bad.extend(dead.items())
+            for out in good:
+                outputs.extend((i, v) for i, v in encode(out, self.opts.value_format) if i not in dead)
+        return outputs, bad
+
+    def _dead_letter(self, src, reason: str) -> None:
+        if not self.opts.dead_letter_topic:
+            raise ConnectorError(
+                f"message {src.topic()}/{src.partition()}/{src.offset()} cannot be scored ({reason}); no "
+                "--dead-letter-topic is set, so the stream stops here with that message unconsumed")
+        headers = list(src.headers() or []) + [
+            ("arrowscore.error", reason.encode()), ("arrowscore.source", f"{src.topic()}/{src.partition()}/{src.offset()}".encode())]
+        self.sink.produce(self.opts.dead_letter_topic, src.value(), src.key(), headers)
+
+    def turn(self) -> int:
+        msgs = self.source.consume(self.opts.max_batch_rows, self.opts.max_wait_ms, self.stop)
+        if not msgs:
+            return 0
+        if self.first_at is None:
+            self.first_at = time.perf_counter()
+        started = time.perf_counter()
+        outputs, bad = self._score(msgs)
+        self.sink.begin()
+        try:
+            for i, value in outputs:
+                self.sink.produce(self.opts.output_topic, value, msgs[i].key(), msgs[i].headers())
+            for i, reason in sorted(bad):
+                self._dead_letter(msgs[i], reason)
+            self.sink.commit(self.source, msgs)
+        except BaseException:
+            if self.sink.transactional:
+                try:
+                    self.sink.abort()
+                finally:
+                    self.source.rewind(msgs)
+            raise
+        self.report.messages += len(msgs)
+        self.report.rows += len(outputs)
+        self.report.dead_lettered += len(bad)
+        self.report.batches += 1
+        self.latency = time.perf_counter() - started
+        return len(msgs)
+
+    def run(self) -> StreamReport:
+        start = last = time.perf_counter()
+        idle_since = time.monotonic()
+        try:
+            while not self.stop.is_set():
+                n = self.turn()
+                now = time.perf_counter()
+                if n:
+                    idle_since = time.monotonic()
+                elif self.opts.idle_timeout_s is not None and time.monotonic() - idle_since > self.opts.idle_timeout_s:
+                    break
+                if self.opts.max_messages is not None and self.report.messages >= self.opts.max_messages:
+                    break
+                if now - last >= self.opts.stats_every_s:
+                    last = now
+                    log.info("%s msg/s over the run, lag %d messages, last batch %.1f ms",
+                             f"{self.report.messages / (now - start):,.0f}", self.source.lag(), self.latency * 1000)
+        finally:
+            self.report.seconds = time.perf_counter() - start
+            if self.first_at is not None:
+                self.report.busy_seconds = time.perf_counter() - self.first_at
+            self.sink.close()
+            self.source.close()
+        log.info("%s", self.report)
+        return self.report
+
+
+def stream(model_uri, *, stop: threading.Event | None = None, handle_signals: bool = False, **options) -> StreamReport:
+    """Score a Kafka topic into another until stopped (``stop`` set, SIGTERM/SIGINT, or max_messages).
+
+    options: see StreamOptions (bootstrap_servers, input_topic, output_topic, group_id, guarantee, ...).
+    """
+    from ..model import Model, load_model
+
+    opts = StreamOptions(**options)
+    stop = stop or threading.Event()
+    model = model_uri if isinstance(model_uri, Model) else load_model(model_uri)
+    loop = _Loop(model, opts, stop)
+    if handle_signals:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    return loop.run()
