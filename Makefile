@@ -26,6 +26,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_parquet.py
 	$(PY) benchmarks/bench_spark.py
 	$(PY) benchmarks/bench_ray.py
+	$(PY) benchmarks/bench_stream.py --spark
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import engine
+import contract
 from compare import assert_same_predictions
 from connectors.parquet import ParquetSource
 from engine import ConfigError, ConnectorError, SchemaError
@@ -54,15 +55,19 @@ def test_outputs_equal_mlflow_row_for_row(logged_models, tmp_path, key):
         assert ids == sorted(ids)
 
 
-def test_only_needed_columns_are_read(logged_models, tmp_path):
+def test_only_needed_columns_are_read(logged_models, tmp_path, monkeypatch):
     case = logged_models["xgboost_booster"]
     table = write_input(case, tmp_path / "in", files=1).append_column("blob", pa.array(["x" * 100] * case.arrow_input.num_rows))
     pq.write_table(table, tmp_path / "in" / "in-0.parquet")
     model = engine.load_model(case.uris["path"])
-    source = ParquetSource(tmp_path / "in", columns=model.input_columns + ["id"])
-    assert source.num_rows == table.num_rows  # known before reading, from the footers
-    batch = next(iter(source))
-    assert "blob" not in batch.schema.names and "id" in batch.schema.names
+    read = []  # what engine.score asks the Parquet reader for (the real reader still reads)
+    real = pq.ParquetFile.read_row_group
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group",
+                        lambda self, i, columns=None, **kw: read.append(columns) or real(self, i, columns=columns, **kw))
+    report = engine.score(model, tmp_path / "in", tmp_path / "out", keep_columns=["id"])
+    assert read and all(cols == model.input_columns + ["id"] for cols in read), read
+    assert report.rows_scored == table.num_rows
+    assert ParquetSource(tmp_path / "in").num_rows == table.num_rows  # known before reading, from the footers
 
 
 def test_partitioned_input_and_output(logged_models, tmp_path):
@@ -275,3 +280,15 @@ def test_part_split_into_runs_of_row_groups(tmp_path):
     assert read.equals(table) and max(len(b) for p in pieces for b in p.batches()) == 64
     assert part.split(1_000) == [part]
     assert [p.row_groups for p in part.split(50)] == [(i,) for i in range(10)]  # a run holds at least one group
+
+
+def test_output_contract(logged_models, tmp_path):
+    """Part file per input file in input order, dead letters naming file and row, fail naming file and rows;
+    the Ray and Spark suites check the same with contract.check."""
+    case = logged_models["xgboost_booster"]
+    contract.three_files(case, tmp_path / "in")
+    report = engine.score(case.uris["path"], tmp_path / "in", tmp_path / "out", keep_columns=["id"],
+                          on_error="dead-letter", dead_letter=str(tmp_path / "dead.parquet"))
+    contract.check(report, tmp_path / "out", tmp_path / "dead.parquet")
+    with pytest.raises(SchemaError, match=contract.FAIL_MESSAGE):
+        engine.score(case.uris["path"], tmp_path / "in", tmp_path / "failed", batch_rows=8)

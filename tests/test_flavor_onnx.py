@@ -65,11 +65,21 @@ def test_missing_provider_falls_back_to_cpu_with_one_log_line(multi, caplog):
 
 
 def test_session_options_are_honoured(multi):
+    """All five of MLflow's onnx_session_options, each set away from ONNX Runtime's default so a dropped one shows."""
+    import onnxruntime as ort
+
     _edit_mlmodel(multi, onnx_session_options={"intra_op_num_threads": 1, "inter_op_num_threads": 1,
-                                              "execution_mode": "sequential", "graph_optimization_level": 99,
-                                              "extra_session_config": {"session.use_env_allocators": "0"}})
+                                              "execution_mode": "parallel", "graph_optimization_level": 1,
+                                              "extra_session_config": {"session.use_env_allocators": "1"}})
     opts = engine.load_model(multi).predictor.native.get_session_options()
     assert opts.intra_op_num_threads == 1 and opts.inter_op_num_threads == 1
+    assert opts.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    assert opts.get_session_config_entry("session.use_env_allocators") == "1"
+    # a session reports the mode it runs (sequential for this graph), so check what it was given
+    from flavors.onnx import _session_options
+
+    given = _session_options(ort, yaml.safe_load((multi / "MLmodel").read_text())["flavors"]["onnx"])
+    assert given.execution_mode == ort.ExecutionMode.ORT_PARALLEL
 
 
 def test_bad_execution_mode(multi):

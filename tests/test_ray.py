@@ -19,6 +19,7 @@ from needs import need  # noqa: E402
 
 ray = need("ray", "the Ray runner suite")
 
+import contract  # noqa: E402
 import engine  # noqa: E402
 from compare import assert_same_predictions  # noqa: E402
 
@@ -63,10 +64,12 @@ def test_same_output_as_local_runner(ray_head, logged_models, tmp_path, key):
                           params=case.params, runner_options={"actors": 2})
     assert report.rows == report.rows_scored == table.num_rows and report.runner == "ray"
     assert (tmp_path / "out" / "_SUCCESS").exists()
-    ours = pq.read_table(tmp_path / "out").sort_by("id")
     local = engine.score(case.uris["path"], tmp_path / "in", tmp_path / "local", keep_columns=["id"], params=case.params)
-    assert ours.equals(pq.read_table(tmp_path / "local").sort_by("id")), "ray and local runners differ"
-    assert_same_predictions(ours.drop_columns(["id"]), case.expected)
+    names = [Path(f).name for f in report.output_files]
+    assert names == [Path(f).name for f in local.output_files] == ["part-00000.parquet", "part-00001.parquet"]
+    for name in names:  # the same files with the same rows in the same order, nothing sorted
+        assert pq.read_table(tmp_path / "out" / name).equals(pq.read_table(tmp_path / "local" / name)), name
+    assert_same_predictions(pq.read_table(tmp_path / "out").drop_columns(["id"]), case.expected)
     assert local.rows == report.rows
 
 
@@ -81,6 +84,20 @@ def test_dead_letters_and_modes(ray_head, logged_models, tmp_path):
     assert sorted(pq.read_table(tmp_path / "dead.parquet").column("id").to_pylist()) == [2, 9]
     with pytest.raises(engine.ConnectorError, match="is not empty"):
         engine.score(case.uris["path"], tmp_path / "in", tmp_path / "out", runner="ray")
+
+
+def test_output_contract(ray_head, logged_models, tmp_path):
+    """The local runner's contract (tests/contract.py): a part file per input file in input order, dead letters
+    with the real file and row, and a fail naming the file and rows, although Ray moves rows in blocks."""
+    case = logged_models["xgboost_booster"]
+    contract.three_files(case, tmp_path / "in")
+    report = engine.score(case.uris["path"], tmp_path / "in", tmp_path / "out", runner="ray", keep_columns=["id"],
+                          on_error="dead-letter", dead_letter=str(tmp_path / "dead.parquet"), batch_rows=8,
+                          runner_options={"actors": 2})
+    contract.check(report, tmp_path / "out", tmp_path / "dead.parquet")
+    with pytest.raises(engine.SchemaError, match=contract.FAIL_MESSAGE):
+        engine.score(case.uris["path"], tmp_path / "in", tmp_path / "failed", runner="ray", batch_rows=8)
+    assert not (tmp_path / "failed").exists()
 
 
 def test_ray_job_submit(ray_head, logged_models, tmp_path):
@@ -153,7 +170,7 @@ def test_hive_input_split_files_and_batch_rows_bound(ray_head, tmp_path, monkeyp
     ids = np.arange(30_000)
     table = pa.table({"id": ids, "x": ids * 1.0, "region": pa.array(["north", "south", "east"] * 10_000)})
     pq.write_to_dataset(table, tmp_path / "in", partition_cols=["region"], row_group_size=1_000)
-    monkeypatch.setattr(ray_job, "READ_TASK_BYTES", 3_000 * 48)  # id, x: 8 bytes a row each, region: 32
+    monkeypatch.setattr(ray_job, "READ_TASK_BYTES", 3_000 * 56)  # id, x, position: 8 bytes a row each, region: 32
     source = ParquetSource(tmp_path / "in", columns=["x", "id", "region"])
     assert ray_job._source(source.parts(), source.schema, source.columns, 1_000).tasks == 3 * 4  # 3 files of 10 groups: runs of 3, 3, 3, 1
     report = engine.score(model, tmp_path / "in", tmp_path / "out", runner="ray", keep_columns=["id", "region"],
@@ -204,11 +221,12 @@ def test_actor_on_another_node_unpacks_the_shipped_model_once(logged_models, tmp
     (tmp_path / "node-tmp").mkdir()
     packed = ray_job._pack(engine.model.uris.resolve(case.uris["path"]))
     elsewhere = str(tmp_path / "driver-only" / "model")
-    actors = [ray_job.ScoreActor(elsewhere, packed, ScoreOptions()) for _ in range(2)]
+    actors = [ray_job.ScoreActor(elsewhere, packed, ScoreOptions(), ["in.parquet"]) for _ in range(2)]
     assert len(list((tmp_path / "node-tmp" / "arrowscore-models").iterdir())) == 1  # unpacked once, then reused
-    result = actors[1](case.arrow_input)
+    rows = case.arrow_input.num_rows
+    result = actors[1](case.arrow_input.append_column(ray_job.POSITION, ray_job.positions(0, 0, rows)))
     out = pa.Table.from_batches(ray_job._unipc(result.column("out")[0]))
-    assert result.column("rows")[0].as_py() == case.arrow_input.num_rows and not result.column("dead")[0].is_valid
+    assert result.column("rows").to_pylist() == [rows] and not result.column("dead")[0].is_valid
     assert_same_predictions(out, case.expected)
     with pytest.raises(engine.ConfigError, match="is not on this Ray node"):
-        ray_job.ScoreActor(elsewhere, None, ScoreOptions())
+        ray_job.ScoreActor(elsewhere, None, ScoreOptions(), [])

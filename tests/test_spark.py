@@ -15,6 +15,7 @@ from needs import need  # noqa: E402
 
 pyspark = need("pyspark", "the Spark suite")
 
+import contract  # noqa: E402
 import engine  # noqa: E402
 import engine.spark  # noqa: E402
 from compare import assert_same_predictions  # noqa: E402
@@ -139,6 +140,15 @@ def test_score_runner_and_spark_submit(spark, logged_models, tmp_path):
     assert f"scored {table.num_rows:,} of {table.num_rows:,} rows" in run.stdout and "runner spark" in run.stdout
     out = pq.read_table(tmp_path / "submitted").sort_by("id")
     assert_same_predictions(out.drop_columns(["id"]), case.expected)
-    with pytest.raises(engine.ConfigError, match="dead letters need the local runner"):
-        engine.score(case.uris["path"], tmp_path / "in", tmp_path / "x", runner="spark", on_error="dead-letter",
-                     dead_letter=str(tmp_path / "d.parquet"))
+
+
+def test_output_contract(spark, logged_models, tmp_path):
+    """The local runner's contract (tests/contract.py), but part files as Spark's tasks write them (README);
+    rows_scored is counted from the written files, not assumed."""
+    case = logged_models["xgboost_booster"]
+    contract.three_files(case, tmp_path / "in")
+    report = engine.score(case.uris["path"], tmp_path / "in", tmp_path / "out", runner="spark", keep_columns=["id"],
+                          on_error="dead-letter", dead_letter=str(tmp_path / "dead.parquet"), batch_rows=8)
+    contract.check(report, tmp_path / "out", tmp_path / "dead.parquet", files_by_spark=True)
+    with pytest.raises(engine.SchemaError, match=contract.FAIL_MESSAGE):
+        engine.score(case.uris["path"], tmp_path / "in", tmp_path / "failed", runner="spark", batch_rows=8)

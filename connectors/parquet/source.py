@@ -49,6 +49,7 @@ class Part:
     batch_rows: int = 32_768
     filesystem: pafs.FileSystem | None = field(default=None, repr=False)
     row_groups: tuple[int, ...] | None = None  # None: the whole file
+    first_row: int = 0  # where this part starts in its file (a run of row groups starts later)
 
     def split(self, max_rows: int) -> list[Part]:
         """This file as runs of whole row groups of at most ``max_rows`` rows each (a run holds at
@@ -56,18 +57,18 @@ class Part:
         if self.num_rows <= max_rows or self.row_groups is not None:
             return [self]
         meta = self.fragment.metadata
-        runs, current, rows = [], [], 0
+        runs, current, rows, first = [], [], 0, 0
         for i in range(meta.num_row_groups):
             n = meta.row_group(i).num_rows
             if current and rows + n > max_rows:
-                runs.append((tuple(current), rows))
-                current, rows = [], 0
+                runs.append((tuple(current), rows, first))
+                current, first, rows = [], first + rows, 0
             current.append(i)
             rows += n
-        runs.append((tuple(current), rows))
+        runs.append((tuple(current), rows, first))
         if len(runs) == 1:
             return [self]
-        return [replace(self, num_rows=rows, row_groups=groups) for groups, rows in runs]
+        return [replace(self, num_rows=rows, row_groups=groups, first_row=first) for groups, rows, first in runs]
 
     def batches(self) -> Iterator[pa.RecordBatch]:
         wanted = self.columns or self.schema.names

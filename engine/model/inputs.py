@@ -1,8 +1,11 @@
 """Signature enforcement and model-input building, on Arrow, decided once per batch schema.
 
-An ``InputPlan`` is built when a model loads. For each new batch schema it resolves, once, which
-columns to take, which safe casts to apply and how to shape them; every later batch with that
-schema only selects, casts and converts. Casts are lossless or raise SchemaError:
+An ``InputPlan`` is built when a model loads. For each new batch schema it chooses, once, one small
+feed object that knows which columns to take, which safe casts to apply and how to shape them:
+``MatrixFeed`` (one 2-D array), ``FrameFeed`` (pandas), ``ColumnTensorFeed`` (a column signature
+feeding named tensors), ``TensorFeed`` (tensor signatures, from list or scalar columns) and
+``ColumnarTensorFeed`` (scalar columns fed column-major to big batches). Every later batch with that
+schema only calls ``feed.build(batch)``: no per-batch dispatch. Casts are lossless or raise SchemaError:
 ints widen, ints become floats when every value is exact (Arrow checks), float64 -> float32 only
 for float32 *tensor* inputs (what ONNX models take, as MLflow does), never float -> int.
 """
@@ -86,14 +89,151 @@ def _cast_tensor(arr: np.ndarray, dtype: np.dtype, name: str) -> np.ndarray:
     return arr.astype(dtype)
 
 
-class _Resolved:
-    """How one batch schema maps onto the model input; computed once per schema."""
+class _Columns:
+    """A column signature's (or an unsigned model's) columns for one batch schema: which to take, casts
+    to apply, optional columns the batch lacks (filled with nulls), which must hold no nulls."""
 
-    __slots__ = ("indices", "names", "casts", "required", "fills", "select")
-
-    def __init__(self, indices, names, casts, required, fills):
+    def __init__(self, indices, names, casts, required, fills, width: int):
         self.indices, self.names, self.casts, self.required, self.fills = indices, names, casts, required, fills
-        self.select = None
+        self.select = indices != list(range(width))  # False: the batch already is those columns in order
+
+    def take(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        sub = batch.select(self.indices) if self.select else batch
+        if not (self.casts or self.fills):
+            return sub
+        arrays = list(sub.columns)
+        for pos, target in self.casts:
+            arrays[pos] = _cast(arrays[pos], target, self.names[pos])
+        names = list(self.names)
+        for pos, name, t in self.fills:
+            arrays.insert(pos, pa.nulls(batch.num_rows, t))
+            names.insert(pos, name)
+        return pa.RecordBatch.from_arrays(arrays, names)
+
+    def check_nulls(self, sub: pa.RecordBatch) -> None:
+        nulls = [self.names[i] for i in self.required if sub.column(i).null_count]
+        if nulls:
+            raise SchemaError(f"columns {nulls} hold nulls, which the model cannot take; fill or drop those "
+                              "rows, or log the model with those columns optional")
+
+
+class MatrixFeed:
+    """Columns -> one 2-D array (missing optional values as NaN)."""
+
+    def __init__(self, cols: _Columns, plan: "InputPlan"):
+        self.cols, self.predict, self.order = cols, plan.predict, plan.order
+        self.nullable = bool(cols.fills) or len(cols.required) != len(cols.names)
+        self.dtype = (plan.dtype or np.dtype(np.float64)) if self.nullable else plan.dtype
+
+    def build(self, batch: pa.RecordBatch):
+        sub = self.cols.take(batch)
+        if self.nullable:
+            self.cols.check_nulls(sub)
+            return convert.matrix(sub, self.dtype, self.order, null_to_nan=True), self.predict
+        return convert.matrix(sub, self.dtype, self.order), self.predict
+
+
+class FrameFeed:
+    """Columns -> a pandas DataFrame (python_function models)."""
+
+    def __init__(self, cols: _Columns, plan: "InputPlan"):
+        self.cols, self.predict = cols, plan.predict
+
+    def build(self, batch: pa.RecordBatch):
+        sub = self.cols.take(batch)
+        self.cols.check_nulls(sub)
+        return sub.to_pandas(), self.predict
+
+
+class ColumnTensorFeed:
+    """A column signature feeding tensor inputs (ONNX): by name, or all columns into the single input."""
+
+    def __init__(self, cols: _Columns, plan: "InputPlan"):
+        self.cols, self.predict = cols, plan.predict
+        self.model_tensors = plan.model_tensors
+        model = {m.name: m for m in plan.model_tensors}
+        self.by_name = all(n in model for n in cols.names + [f[1] for f in cols.fills])
+        if not self.by_name and len(plan.model_tensors) != 1:
+            raise SchemaError(f"the model's inputs {list(model)} do not match the signature columns "
+                              f"{cols.names}; re-log the model with a tensor signature")
+
+    def build(self, batch: pa.RecordBatch):
+        sub = self.cols.take(batch)
+        self.cols.check_nulls(sub)
+        if not self.by_name:
+            m = self.model_tensors[0]
+            return {m.name: _cast_tensor(convert.matrix(sub), m.dtype, m.name)}, self.predict
+        model = {m.name: m for m in self.model_tensors}
+        feed = {}
+        for name, col in zip(sub.schema.names, sub.columns):
+            m = model[name]
+            arr = _cast_tensor(col.to_numpy(zero_copy_only=False), m.dtype, name)
+            feed[name] = arr.reshape((-1, *[d if d > 0 else 1 for d in m.row_shape]))
+        return feed, self.predict
+
+
+class _ListSource:
+    """A tensor from one list column."""
+
+    def __init__(self, index: int, name: str):
+        self.index, self.name = index, name
+
+    def array(self, batch: pa.RecordBatch) -> np.ndarray:
+        return convert.list_tensor(batch.column(self.index), self.name)
+
+
+class _ScalarSource:
+    """A tensor from scalar columns, one per value of a row (None: every column, in order)."""
+
+    def __init__(self, indices):
+        self.indices = indices
+
+    def array(self, batch: pa.RecordBatch) -> np.ndarray:
+        return convert.matrix(batch if self.indices is None else batch.select(self.indices))
+
+
+def _shaped(arr: np.ndarray, spec: TensorSpec, feed: str) -> np.ndarray:
+    arr = _cast_tensor(arr, spec.dtype, feed)
+    want = spec.row_shape
+    if len(want) == 0 and arr.ndim == 2 and arr.shape[1] == 1:
+        return arr[:, 0]
+    if len(want) != arr.ndim - 1 or any(w > 0 and w != g for w, g in zip(want, arr.shape[1:])):
+        if int(np.prod(arr.shape[1:])) == int(np.prod([abs(w) for w in want])) and all(w > 0 for w in want):
+            return arr.reshape((-1, *want))
+        raise SchemaError(f"input {feed!r} has rows of shape {arr.shape[1:]}, the model wants "
+                          f"{tuple(want)} (-1 means any); reshape the data first")
+    return arr
+
+
+class TensorFeed:
+    """A tensor signature: one source (list column or scalar columns) per tensor, shaped as the spec says."""
+
+    def __init__(self, sources: list, plan: "InputPlan"):
+        self.sources, self.specs, self.names, self.predict = sources, plan.specs, plan.feed_names, plan.predict
+        self.as_dict = plan.kind == "tensors" or len(sources) != 1
+
+    def build(self, batch: pa.RecordBatch):
+        arrays = [_shaped(src.array(batch), spec, feed) for src, spec, feed in zip(self.sources, self.specs, self.names)]
+        if self.as_dict:
+            return dict(zip(self.names, arrays)), self.predict
+        return arrays[0], self.predict
+
+
+class ColumnarTensorFeed(TensorFeed):
+    """Scalar columns making up one 2-D tensor: big batches go column-major to the predictor's column
+    entry point (contiguous copies, no strided transpose), small ones row-major like TensorFeed."""
+
+    def __init__(self, source: _ScalarSource, plan: "InputPlan"):
+        super().__init__([source], plan)
+        self.predict_columns = plan.predict_columns
+
+    def build(self, batch: pa.RecordBatch):
+        if batch.num_rows < COLUMNAR_MIN_ROWS:
+            return super().build(batch)
+        where = self.sources[0].indices
+        sub = batch if where is None else batch.select(where)
+        x = _cast_tensor(convert.matrix(sub, order="F").T, self.specs[0].dtype, self.names[0])
+        return {self.names[0]: x}, self.predict_columns
 
 
 class InputPlan:
@@ -101,7 +241,7 @@ class InputPlan:
 
     The input is a 2-D ndarray, a dict of tensors, or a pandas DataFrame, as the predictor asks;
     the function is the predictor's, or its column-major entry point when the batch's columns can
-    feed that one (decided once per batch schema).
+    feed that one. The feed that does it is chosen once per batch schema.
     """
 
     def __init__(self, signature: Signature, predictor, feature_columns=None):
@@ -139,21 +279,22 @@ class InputPlan:
     # ---- per batch ------------------------------------------------------------------------
     def build(self, batch: pa.RecordBatch):
         schema = batch.schema
-        for known, resolved in self._cache:
+        for known, feed in self._cache:
             if known.equals(schema):
                 break
         else:
-            resolved = self._resolve(schema)
-            self._cache = [(schema, resolved)] + self._cache[:3]
-        if self.tensors:
-            return self._tensors(batch, resolved)
-        return self._columns(batch, resolved), self.predict
+            feed = self._choose(schema)
+            self._cache = [(schema, feed)] + self._cache[:3]
+        return feed.build(batch)
 
-    def _resolve(self, schema: pa.Schema):
+    def _choose(self, schema: pa.Schema):
+        """The feed for batches of this schema."""
         if self.tensors:
-            return self._resolve_tensors(schema)
-        if not self.specs:
-            return self._resolve_unsigned(schema)
+            return self._tensor_feed(schema)
+        cols = self._columns(schema) if self.specs else self._unsigned(schema)
+        return {"matrix": MatrixFeed, "frame": FrameFeed}.get(self.kind, ColumnTensorFeed)(cols, self)
+
+    def _columns(self, schema: pa.Schema) -> _Columns:
         names = schema.names
         missing = [s.name for s in self.specs if s.required and s.name not in names]
         if missing:
@@ -175,7 +316,7 @@ class InputPlan:
             out_names.append(s.name)
         if self.kind == "matrix":
             casts = self._widen(schema, indices, out_names, dict(casts))
-        return _Resolved(indices, out_names, casts, required, fills)
+        return _Columns(indices, out_names, casts, required, fills, len(names))
 
     def _widen(self, schema, indices, names, casts: dict) -> list:
         """A matrix of mixed column types: cast explicitly to one type, so Arrow checks exactness."""
@@ -192,84 +333,40 @@ class InputPlan:
                 casts[k] = _cast_target(t, target, name, lossy_float=False) or target
         return sorted(casts.items())
 
-    def _resolve_unsigned(self, schema: pa.Schema):
+    def _unsigned(self, schema: pa.Schema) -> _Columns:
         names = self.feature_columns or schema.names
         absent = [n for n in names if n not in schema.names]
         if absent:
             raise SchemaError(f"feature_columns {absent} are not in the input (it has {schema.names})")
         indices = [schema.get_field_index(n) for n in names]
         casts = self._widen(schema, indices, list(names), {}) if self.kind == "matrix" else []
-        return _Resolved(indices, list(names), casts, list(range(len(names))), [])
-
-    def _columns(self, batch: pa.RecordBatch, r: _Resolved):
-        if r.select is None:
-            r.select = r.indices != list(range(batch.num_columns))
-        sub = batch.select(r.indices) if r.select else batch
-        if r.casts or r.fills:
-            arrays = list(sub.columns)
-            for pos, target in r.casts:
-                arrays[pos] = _cast(arrays[pos], target, r.names[pos])
-            names = list(r.names)
-            for pos, name, t in r.fills:
-                arrays.insert(pos, pa.nulls(batch.num_rows, t))
-                names.insert(pos, name)
-            sub = pa.RecordBatch.from_arrays(arrays, names)
-        if self.kind == "matrix":
-            if r.fills or len(r.required) != len(r.names):
-                self._check_nulls(sub, r)
-                return convert.matrix(sub, self.dtype or np.dtype(np.float64), self.order, null_to_nan=True)
-            return convert.matrix(sub, self.dtype, self.order)
-        self._check_nulls(sub, r)
-        if self.kind == "frame":
-            return sub.to_pandas()
-        return self._column_feed(sub)
-
-    def _check_nulls(self, sub: pa.RecordBatch, r: _Resolved) -> None:
-        nulls = [r.names[i] for i in r.required if sub.column(i).null_count]
-        if nulls:
-            raise SchemaError(f"columns {nulls} hold nulls, which the model cannot take; fill or drop those "
-                              "rows, or log the model with those columns optional")
-
-    def _column_feed(self, sub: pa.RecordBatch) -> dict:
-        """Column signature feeding tensor inputs (ONNX): by name, or all columns into the single input."""
-        model = {m.name: m for m in self.model_tensors}
-        if all(n in model for n in sub.schema.names):
-            feed = {}
-            for name, col in zip(sub.schema.names, sub.columns):
-                m = model[name]
-                arr = _cast_tensor(col.to_numpy(zero_copy_only=False), m.dtype, name)
-                feed[name] = arr.reshape((-1, *[d if d > 0 else 1 for d in m.row_shape]))
-            return feed
-        if len(self.model_tensors) == 1:
-            m = self.model_tensors[0]
-            return {m.name: _cast_tensor(convert.matrix(sub), m.dtype, m.name)}
-        raise SchemaError(f"the model's inputs {list(model)} do not match the signature columns "
-                          f"{sub.schema.names}; re-log the model with a tensor signature")
+        return _Columns(indices, list(names), casts, list(range(len(names))), [], len(schema.names))
 
     # ---- tensor signatures ------------------------------------------------------------------
-    def _resolve_tensors(self, schema: pa.Schema):
+    def _tensor_feed(self, schema: pa.Schema):
         names = schema.names
-        plan = []
+        sources = []
         for spec, feed in zip(self.specs, self.feed_names):
             if spec.name and spec.name in names:
-                plan.append(("list", names.index(spec.name)))
+                sources.append(_ListSource(names.index(spec.name), spec.name))
             elif feed in names:
-                plan.append(("list", names.index(feed)))
+                sources.append(_ListSource(names.index(feed), feed))
             elif len(self.specs) == 1:
-                plan.append(self._scalar_columns(spec, schema))
-                if plan[-1][0] == "scalars" and self.predict_columns is not None and self.kind == "tensors" \
-                        and len(spec.shape) == 2:
-                    plan[-1] = ("columns", plan[-1][1])
+                source = self._scalar_source(spec, schema)
+                if isinstance(source, _ScalarSource) and self.predict_columns is not None \
+                        and self.kind == "tensors" and len(spec.shape) == 2:
+                    return ColumnarTensorFeed(source, self)
+                sources.append(source)
             else:
                 raise SchemaError(f"the model takes tensors {self.feed_names}; the input needs a list column "
                                   f"for each, named so (it has {names})")
-        return plan
+        return TensorFeed(sources, self)
 
-    def _scalar_columns(self, spec: TensorSpec, schema: pa.Schema):
+    def _scalar_source(self, spec: TensorSpec, schema: pa.Schema):
         names = schema.names
         lists = [f.name for f in schema if pa.types.is_nested(f.type)]
         if not self.feature_columns and len(lists) == 1 and len(names) == 1:
-            return ("list", 0)
+            return _ListSource(0, names[0])
         width = int(np.prod(spec.row_shape)) if spec.row_shape and min(spec.row_shape) > 0 else None
         cols = self.feature_columns or names
         absent = [c for c in cols if c not in names]
@@ -285,35 +382,4 @@ class InputPlan:
             raise SchemaError(f"columns {bad} are not numeric, so they cannot make up tensor {self.feed_names[0]!r}")
         indices = [names.index(c) for c in cols]
         # None: the batch already is those columns in that order, so no select per batch
-        return ("scalars", None if indices == list(range(len(names))) else indices)
-
-    def _tensors(self, batch: pa.RecordBatch, plan) -> tuple:
-        if plan[0][0] == "columns" and batch.num_rows >= COLUMNAR_MIN_ROWS:
-            # scalar columns -> (features, rows): contiguous copies, no strided transpose
-            where = plan[0][1]
-            sub = batch if where is None else batch.select(where)
-            x = _cast_tensor(convert.matrix(sub, order="F").T, self.specs[0].dtype, self.feed_names[0])
-            return {self.feed_names[0]: x}, self.predict_columns
-        arrays = []
-        for spec, feed, (how, where) in zip(self.specs, self.feed_names, plan):
-            if how == "list":
-                arr = convert.list_tensor(batch.column(where), batch.schema.names[where])
-            else:  # "scalars", or "columns" on a small batch
-                sub = batch if where is None else batch.select(where)
-                arr = convert.matrix(sub)
-            arr = _cast_tensor(arr, spec.dtype, feed)
-            want = spec.row_shape
-            if len(want) == 0 and arr.ndim == 2 and arr.shape[1] == 1:
-                arr = arr[:, 0]
-            elif len(want) != arr.ndim - 1 or any(w > 0 and w != g for w, g in zip(want, arr.shape[1:])):
-                if int(np.prod(arr.shape[1:])) == int(np.prod([abs(w) for w in want])) and all(w > 0 for w in want):
-                    arr = arr.reshape((-1, *want))
-                else:
-                    raise SchemaError(f"input {feed!r} has rows of shape {arr.shape[1:]}, the model wants "
-                                      f"{tuple(want)} (-1 means any); reshape the data first")
-            arrays.append(arr)
-        if self.kind == "tensors":
-            return dict(zip(self.feed_names, arrays)), self.predict
-        if len(arrays) == 1:
-            return arrays[0], self.predict
-        return dict(zip(self.feed_names, arrays)), self.predict
+        return _ScalarSource(None if indices == list(range(len(names))) else indices)

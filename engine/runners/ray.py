@@ -3,7 +3,10 @@
     arrowscore score MODEL_URI INPUT OUTPUT --runner ray [--ray-address auto] [--ray-actors 2]
     ray job submit --address http://127.0.0.1:8265 -- arrowscore score MODEL_URI IN OUT --runner ray
 
-Each ``ScoreActor`` loads the model once (from the path the driver resolved, or from the model
+Read blocks carry where each row came from (``POSITION``: input file and row in it), so actors name
+the real file and row in dead letters and errors, and the driver writes one part file per input file,
+in input order (Ray's ``preserve_order``): the local runner's output contract. Each ``ScoreActor``
+loads the model once (from the path the driver resolved, or from the model
 bytes the driver put in the object store when the actor runs on another machine) and calls
 ``JobScorer`` -> ``Model.score_batch``, the hot path every mode shares. Actors return their output
 and rejected rows as Arrow IPC; the driver writes them with the same ``ParquetSink`` (staged, then
@@ -24,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 
 from ..errors import ConfigError, require
@@ -34,6 +38,14 @@ __all__ = ["run_ray", "ScoreActor"]
 
 log = logging.getLogger("arrowscore.ray")
 READ_TASK_BYTES = 256 << 20  # a bigger file is read by several tasks, each a run of its row groups
+POSITION = "__arrowscore_position"  # (input file index << ROW_BITS) | row in that file, on every read row
+ROW_BITS = 40
+
+
+def positions(part_index: int, first_row: int, rows: int) -> pa.Array:
+    """The POSITION column of ``rows`` rows of input file ``part_index`` from ``first_row`` on."""
+    start = (part_index << ROW_BITS) + first_row
+    return pa.array(np.arange(start, start + rows, dtype=np.int64))
 
 
 def _pack(path: Path) -> bytes:
@@ -60,7 +72,7 @@ def _unipc(value: pa.Scalar) -> list:
 class ScoreActor:
     """One Ray actor: the model loaded once, then one call per batch."""
 
-    def __init__(self, location: str, packed, options: ScoreOptions, load_log: str | None = None):
+    def __init__(self, location: str, packed, options: ScoreOptions, files: list[str], load_log: str | None = None):
         from ..jobs.scoring import JobScorer, log_load
         from ..model import load_model
 
@@ -81,19 +93,45 @@ class ScoreActor:
         log_load(load_log, path)
         self.job = JobScorer.from_options(model, options)
         self.batch_rows = options.batch_rows
+        self.files = files
 
     def __call__(self, table: pa.Table) -> pa.Table:
+        """A block of read rows -> one result row per run of consecutive rows of one input file:
+        (part: the file's index, out and dead: Arrow IPC, rows: input rows of the run). A bad batch
+        under on_error "fail" comes back as ``error`` ("Type: message"), which the driver raises:
+        Ray would wrap our error in its own types and keep only its text."""
+        from ..errors import EngineError
+
+        try:
+            return self._score(table)
+        except EngineError as exc:
+            return pa.table({"part": pa.array([-1], pa.int32()), "out": pa.nulls(1, pa.binary()),
+                             "dead": pa.nulls(1, pa.binary()), "rows": pa.array([0], pa.int64()),
+                             "error": pa.array([f"{type(exc).__name__}: {exc}"])})
+
+    def _score(self, table: pa.Table) -> pa.Table:
         from ..jobs.scoring import Where
 
-        outputs, rejected = [], []
-        for batch in table.to_batches(max_chunksize=self.batch_rows):
-            out, dead = self.job.score(batch, Where("ray block", 0))
-            outputs.extend(out)
-            if dead is not None:
-                rejected.append(dead)
-        return pa.table({"out": pa.array([_ipc(outputs)], pa.binary()),
-                         "dead": pa.array([_ipc(rejected)], pa.binary()),
-                         "rows": pa.array([table.num_rows], pa.int64())})
+        pos = table.column(POSITION).to_numpy()
+        data = table.drop_columns([POSITION])
+        starts = np.flatnonzero(np.diff(pos) != 1) + 1 if len(pos) else np.array([], np.int64)
+        result = {"part": [], "out": [], "dead": [], "rows": []}
+        for a, b in zip([0, *starts.tolist()], [*starts.tolist(), len(pos)]):
+            if a == b:
+                continue
+            part, row = int(pos[a]) >> ROW_BITS, int(pos[a]) & ((1 << ROW_BITS) - 1)
+            outputs, rejected = [], []
+            for batch in data.slice(a, b - a).to_batches(max_chunksize=self.batch_rows):
+                out, dead = self.job.score(batch, Where(self.files[part], row))
+                outputs.extend(out)
+                if dead is not None:
+                    rejected.append(dead)
+                row += batch.num_rows
+            for key, value in (("part", part), ("out", _ipc(outputs)), ("dead", _ipc(rejected)), ("rows", b - a)):
+                result[key].append(value)
+        return pa.table({"part": pa.array(result["part"], pa.int32()), "out": pa.array(result["out"], pa.binary()),
+                         "dead": pa.array(result["dead"], pa.binary()), "rows": pa.array(result["rows"], pa.int64()),
+                         "error": pa.nulls(len(result["part"]), pa.string())})
 
 
 def _runtime_env(runtime_env: dict | None, ship_code: bool) -> dict | None:
@@ -146,14 +184,18 @@ def run_ray(model_uri, input: str, output: str, options: ScoreOptions, ray_opts:
         reads = _source(parts, source.schema, columns, options.batch_rows)
         dataset = ray.data.read_datasource(reads, override_num_blocks=reads.tasks)
         dataset.context.enable_progress_bars = False  # the driver shows one bar, as the local runner does
+        dataset.context.execution_options.preserve_order = True  # input order, file by file
         scoredset = dataset.map_batches(
-            ScoreActor, fn_constructor_args=(str(path), packed, options, ray_opts.load_log),
+            ScoreActor, fn_constructor_args=(str(path), packed, options, [p.path for p in parts], ray_opts.load_log),
             batch_format="pyarrow", batch_size=None,  # one call per block (fewer Ray tasks); the actor slices it
             compute=ray.data.ActorPoolStrategy(size=ray_opts.actors), num_cpus=ray_opts.cpus_per_actor)
-        part = 0
-        for table in scoredset.iter_batches(batch_format="pyarrow", batch_size=None):
-            outs, deads = table.column("out"), table.column("dead")
-            for i in range(table.num_rows):
+        current = None
+        for table in _results(scoredset):
+            outs, deads, indices = table.column("out"), table.column("dead"), table.column("part").to_pylist()
+            for i, part in enumerate(indices):
+                if part != current and current is not None:
+                    sink.close_part(current)  # results come in input order: that file is done
+                current = part
                 for batch in _unipc(outs[i]):
                     sink.write(part, batch)
                     scored += batch.num_rows
@@ -162,9 +204,6 @@ def run_ray(model_uri, input: str, output: str, options: ScoreOptions, ray_opts:
             rows = sum(table.column("rows").to_pylist())
             seen += rows
             progress.add(rows)
-            if scored and scored // 1_000_000 > part:  # roll to a new part file every ~1M rows
-                sink.close_part(part)
-                part += 1
         if seen != total:
             raise RuntimeError(f"row accounting failed: {total} input rows, {seen} came back from the actors")
         files = commit_parquet_job(job, source.schema, sink, dead, scored, total)
@@ -193,12 +232,17 @@ def _source(parts, schema: pa.Schema, columns, batch_rows: int):
     from ray.data.block import BlockMetadata
     from ray.data.datasource import Datasource, ReadTask
 
-    wanted = pa.schema([schema.field(c) for c in (columns or schema.names)])
+    wanted = pa.schema([schema.field(c) for c in (columns or schema.names)] + [pa.field(POSITION, pa.int64())])
     width = max(sum(_row_bytes(f.type) for f in wanted), 1)  # a size estimate for Ray's planner
     pieces = [piece for part in parts for piece in part.split(max(batch_rows, READ_TASK_BYTES // width))]
 
     def read(part):  # Ray gathers these into blocks of up to DataContext.target_max_block_size
-        return lambda: (pa.Table.from_batches([batch]) for batch in part.batches())
+        def tables():
+            row = part.first_row
+            for batch in part.batches():
+                yield pa.Table.from_batches([batch]).append_column(POSITION, positions(part.index, row, batch.num_rows))
+                row += batch.num_rows
+        return tables
 
     class PartsSource(Datasource):
         tasks = len(pieces)
@@ -222,3 +266,17 @@ def _row_bytes(type_: pa.DataType) -> int:
         return max(type_.bit_width // 8, 1)
     except ValueError:  # strings, lists: no fixed width
         return 32
+
+
+
+def _results(scoredset):
+    """The actors' results; an error an actor returned is raised here as the same error type."""
+    from .. import errors
+
+    for table in scoredset.iter_batches(batch_format="pyarrow", batch_size=None):
+        failed = table.column("error").drop_null()
+        if len(failed):
+            kind, _, message = failed[0].as_py().partition(": ")
+            error = getattr(errors, kind, None)
+            raise (error if isinstance(error, type) and issubclass(error, errors.EngineError) else errors.ScoringError)(message)
+        yield table
