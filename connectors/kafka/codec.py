@@ -71,6 +71,9 @@ def _json_rows(msgs: list) -> tuple[list, list, list]:
 def _arrow_rows(msgs: list) -> tuple[list, list, list]:
     tables, index, bad = [], [], []
     for i, m in enumerate(msgs):
+        if m.value() is None:
+            bad.append((i, "value is null (a tombstone), not an Arrow IPC stream"))
+            continue
         try:
             table = pa.ipc.open_stream(m.value()).read_all()
         except (pa.ArrowInvalid, TypeError, OSError) as exc:
@@ -89,8 +92,8 @@ def decode(msgs: list, fmt: str, keep=PASS_THROUGH) -> tuple[pa.RecordBatch | No
         if not rows:
             return None, bad
         try:
-            data = pa.Table.from_pylist(rows)
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            data = _rows_table(rows)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
             data, index, bad = _json_one_by_one(rows, index, bad)
             if data is None:
                 return None, bad
@@ -114,33 +117,54 @@ def decode(msgs: list, fmt: str, keep=PASS_THROUGH) -> tuple[pa.RecordBatch | No
     return (batches[0] if batches else None), bad
 
 
+def _rows_table(rows: list[dict]) -> pa.Table:
+    """One row per dict, one column per key any of them has (Arrow's from_pylist reads only the first's keys)."""
+    names = list(dict.fromkeys(k for row in rows for k in row))
+    if not names:  # only empty objects: rows without columns
+        return pa.table({"": pa.nulls(len(rows))}).drop_columns([""])
+    if any(len(row) != len(names) for row in rows):
+        rows = [{n: row.get(n) for n in names} for row in rows]
+    return pa.Table.from_pylist(rows)
+
+
 def _json_one_by_one(rows, index, bad):
-    """Rows whose types cannot share one column (e.g. a number here, a list there): keep the rows that
-    agree with the first, reject the others with the reason."""
-    keep_rows, keep_index = [], []
-    schema = None
-    for row, i in zip(rows, index):
+    """Rows whose types cannot share one column (e.g. a number here, a list there): in each such column
+    the first value's type wins, widened as Arrow's permissive promotion allows (int to double, more
+    struct fields); the rows whose value cannot join it are rejected with the reason."""
+    rejected, fields = {}, []
+    for name in dict.fromkeys(k for row in rows for k in row):
+        values = [row.get(name) for row in rows]
         try:
-            table = pa.Table.from_pylist([row], schema=schema)
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-            bad.append((i, _which_field(row, schema) or f"field types differ from the rest of the batch: {exc}"))
+            fields.append(pa.field(name, pa.array(values).type))
             continue
-        schema = schema or table.schema
-        keep_rows.append(row)
-        keep_index.append(i)
-    if not keep_rows:
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            pass
+        kind = None
+        for r, value in enumerate(values):
+            if value is None or r in rejected:
+                continue
+            what = f"field {name!r} is {type(value).__name__} {value!r}"
+            try:
+                t = pa.array([value]).type
+            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
+                rejected[r] = f"{what}, which Arrow cannot hold: {exc}"
+                continue
+            try:
+                kind = t if kind is None else _promote(kind, t)
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                rejected[r] = f"{what}; the other messages have {kind}"
+        fields.append(pa.field(name, kind or pa.null()))
+    bad.extend((index[r], reason) for r, reason in rejected.items())
+    keep = [r for r in range(len(rows)) if r not in rejected]
+    if not keep:
         return None, [], bad
-    return pa.Table.from_pylist(keep_rows, schema=schema), keep_index, bad
+    return pa.Table.from_pylist([rows[r] for r in keep], schema=pa.schema(fields)), [index[r] for r in keep], bad
 
 
-def _which_field(row: dict, schema: pa.Schema) -> str | None:
-    for f in schema:
-        try:
-            pa.array([row.get(f.name)], type=f.type)
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
-            value = row.get(f.name)
-            return f"field {f.name!r} is {type(value).__name__} {value!r}; the other messages have {f.type}"
-    return None
+def _promote(a: pa.DataType, b: pa.DataType) -> pa.DataType:
+    """The type both ``a`` and ``b`` values fit, as concat_tables(promote_options="permissive") finds it."""
+    return pa.unify_schemas([pa.schema([("v", a)]), pa.schema([("v", b)])],
+                            promote_options="permissive").field("v").type
 
 
 def encode(out: pa.RecordBatch, fmt: str) -> Iterable[tuple[int, bytes]]:

@@ -90,6 +90,8 @@ def to_arrow(values) -> pa.Array:
     if not isinstance(values, np.ndarray):
         if hasattr(values, "to_numpy") and not isinstance(values, (list, tuple)):
             values = values.to_numpy()  # pandas Series, polars Series, torch tensors on CPU
+        elif isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+            values = np.asarray(values)  # one value (3.0, "abc"): refused below
         else:
             seq = list(values)
             if seq and isinstance(seq[0], dict):

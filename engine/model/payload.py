@@ -26,15 +26,32 @@ __all__ = ["decode_json", "read_input", "encode_json", "write_output", "jsonable
 KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 
 
+def _records(rows: list[dict]) -> pa.Table:
+    """One column per key any record has (Arrow's from_pylist reads only the first record's keys)."""
+    names = list(dict.fromkeys(k for row in rows for k in row))
+    return pa.table({str(n): pa.array([row.get(n) for row in rows]) for n in names})
+
+
+def _tensor(value, what: str) -> np.ndarray:
+    try:
+        arr = np.asarray(value)
+    except ValueError:  # numpy refuses ragged nested lists
+        arr = np.empty(0, dtype=object)
+    if arr.dtype == object:
+        raise ConfigError(f"the {what} rows have different shapes; every row must have the same shape")
+    if arr.ndim == 0:
+        raise ConfigError(f"the {what} value is one value ({value!r}), not a list with one entry per row")
+    return arr
+
+
 def _tensor_or_table(value, names) -> pa.Table:
     if isinstance(value, dict):
-        return pa.table({k: convert.to_arrow(np.asarray(v)) if np.ndim(v) > 1 else pa.array(v) for k, v in value.items()})
+        return pa.table({k: convert.to_arrow(_tensor(v, f"'inputs' column {k!r}"))
+                         if not isinstance(v, list) or (v and isinstance(v[0], list)) else pa.array(v)
+                         for k, v in value.items()})
     if isinstance(value, list) and value and isinstance(value[0], dict):
-        return pa.Table.from_pylist(value)
-    arr = np.asarray(value)
-    if arr.dtype == object:
-        raise ConfigError("the 'instances'/'inputs' rows have different shapes; every row must have the same shape")
-    return convert.to_table(arr, names)
+        return _records(value)
+    return convert.to_table(_tensor(value, "'instances'/'inputs'"), names)
 
 
 def decode_json(body: bytes | str, names: list[str] | None = None) -> tuple[pa.Table, dict | None]:
@@ -49,6 +66,14 @@ def decode_json(body: bytes | str, names: list[str] | None = None) -> tuple[pa.T
     if len(found) != 1:
         raise ConfigError(f"the JSON input must have exactly one of the keys {list(KEYS)}; it has {sorted(doc)}")
     key, value, params = found[0], doc[found[0]], doc.get("params")
+    try:
+        return _table(key, value, names), params
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
+        raise ConfigError(f"the {key!r} values cannot be read as typed columns ({exc}); "
+                          "every column needs values of one type") from None
+
+
+def _table(key: str, value, names) -> pa.Table:
     if key == "dataframe_split":
         if not isinstance(value, dict) or "data" not in value:
             raise ConfigError("'dataframe_split' must be an object with 'columns' and 'data' (and optionally 'index')")
@@ -56,14 +81,22 @@ def decode_json(body: bytes | str, names: list[str] | None = None) -> tuple[pa.T
         if extra:
             raise ConfigError(f"'dataframe_split' has unknown keys {sorted(extra)}; use columns, data, index")
         rows = value["data"]
+        if not isinstance(rows, list) or not all(isinstance(r, list) for r in rows):
+            raise ConfigError("'dataframe_split' 'data' must be a list of rows, each a list of values")
         columns = value.get("columns") or [f"f{i}" for i in range(len(rows[0]) if rows else 0)]
+        if len(set(map(str, columns))) != len(columns):
+            raise ConfigError(f"'dataframe_split' names a column twice: {list(columns)}; column names must be unique")
+        for i, r in enumerate(rows):
+            if len(r) != len(columns):
+                raise ConfigError(f"'dataframe_split' row {i} has {len(r)} values for the {len(columns)} "
+                                  f"columns {list(columns)}; every row needs one value per column")
         cols = list(zip(*rows)) if rows else [[] for _ in columns]
-        return pa.table({str(c): pa.array(list(v)) for c, v in zip(columns, cols)}), params
+        return pa.table({str(c): pa.array(list(v)) for c, v in zip(columns, cols)})
     if key == "dataframe_records":
-        if not isinstance(value, list):
+        if not isinstance(value, list) or not all(isinstance(r, dict) for r in value):
             raise ConfigError("'dataframe_records' must be a list of objects, one per row")
-        return pa.Table.from_pylist(value), params
-    return _tensor_or_table(value, names), params
+        return _records(value)
+    return _tensor_or_table(value, names)
 
 
 def read_input(path: str | Path, names: list[str] | None = None) -> tuple[pa.Table, dict | None]:
@@ -95,7 +128,7 @@ def jsonable(v):
         return base64.b64encode(v).decode()
     if hasattr(v, "isoformat"):
         return v.isoformat()
-    if isinstance(v, list):
+    if isinstance(v, (list, tuple)):  # tuples: a map column's (key, value) pairs
         return [jsonable(x) for x in v]
     if isinstance(v, dict):
         return {k: jsonable(x) for k, x in v.items()}
@@ -125,6 +158,10 @@ def write_output(table: pa.Table, path: str | Path | None, out=None) -> None:
     elif suffix == ".csv":
         import pyarrow.csv as pcsv
 
+        nested = [f.name for f in table.schema if pa.types.is_nested(f.type)]
+        if nested:
+            raise ConfigError(f"cannot write {p.name!r}: CSV has no cell type for the list/struct/map columns "
+                              f"{nested}; write .json or .parquet")
         buf = io.BytesIO()
         pcsv.write_csv(table, buf)
         p.write_bytes(buf.getvalue())

@@ -15,7 +15,7 @@ import os
 
 from ..errors import ConfigError
 from ..jobs import options as _options
-from ..jobs.options import RUNNER_OPTIONS, ScoreOptions, ScoreReport
+from ..jobs.options import ScoreOptions, ScoreReport
 
 __all__ = ["RUNNERS", "score"]
 
@@ -25,7 +25,6 @@ RUNNERS = {
     "ray": "engine.runners.ray:run_ray",
     "spark": "engine.runners.spark:run_spark",
 }
-assert set(RUNNERS) == set(RUNNER_OPTIONS)
 
 
 def score(model_uri, input: str | os.PathLike, output: str | os.PathLike, runner: str = "local", *,

@@ -1,0 +1,168 @@
+"""engine.model.payload: MLflow's serving request formats <-> Arrow, and prediction files by extension."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from engine.errors import ConfigError
+from engine.model.payload import decode_json, encode_json, jsonable, read_input, write_output
+
+
+def _decode(doc, names=None):
+    return decode_json(json.dumps(doc).encode(), names)
+
+
+def test_dataframe_split_with_columns_and_params():
+    table, params = _decode({"dataframe_split": {"columns": ["a", "b"], "index": [7, 8],
+                                                 "data": [[1, "x"], [2, None]]}, "params": {"k": 2}})
+    assert table.schema == pa.schema([("a", pa.int64()), ("b", pa.string())])
+    assert table.to_pydict() == {"a": [1, 2], "b": ["x", None]}  # the index is accepted and dropped
+    assert params == {"k": 2}
+
+
+def test_dataframe_split_without_columns_numbers_them():
+    table, params = _decode({"dataframe_split": {"data": [[1.5, 2], [3.5, 4]]}})
+    assert table.to_pydict() == {"f0": [1.5, 3.5], "f1": [2, 4]} and params is None
+
+
+def test_dataframe_records_with_nulls():
+    table, _ = decode_json('{"dataframe_records": [{"x": 1.0, "s": "u"}, {"x": null, "s": "v"}]}')
+    assert table.schema == pa.schema([("x", pa.float64()), ("s", pa.string())])
+    assert table.to_pydict() == {"x": [1.0, None], "s": ["u", "v"]}
+
+
+def test_records_take_keys_from_every_record_not_only_the_first():
+    # Arrow's from_pylist reads only the first record's keys: "y" was dropped
+    for key in ("dataframe_records", "instances"):
+        table, _ = _decode({key: [{"x": 1}, {"x": 2, "y": 5.5}]})
+        assert table.to_pydict() == {"x": [1, 2], "y": [None, 5.5]}
+
+
+@pytest.mark.parametrize("names, expected", [(None, {"f0": [1.0, 3.0], "f1": [2.0, 4.0]}),
+                                             (["a", "b"], {"a": [1.0, 3.0], "b": [2.0, 4.0]})])
+def test_instances_matrix_one_column_per_feature(names, expected):
+    table, _ = _decode({"instances": [[1.0, 2.0], [3.0, 4.0]]}, names)
+    assert table.to_pydict() == expected
+
+
+def test_instances_vector_is_one_column_and_3d_a_tensor_column():
+    assert _decode({"instances": [1.5, 2.5]}, ["x"])[0].to_pydict() == {"x": [1.5, 2.5]}
+    table, _ = _decode({"inputs": [[[1, 2], [3, 4]], [[5, 6], [7, 8]]]})
+    assert table.schema.names == ["input"]
+    assert table.column(0).type == pa.list_(pa.list_(pa.int64(), 2), 2)
+    assert table.column(0).to_pylist()[1] == [[5, 6], [7, 8]]
+
+
+def test_inputs_dict_of_columns():
+    table, params = _decode({"inputs": {"id": [1, 2], "img": [[0.5, 1.5], [2.5, 3.5]], "s": ["a", None]},
+                             "params": {"t": 0.3}})
+    assert table.schema == pa.schema([("id", pa.int64()), ("img", pa.list_(pa.float64(), 2)), ("s", pa.string())])
+    assert table.column("img").to_pylist() == [[0.5, 1.5], [2.5, 3.5]] and params == {"t": 0.3}
+
+
+@pytest.mark.parametrize("body, message", [
+    (b"not json", r"the input is not valid JSON \(Expecting value"),
+    (b"\xff\xfe", r"not valid JSON"),
+    (b"[1, 2]", r"must be an object with one of the keys \['dataframe_split', 'dataframe_records'"),
+    (b'{"params": {"k": 1}}', r"exactly one of the keys .*; it has \['params'\]"),
+    (b'{"inputs": [1], "instances": [1]}', r"exactly one of the keys .*; it has \['inputs', 'instances'\]"),
+    (b'{"dataframe_split": [[1]]}', r"'dataframe_split' must be an object with 'columns' and 'data'"),
+    (b'{"dataframe_split": {"data": [[1]], "dtypes": {}}}', r"unknown keys \['dtypes'\]; use columns, data, index"),
+    (b'{"dataframe_split": {"columns": ["a"], "data": 5}}', r"'data' must be a list of rows, each a list"),
+    (b'{"dataframe_split": {"columns": ["a", "b"], "data": [[1, 2], [3]]}}',
+     r"row 1 has 1 values for the 2 columns \['a', 'b'\]; every row needs one value per column"),
+    (b'{"dataframe_split": {"columns": ["a", "a"], "data": [[1, 2]]}}', r"names a column twice: \['a', 'a'\]"),
+    (b'{"dataframe_split": {"columns": ["a"], "data": [[1], ["x"]]}}',
+     r"'dataframe_split' values cannot be read as typed columns .*one type"),
+    (b'{"dataframe_records": {"x": 1}}', r"'dataframe_records' must be a list of objects, one per row"),
+    (b'{"dataframe_records": [1, 2]}', r"'dataframe_records' must be a list of objects, one per row"),
+    (b'{"instances": [[1, 2], [3]]}', r"rows have different shapes; every row must have the same shape"),
+    (b'{"inputs": 5}', r"is one value \(5\), not a list with one entry per row"),
+    (b'{"inputs": {"a": 5}}', r"'inputs' column 'a' value is one value \(5\)"),
+])
+def test_bad_bodies_are_config_errors(body, message):
+    with pytest.raises(ConfigError, match=message):
+        decode_json(body)
+
+
+def test_jsonable_values():
+    assert jsonable(float("nan")) is None
+    assert jsonable(b"\x00\x01") == "AAE="
+    assert jsonable(dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)) == "2024-01-02T03:04:05+00:00"
+    assert jsonable(dt.date(2024, 1, 2)) == "2024-01-02"
+    assert jsonable({"a": [1.0, float("nan")], "b": ("k", float("nan"))}) == {"a": [1.0, None], "b": ["k", None]}
+
+
+def test_encode_json_one_column_is_a_list_of_values():
+    table = pa.table({"p": pa.array([0.5, float("nan"), None])})
+    assert json.loads(encode_json(table)) == {"predictions": [0.5, None, None]}
+    stamps = pa.table({"t": pa.array([0, 86400], pa.timestamp("s"))})
+    assert json.loads(encode_json(stamps)) == {"predictions": ["1970-01-01T00:00:00", "1970-01-02T00:00:00"]}
+
+
+def test_encode_json_several_columns_are_records():
+    table = pa.table({"label": [1, 0], "probs": pa.array([[0.25, 0.75], [1.0, float("nan")]], pa.list_(pa.float64(), 2)),
+                      "zipmap": pa.array([[("a", 1.0)], [("a", float("nan"))]], pa.map_(pa.string(), pa.float64()))})
+    assert json.loads(encode_json(table)) == {"predictions": [
+        {"label": 1, "probs": [0.25, 0.75], "zipmap": [["a", 1.0]]},
+        {"label": 0, "probs": [1.0, None], "zipmap": [["a", None]]}]}
+
+
+def test_encode_json_keeps_infinity_as_python_writes_it():
+    # NaN becomes null, but +-inf is written as Infinity: valid for Python's json, not strict JSON
+    text = encode_json(pa.table({"p": [float("inf"), -float("inf")]}))
+    assert text == '{"predictions": [Infinity, -Infinity]}'
+    assert json.loads(text)["predictions"] == [float("inf"), -float("inf")]
+
+
+def test_read_input_by_extension(tmp_path):
+    (tmp_path / "in.json").write_text('{"dataframe_records": [{"a": 1}], "params": {"k": 1}}')
+    (tmp_path / "in.CSV").write_text("a,b\n1,x\n2,y\n")
+    pq.write_table(pa.table({"a": [1.5]}), tmp_path / "in.pq")
+    assert read_input(tmp_path / "in.json") == (pa.table({"a": [1]}), {"k": 1})
+    table, params = read_input(str(tmp_path / "in.CSV"))
+    assert table.to_pydict() == {"a": [1, 2], "b": ["x", "y"]} and params is None
+    assert read_input(tmp_path / "in.pq")[0].to_pydict() == {"a": [1.5]}
+
+
+def test_read_input_passes_names_to_json_tensors(tmp_path):
+    (tmp_path / "in.json").write_text('{"instances": [[1, 2]]}')
+    assert read_input(tmp_path / "in.json", ["u", "v"])[0].to_pydict() == {"u": [1], "v": [2]}
+
+
+def test_read_input_errors(tmp_path):
+    with pytest.raises(ConfigError, match=r"input file '.*nope.json' does not exist"):
+        read_input(tmp_path / "nope.json")
+    (tmp_path / "in.txt").write_text("a\n1\n")
+    with pytest.raises(ConfigError, match=r"cannot read 'in.txt': the input must end in .json, .csv or .parquet"):
+        read_input(tmp_path / "in.txt")
+
+
+def test_write_output_by_extension_round_trips(tmp_path):
+    table = pa.table({"label": [1, 0], "score": [0.25, 0.75]})
+    for name in ("out.parquet", "out.csv"):
+        write_output(table, tmp_path / name)
+        assert read_input(tmp_path / name)[0].to_pydict() == table.to_pydict()
+    write_output(table, tmp_path / "out.json")
+    assert json.loads((tmp_path / "out.json").read_text())["predictions"][1] == {"label": 0, "score": 0.75}
+
+
+def test_write_output_without_path_writes_json_to_out():
+    out = io.StringIO()
+    write_output(pa.table({"p": [1.0, 2.0]}), None, out)
+    assert out.getvalue() == '{"predictions": [1.0, 2.0]}\n'
+
+
+def test_write_output_errors(tmp_path):
+    with pytest.raises(ConfigError, match=r"cannot write 'out.txt': the output must end in .json, .csv or .parquet"):
+        write_output(pa.table({"p": [1]}), tmp_path / "out.txt")
+    probs = pa.table({"probs": pa.array([[0.1, 0.9]], pa.list_(pa.float64(), 2))})
+    with pytest.raises(ConfigError, match=r"CSV has no cell type for the list/struct/map columns \['probs'\]"):
+        write_output(probs, tmp_path / "out.csv")
+    assert not (tmp_path / "out.csv").exists()
