@@ -150,5 +150,7 @@ def test_output_contract(spark, logged_models, tmp_path):
     report = engine.score(case.uris["path"], tmp_path / "in", tmp_path / "out", runner="spark", keep_columns=["id"],
                           on_error="dead-letter", dead_letter=str(tmp_path / "dead.parquet"), batch_rows=8)
     contract.check(report, tmp_path / "out", tmp_path / "dead.parquet", files_by_spark=True)
+    with pytest.raises(engine.ConnectorError, match="is not empty"):  # refused before anything is scored
+        engine.score(case.uris["path"], tmp_path / "in", tmp_path / "out", runner="spark")
     with pytest.raises(engine.SchemaError, match=contract.FAIL_MESSAGE):
         engine.score(case.uris["path"], tmp_path / "in", tmp_path / "failed", runner="spark", batch_rows=8)

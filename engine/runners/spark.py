@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from .. import errors
-from ..errors import ConfigError, SchemaError, require
+from ..errors import ConfigError, ConnectorError, SchemaError, require
 from ..jobs.options import ScoreOptions, ScoreReport, SparkOptions
 
 __all__ = ["run_spark"]
@@ -48,6 +48,10 @@ def run_spark(model_uri, input: str, output: str, options: ScoreOptions,
     if options.row_group_rows:
         raise ConfigError("the spark runner sizes row groups in bytes: set Spark's parquet.block.size instead of "
                           "row_group_rows")
+    existing = _part_files(output)[1]
+    if existing and options.mode == "error":  # before Spark reads or scores anything, as the other runners
+        raise ConnectorError(f"output {output!r} is not empty ({len(existing)} files); choose an empty location, "
+                             "or pass mode 'overwrite' or 'append' (--mode)")
     builder = SparkSession.builder.appName("arrowscore")
     if spark_opts.master:
         builder = builder.master(spark_opts.master)
@@ -84,7 +88,7 @@ def run_spark(model_uri, input: str, output: str, options: ScoreOptions,
     run = _scoring(location, shipped, options, spark_opts.load_log, isolate, result_schema)
     result = source.mapInArrow(run, spark_udf.spark_schema(result_schema))
     dead = DeadLetterFile(options.dead_letter)
-    before = set(_part_files(output)[1]) if options.mode == "append" else set()
+    before = set(existing) if options.mode == "append" else set()
     cached = result.persist(StorageLevel.MEMORY_AND_DISK) if isolate else None
     try:
         if isolate:
@@ -106,7 +110,10 @@ def run_spark(model_uri, input: str, output: str, options: ScoreOptions,
         dead.commit()
     except Exception as exc:
         dead.abort()
-        raise _our_error(exc) from exc
+        ours = _our_error(exc)
+        if ours is exc:
+            raise
+        raise ours from exc
     finally:
         if cached is not None:
             cached.unpersist()
