@@ -5,19 +5,18 @@ feed object that knows which columns to take, which safe casts to apply and how 
 ``MatrixFeed`` (one 2-D array), ``FrameFeed`` (pandas), ``ColumnTensorFeed`` (a column signature
 feeding named tensors), ``TensorFeed`` (tensor signatures, from list or scalar columns) and
 ``ColumnarTensorFeed`` (scalar columns fed column-major to big batches). Every later batch with that
-schema only calls ``feed.build(batch)``: no per-batch dispatch. Casts are lossless or raise SchemaError:
-ints widen, ints become floats when every value is exact (Arrow checks), float64 -> float32 only
-for float32 *tensor* inputs (what ONNX models take, as MLflow does), never float -> int.
+schema only calls ``feed.build(batch)``: no per-batch dispatch. Casts (``casts``) are lossless or
+raise SchemaError.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from . import convert
 from ..errors import SchemaError
+from .casts import cast, cast_target, cast_tensor, is_numeric
 from .signature import Signature, TensorSpec
 
 __all__ = ["InputPlan"]
@@ -25,69 +24,6 @@ __all__ = ["InputPlan"]
 # Below this many rows the strided row-major copy is cheap and ONNX Runtime's transposed GEMM costs
 # more than it saves; above it, the column-major feed wins (measured: benchmarks/bench_core.py).
 COLUMNAR_MIN_ROWS = 16_384
-
-_NUMERIC = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean)
-
-
-def _is_numeric(t: pa.DataType) -> bool:
-    return any(check(t) for check in _NUMERIC)
-
-
-def _cast_target(actual: pa.DataType, wanted: pa.DataType, name: str, lossy_float: bool = False):
-    """The type to cast a column to (None: use as is), or SchemaError when no safe cast exists."""
-    if actual == wanted or pa.types.is_null(wanted):
-        return None
-    ok = False
-    if pa.types.is_string(wanted):
-        ok = pa.types.is_large_string(actual) or pa.types.is_string_view(actual)
-    elif pa.types.is_binary(wanted):
-        ok = pa.types.is_large_binary(actual) or pa.types.is_fixed_size_binary(actual) or pa.types.is_binary_view(actual)
-    elif pa.types.is_timestamp(wanted):
-        if pa.types.is_timestamp(actual) and actual.tz is not None:
-            raise SchemaError(f"column {name!r} is {actual} with a time zone; the model's signature wants a naive "
-                              "datetime: convert it to UTC and drop the zone first")
-        ok = pa.types.is_timestamp(actual) or pa.types.is_date(actual)
-    elif pa.types.is_integer(wanted):
-        ok = pa.types.is_integer(actual) or pa.types.is_boolean(actual)
-    elif pa.types.is_floating(wanted):
-        ok = pa.types.is_integer(actual) or pa.types.is_boolean(actual) or pa.types.is_decimal(actual) or (
-            pa.types.is_floating(actual) and (actual.bit_width <= wanted.bit_width or lossy_float))
-    elif pa.types.is_nested(wanted):
-        ok = pa.types.is_nested(actual)
-    if ok:
-        return wanted
-    hint = ""
-    if pa.types.is_integer(wanted) and pa.types.is_floating(actual):
-        hint = " (an integer column with missing values reads as float: fill the NaNs, or declare the column double)"
-    if pa.types.is_floating(wanted) and pa.types.is_floating(actual):
-        hint = " (narrowing floats loses precision: cast the column yourself, or declare it double)"
-    raise SchemaError(f"column {name!r} is {actual}, the model's signature wants {wanted}{hint}; "
-                      "cast the column or fix the producer")
-
-
-def _cast(col: pa.Array, target: pa.DataType, name: str) -> pa.Array:
-    try:
-        return pc.cast(col, target, safe=True)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise SchemaError(f"column {name!r} cannot become {target} without changing its values ({exc}); "
-                          "fix those values or the column type") from None
-
-
-def _cast_tensor(arr: np.ndarray, dtype: np.dtype, name: str) -> np.ndarray:
-    if arr.dtype == dtype:
-        return arr
-    if arr.dtype.kind in "iub" and dtype.kind == "f" and arr.size:
-        limit = 2 ** (np.finfo(dtype).nmant + 1)
-        if arr.dtype.kind != "b" and np.abs(arr).max() > limit:
-            raise SchemaError(f"input {name!r} holds integers above {limit}, which {dtype} cannot hold exactly; "
-                              "scale them or log the model with a wider input type")
-    elif arr.dtype.kind == "f" and dtype.kind in "iu":
-        raise SchemaError(f"input {name!r} is {arr.dtype}, the model wants {dtype}; float -> integer is not a "
-                          "safe cast: round the values yourself first")
-    elif not (np.can_cast(arr.dtype, dtype, "same_kind") or arr.dtype.kind == "b"):
-        raise SchemaError(f"input {name!r} is {arr.dtype}, the model wants {dtype}; cast the column first")
-    return arr.astype(dtype)
-
 
 class _Columns:
     """A column signature's (or an unsigned model's) columns for one batch schema: which to take, casts
@@ -103,7 +39,7 @@ class _Columns:
             return sub
         arrays = list(sub.columns)
         for pos, target in self.casts:
-            arrays[pos] = _cast(arrays[pos], target, self.names[pos])
+            arrays[pos] = cast(arrays[pos], target, self.names[pos])
         names = list(self.names)
         for pos, name, t in self.fills:
             arrays.insert(pos, pa.nulls(batch.num_rows, t))
@@ -162,12 +98,12 @@ class ColumnTensorFeed:
         self.cols.check_nulls(sub)
         if not self.by_name:
             m = self.model_tensors[0]
-            return {m.name: _cast_tensor(convert.matrix(sub), m.dtype, m.name)}, self.predict
+            return {m.name: cast_tensor(convert.matrix(sub), m.dtype, m.name)}, self.predict
         model = {m.name: m for m in self.model_tensors}
         feed = {}
         for name, col in zip(sub.schema.names, sub.columns):
             m = model[name]
-            arr = _cast_tensor(col.to_numpy(zero_copy_only=False), m.dtype, name)
+            arr = cast_tensor(col.to_numpy(zero_copy_only=False), m.dtype, name)
             feed[name] = arr.reshape((-1, *[d if d > 0 else 1 for d in m.row_shape]))
         return feed, self.predict
 
@@ -193,7 +129,7 @@ class _ScalarSource:
 
 
 def _shaped(arr: np.ndarray, spec: TensorSpec, feed: str) -> np.ndarray:
-    arr = _cast_tensor(arr, spec.dtype, feed)
+    arr = cast_tensor(arr, spec.dtype, feed)
     want = spec.row_shape
     if len(want) == 0 and arr.ndim == 2 and arr.shape[1] == 1:
         return arr[:, 0]
@@ -232,7 +168,7 @@ class ColumnarTensorFeed(TensorFeed):
             return super().build(batch)
         where = self.sources[0].indices
         sub = batch if where is None else batch.select(where)
-        x = _cast_tensor(convert.matrix(sub, order="F").T, self.specs[0].dtype, self.names[0])
+        x = cast_tensor(convert.matrix(sub, order="F").T, self.specs[0].dtype, self.names[0])
         return {self.names[0]: x}, self.predict_columns
 
 
@@ -307,7 +243,7 @@ class InputPlan:
                     fills.append((len(out_names), s.name, s.type))
                 continue
             i = names.index(s.name)
-            target = _cast_target(schema.field(i).type, s.type, s.name)
+            target = cast_target(schema.field(i).type, s.type, s.name)
             if target is not None:
                 casts.append((len(out_names), target))
             if s.required:
@@ -321,7 +257,7 @@ class InputPlan:
     def _widen(self, schema, indices, names, casts: dict) -> list:
         """A matrix of mixed column types: cast explicitly to one type, so Arrow checks exactness."""
         types = [casts.get(k) or schema.field(i).type for k, i in enumerate(indices)]
-        bad = [f"{n} ({t})" for n, t in zip(names, types) if not _is_numeric(t)]
+        bad = [f"{n} ({t})" for n, t in zip(names, types) if not is_numeric(t)]
         if bad:
             raise SchemaError(f"the model takes a numeric matrix, but columns {bad} are not numeric; "
                               "drop or encode them first")
@@ -330,7 +266,7 @@ class InputPlan:
         target = pa.float64()
         for k, (t, name) in enumerate(zip(types, names)):
             if t != target:
-                casts[k] = _cast_target(t, target, name, lossy_float=False) or target
+                casts[k] = cast_target(t, target, name, lossy_float=False) or target
         return sorted(casts.items())
 
     def _unsigned(self, schema: pa.Schema) -> _Columns:
@@ -377,7 +313,7 @@ class InputPlan:
                 f"model input {self.feed_names[0]!r} is a {spec.dtype} tensor of {width} values per row; the input has "
                 f"{len(cols)} columns {cols}; pass one list column named {self.feed_names[0]!r}, exactly {width} "
                 "numeric columns, or feature_columns=[...] naming them in order")
-        bad = [c for c in cols if not _is_numeric(schema.field(c).type)]
+        bad = [c for c in cols if not is_numeric(schema.field(c).type)]
         if bad:
             raise SchemaError(f"columns {bad} are not numeric, so they cannot make up tensor {self.feed_names[0]!r}")
         indices = [names.index(c) for c in cols]
