@@ -1,7 +1,8 @@
 """The ``arrowscore`` command: one parser builder per subcommand, flags built from the option dataclasses.
 
 Reads argv and the ``ARROWSCORE_*`` environment variables; below it, only the Ray and Spark
-runners read the variables their own tools set (``RAY_ADDRESS``, spark-submit's conf).
+runners read the variables their own tools set (``RAY_ADDRESS``; ``PYSPARK_PYTHON`` and
+spark-submit's conf).
 """
 
 from __future__ import annotations
@@ -280,5 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except EngineError as exc:
+        print(f"arrowscore: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a path that cannot be written or read: the system's own words say which
         print(f"arrowscore: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2

@@ -189,6 +189,11 @@ def test_bad_options():
         engine.score("m", "in", "out", runner="ray", runner_options={"actors": 0})
     with pytest.raises(ConfigError, match="cpus_per_actor must be above 0"):
         engine.RayOptions(cpus_per_actor=0)
+    with pytest.raises(ConfigError, match="runner_options for the local runner are LocalOptions or a dict, not RayOptions"):
+        engine.score("m", "in", "out", runner_options=engine.RayOptions(actors=2))
+    with pytest.raises(ConfigError, match="compression 'lzzz' is not one this pyarrow writes"):
+        engine.ScoreOptions(compression="lzzz")
+    assert engine.ScoreOptions(keep_columns="id").keep_columns == ("id",)  # one name, not its letters
 
 
 def test_progress_bar_on_a_terminal():

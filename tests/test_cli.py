@@ -92,6 +92,17 @@ def test_predict_bad_input_gives_message_and_exit_2(logged_models, tmp_path):
     assert out.returncode == 2 and "exactly one of the keys" in out.stderr
 
 
+def test_unwritable_output_is_one_line_not_a_traceback(logged_models, tmp_path):
+    case = logged_models["xgboost_booster"]
+    path = tmp_path / "in.parquet"
+    pq.write_table(case.arrow_input, path)
+    out = run("predict", case.uris["path"], "-i", str(path), "-o", str(tmp_path / "no" / "such" / "out.json"))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "arrowscore: FileNotFoundError" in out.stderr and "out.json" in out.stderr
+    out = run("score", case.uris["path"], str(path), str(tmp_path / "out"), "--compression", "lzzz")
+    assert out.returncode == 2 and "compression 'lzzz' is not one this pyarrow writes" in out.stderr
+
+
 def test_console_script_installed():
     import shutil
 

@@ -152,5 +152,43 @@ def test_output_contract(spark, logged_models, tmp_path):
     contract.check(report, tmp_path / "out", tmp_path / "dead.parquet", files_by_spark=True)
     with pytest.raises(engine.ConnectorError, match="is not empty"):  # refused before anything is scored
         engine.score(case.uris["path"], tmp_path / "in", tmp_path / "out", runner="spark")
+    with pytest.raises(engine.ConnectorError, match="input '.*nowhere' does not exist"):
+        engine.score(case.uris["path"], tmp_path / "nowhere", tmp_path / "o2", runner="spark")
+    with pytest.raises(engine.ConfigError, match=r"partition_by column 'f1' is not in the output .*--keep-columns"):
+        engine.score(case.uris["path"], tmp_path / "in", tmp_path / "o3", runner="spark", partition_by="f1")
     with pytest.raises(engine.SchemaError, match=contract.FAIL_MESSAGE):
         engine.score(case.uris["path"], tmp_path / "in", tmp_path / "failed", runner="spark", batch_rows=8)
+
+
+def test_dead_letters_with_a_list_output(spark, logged_models, tmp_path):
+    """predict_proba (a list per row) through the dead-letter path, whose structs Spark must accept."""
+    case = logged_models["sklearn_pipeline"]
+    table = case.arrow_input.append_column("id", pa.array(np.arange(case.arrow_input.num_rows)))
+    x = [None if i == 3 else v for i, v in enumerate(table.column("x").to_pylist())]
+    table = table.set_column(table.schema.get_field_index("x"), "x", pa.array(x, pa.float64()))
+    (tmp_path / "in").mkdir()
+    pq.write_table(table, tmp_path / "in" / "a.parquet")
+    args = {"keep_columns": ["id"], "on_error": "dead-letter"}
+    ours = engine.score(case.uris["path"], tmp_path / "in", tmp_path / "out", runner="spark",
+                        dead_letter=str(tmp_path / "d1.parquet"), **args)
+    local = engine.score(case.uris["path"], tmp_path / "in", tmp_path / "local", dead_letter=str(tmp_path / "d2.parquet"),
+                         **args)
+    assert ours.rows_scored == local.rows_scored == table.num_rows - 1 and ours.dead_lettered == 1
+    got, want = pq.read_table(tmp_path / "out"), pq.read_table(tmp_path / "local")
+    assert got.column("id").to_pylist() == want.column("id").to_pylist()  # one task: input order
+    np.testing.assert_allclose(got.column("prediction").to_pylist(), want.column("prediction").to_pylist())
+    assert pq.read_table(tmp_path / "d1.parquet").column("id").to_pylist() == [3]
+
+
+def test_cli_spark_runner_without_pyspark_python(logged_models, tmp_path):
+    """The README's `arrowscore score ... --runner spark` as typed: no PYSPARK_PYTHON, so the local workers
+    must get this interpreter (Spark's default `python3` on the PATH need not have arrowscore)."""
+    case = logged_models["xgboost_booster"]
+    (tmp_path / "in").mkdir()
+    pq.write_table(case.arrow_input, tmp_path / "in" / "a.parquet")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON")}
+    run = subprocess.run([sys.executable, "-m", "engine", "score", case.uris["path"], str(tmp_path / "in"),
+                          str(tmp_path / "out"), "--runner", "spark", "--spark-master", "local[1]", "--no-progress"],
+                         capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert_same_predictions(pq.read_table(tmp_path / "out").select(["prediction"]), case.expected)

@@ -71,7 +71,7 @@ class ParquetSink:
             return
         if self.partition_by not in batch.schema.names:
             raise ConfigError(f"partition_by column {self.partition_by!r} is not in the output "
-                              f"(it has {batch.schema.names}); keep it with keep_columns")
+                              f"(it has {batch.schema.names}); keep it with keep_columns (--keep-columns)")
         table = pa.Table.from_batches([batch])
         keys = table.column(self.partition_by)
         rest = table.drop_columns([self.partition_by])

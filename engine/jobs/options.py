@@ -33,6 +33,22 @@ def _opt(default, help: str, cli: bool = True, **extra):
     return field(default=default, metadata=meta)
 
 
+def _names(value) -> tuple:
+    """Column names as a tuple; one string is one name (not its characters)."""
+    return (value,) if isinstance(value, str) else tuple(value or ())
+
+
+def _codec_available(name: str) -> bool:
+    import pyarrow as pa
+
+    if str(name).lower() in ("none", "uncompressed"):
+        return True
+    try:
+        return pa.Codec.is_available(name)
+    except (ValueError, pa.ArrowInvalid):  # not a codec name at all
+        return False
+
+
 def _at_least(obj, minimum, *names) -> None:
     for name in names:
         value = getattr(obj, name)
@@ -63,10 +79,10 @@ class ScoreOptions:
     def __post_init__(self):
         from connectors.parquet import MODES
 
-        object.__setattr__(self, "keep_columns", tuple(self.keep_columns or ()))
+        object.__setattr__(self, "keep_columns", _names(self.keep_columns))
         object.__setattr__(self, "rename", dict(self.rename or {}))
         if self.feature_columns is not None:
-            object.__setattr__(self, "feature_columns", tuple(self.feature_columns) or None)
+            object.__setattr__(self, "feature_columns", _names(self.feature_columns) or None)
         _at_least(self, 1, "batch_rows", "read_ahead", "row_group_rows")
         if self.mode not in MODES:
             raise ConfigError(f"mode {self.mode!r} is not one of {MODES}")
@@ -78,6 +94,9 @@ class ScoreOptions:
         dupes = {c for c in self.keep_columns if list(self.keep_columns).count(c) > 1}
         if dupes:
             raise ConfigError(f"keep_columns names {sorted(dupes)} more than once")
+        if not _codec_available(self.compression):
+            raise ConfigError(f"compression {self.compression!r} is not one this pyarrow writes; use snappy, zstd, "
+                              "gzip, brotli, lz4 or none")
 
     def load_kwargs(self) -> dict:
         """The ``load_model`` arguments these options imply."""
@@ -131,6 +150,9 @@ def runner_options(runner: str, given) -> object:
         raise ConfigError(f"runner {runner!r} is not one of {sorted(RUNNER_OPTIONS)}")
     if isinstance(given, cls):
         return given
+    if dataclasses.is_dataclass(given):
+        raise ConfigError(f"runner_options for the {runner} runner are {cls.__name__} or a dict, "
+                          f"not {type(given).__name__}")
     given = dict(given or {})
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(given) - known)
@@ -195,7 +217,7 @@ class StreamOptions:
     def __post_init__(self):
         from connectors.kafka import FORMATS
 
-        object.__setattr__(self, "keep_columns", tuple(self.keep_columns or ()))
+        object.__setattr__(self, "keep_columns", _names(self.keep_columns))
         if self.guarantee not in GUARANTEES:
             raise ConfigError(f"guarantee {self.guarantee!r} is not one of {GUARANTEES}")
         if self.value_format not in FORMATS:

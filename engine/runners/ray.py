@@ -171,14 +171,15 @@ def run_ray(model_uri, input: str, output: str, options: ScoreOptions, ray_opts:
     model = load_model(path, **options.load_kwargs())
     start = time.perf_counter()
     job = JobScorer.from_options(model, options)  # option errors (clashes, renames) surface here, before any cluster work
-    connecting = time.perf_counter()
-    _connect(ray, ray_opts.address, ray_opts.num_cpus, _runtime_env(ray_opts.runtime_env, ray_opts.ship_code))
-    startup = time.perf_counter() - connecting
+    # so do input, keep-column and output errors: the job opens before Ray starts
     source, parts, total, sink, dead = open_parquet_job(model, input, output, options)
     columns = source.columns
     scored = seen = 0
     progress = Progress(total, options.progress)
     try:
+        connecting = time.perf_counter()
+        _connect(ray, ray_opts.address, ray_opts.num_cpus, _runtime_env(ray_opts.runtime_env, ray_opts.ship_code))
+        startup = time.perf_counter() - connecting
         # a model directory only travels when some actor may run on another machine
         packed = ray.put(_pack(path)) if len(ray.nodes()) > 1 else None
         reads = _source(parts, source.schema, columns, options.batch_rows)

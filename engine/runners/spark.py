@@ -15,12 +15,17 @@ collected to the driver into one Parquet file, and the output come from one scor
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 import time
 from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
+
+from connectors.parquet import filesystem_for
 
 from .. import errors
 from ..errors import ConfigError, ConnectorError, SchemaError, require
@@ -48,15 +53,24 @@ def run_spark(model_uri, input: str, output: str, options: ScoreOptions,
     if options.row_group_rows:
         raise ConfigError("the spark runner sizes row groups in bytes: set Spark's parquet.block.size instead of "
                           "row_group_rows")
+    fs, inside = filesystem_for(input)
+    if fs.get_file_info(inside).type == pafs.FileType.NotFound:
+        raise ConnectorError(f"input {input!r} does not exist")
     existing = _part_files(output)[1]
     if existing and options.mode == "error":  # before Spark reads or scores anything, as the other runners
         raise ConnectorError(f"output {output!r} is not empty ({len(existing)} files); choose an empty location, "
                              "or pass mode 'overwrite' or 'append' (--mode)")
     builder = SparkSession.builder.appName("arrowscore")
-    if spark_opts.master:
-        builder = builder.master(spark_opts.master)
-    elif SparkSession.getActiveSession() is None and "spark.master" not in _submitted_conf():
-        builder = builder.master("local[*]")
+    master = spark_opts.master
+    if not master and SparkSession.getActiveSession() is None and "spark.master" not in _submitted_conf():
+        master = "local[*]"
+    if master:
+        builder = builder.master(master)
+    if master and master.startswith("local") and SparkSession.getActiveSession() is None \
+            and "spark.pyspark.python" not in _submitted_conf() and not os.environ.get("PYSPARK_PYTHON"):
+        # local workers run this interpreter, which has arrowscore (Spark's default is `python3` on the
+        # PATH); PySpark reads the variable, not the conf, when the driver is a plain Python process
+        os.environ["PYSPARK_PYTHON"] = sys.executable
     spark = builder.getOrCreate()
     loading = time.perf_counter()
     path, location, shipped = spark_udf._locate(spark, model_uri.path if isinstance(model_uri, Model) else model_uri)
@@ -74,16 +88,21 @@ def run_spark(model_uri, input: str, output: str, options: ScoreOptions,
                           "add or rename those columns")
     columns = list(dict.fromkeys([*(model.input_columns or df.columns), *options.keep_columns]))
     source = df.select(*columns, F.col("_metadata.file_path").alias(FILE), F.col("_metadata.row_index").alias(ROW))
-    out_schema = model.output_schema or _sample_output(model, df.select(*columns).limit(64).toArrow())
+    out_schema = model.output_schema or _sample_output(model, df.select(*columns).limit(64).toArrow(), input)
     in_fields = [pa.field(c, spark_udf._arrow_of(df, c)) for c in columns]
     names = job.output_names(out_schema)
+    if options.partition_by and options.partition_by not in names:
+        raise ConfigError(f"partition_by column {options.partition_by!r} is not in the output (it has {names}); "
+                          "keep it with keep_columns (--keep-columns)")
     keep = [f for f in in_fields if f.name in options.keep_columns]
     out = pa.schema(keep + [pa.field(n, f.type) for n, f in zip(names[len(keep):], out_schema)])
     isolate = options.on_error == "dead-letter"
     dead_schema = pa.schema(in_fields + [pa.field(DEAD_LETTER_COLUMNS[0], pa.string()),
                                          pa.field(DEAD_LETTER_COLUMNS[1], pa.string()),
                                          pa.field(DEAD_LETTER_COLUMNS[2], pa.int64())])
-    result_schema = pa.schema([pa.field("out", pa.struct(list(out))), pa.field("dead", pa.struct(list(dead_schema)))]) \
+    # Spark has no fixed-size lists: the structs declare plain lists, as _for_spark hands them over
+    result_schema = pa.schema([pa.field("out", pa.struct([pa.field(f.name, _plain(f.type)) for f in out])),
+                               pa.field("dead", pa.struct([pa.field(f.name, _plain(f.type)) for f in dead_schema]))]) \
         if isolate else out
     run = _scoring(location, shipped, options, spark_opts.load_log, isolate, result_schema)
     result = source.mapInArrow(run, spark_udf.spark_schema(result_schema))
@@ -123,12 +142,12 @@ def run_spark(model_uri, input: str, output: str, options: ScoreOptions,
                        load_seconds=start - loading)
 
 
-def _sample_output(model, sample: pa.Table) -> pa.Schema:
+def _sample_output(model, sample: pa.Table, input: str) -> pa.Schema:
     """The output schema of a model without an output signature, from the first rows it can score."""
     from ..jobs.scoring import JobScorer, Where
 
     for batch in sample.to_batches():
-        good, _ = JobScorer(model, isolate_rejects=True).score(batch, Where("the first rows", 0))
+        good, _ = JobScorer(model, isolate_rejects=True).score(batch, Where(f"{input} (a sample of its first)", 0))
         if good:
             return good[0].schema
     raise ConfigError("the model has no output signature and none of the first rows could be scored, so the "
@@ -166,6 +185,10 @@ def _scoring(location: str, shipped: bool, options: ScoreOptions, load_log, isol
     return run
 
 
+def _plain(t: pa.DataType) -> pa.DataType:
+    return pa.list_(_plain(t.value_type)) if pa.types.is_fixed_size_list(t) else t
+
+
 def _runs(files: pa.Array, rows: pa.Array, batch_rows: int):
     """(start, end, file, first row) of each run of consecutive rows of one input file in a batch,
     cut at ``batch_rows`` rows as the other runners cut their batches."""
@@ -190,6 +213,8 @@ def _our_error(exc: Exception) -> Exception:
     """An error raised by our code in a Python worker reaches the driver as Spark's text: raise it as ours."""
     if isinstance(exc, errors.EngineError):
         return exc
+    if type(exc).__name__ == "AnalysisException":  # Spark refused the query (paths, columns): its first line says why
+        return errors.ConnectorError(f"Spark: {str(exc).strip().splitlines()[0]}")
     found = re.findall(r"engine\.errors\.(\w+): ([^\n]*)", str(exc))
     if found:
         kind, message = found[-1]
@@ -218,10 +243,6 @@ def _submitted_conf() -> dict:
 
 def _part_files(output: str):
     """(filesystem, the Parquet files under output)."""
-    import pyarrow.fs as pafs
-
-    from connectors.parquet import filesystem_for
-
     fs, path = filesystem_for(output)
     infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
     return fs, sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
