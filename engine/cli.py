@@ -220,6 +220,8 @@ def _add_score(sub) -> None:
     p.add_argument("--runner", choices=sorted(RUNNERS), default="local",
                    help="local (default), ray or spark (with arrowscore[ray|spark])")
     add_flags(p, ScoreOptions, skip=_SCORE_SKIP,
+              cache_dir={"default": os.environ.get("ARROWSCORE_CACHE_DIR"),
+                         "help": "where downloaded models are cached (env ARROWSCORE_CACHE_DIR)"},
               keep_columns={"metavar": "COL,COL", "help": "comma-separated input columns to copy to the output"},
               feature_columns={"metavar": "COL,COL",
                                "help": "comma-separated scalar columns that make up a tensor input, in order"},

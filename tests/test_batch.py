@@ -297,3 +297,16 @@ def test_output_contract(logged_models, tmp_path):
     contract.check(report, tmp_path / "out", tmp_path / "dead.parquet")
     with pytest.raises(SchemaError, match=contract.FAIL_MESSAGE):
         engine.score(case.uris["path"], tmp_path / "in", tmp_path / "failed", batch_rows=8)
+
+
+def test_flavor_and_cache_dir(logged_models, tmp_path):
+    """score takes load_model's flavor and cache_dir (--flavor, --cache-dir): a registry URI is downloaded into
+    the given cache, and the python_function flavor gives MLflow's predictions too."""
+    case = logged_models["xgboost_booster"]
+    write_input(case, tmp_path / "in", files=1)
+    report = engine.score(case.uris["alias"], tmp_path / "in", tmp_path / "out", keep_columns=["id"],
+                          flavor="python_function", cache_dir=str(tmp_path / "cache"))
+    assert report.rows_scored == case.arrow_input.num_rows and any((tmp_path / "cache").iterdir())
+    assert_same_predictions(pq.read_table(tmp_path / "out").sort_by("id").drop_columns(["id"]), case.expected)
+    with pytest.raises(engine.FlavorNotFound, match="onnx"):
+        engine.score(case.uris["path"], tmp_path / "in", tmp_path / "out2", flavor="onnx")

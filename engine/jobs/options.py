@@ -75,6 +75,8 @@ class ScoreOptions:
     progress: bool | None = _opt(None, "None: a bar on a terminal, log lines otherwise")
     feature_columns: tuple | None = _opt(None, "scalar columns that make up a tensor input, in order")
     model_config: dict | None = _opt(None, "overrides for a python_function model's model_config")
+    flavor: str | None = _opt(None, "load with this flavor instead of the native one")
+    cache_dir: str | None = _opt(None, "where downloaded models are cached")
 
     def __post_init__(self):
         from connectors.parquet import MODES
@@ -101,7 +103,7 @@ class ScoreOptions:
     def load_kwargs(self) -> dict:
         """The ``load_model`` arguments these options imply."""
         return {"feature_columns": list(self.feature_columns) if self.feature_columns else None,
-                "model_config": self.model_config}
+                "model_config": self.model_config, "flavor": self.flavor, "cache_dir": self.cache_dir}
 
 
 @dataclass(frozen=True)

@@ -167,7 +167,7 @@ def run_ray(model_uri, input: str, output: str, options: ScoreOptions, ray_opts:
 
     loading = time.perf_counter()
     # resolved once, in the driver: workers never touch the registry
-    path = (model_uri.path if isinstance(model_uri, Model) else uris.resolve(model_uri)).resolve()
+    path = (model_uri.path if isinstance(model_uri, Model) else uris.resolve(model_uri, options.cache_dir)).resolve()
     model = load_model(path, **options.load_kwargs())
     start = time.perf_counter()
     job = JobScorer.from_options(model, options)  # option errors (clashes, renames) surface here, before any cluster work

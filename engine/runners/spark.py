@@ -73,7 +73,8 @@ def run_spark(model_uri, input: str, output: str, options: ScoreOptions,
         os.environ["PYSPARK_PYTHON"] = sys.executable
     spark = builder.getOrCreate()
     loading = time.perf_counter()
-    path, location, shipped = spark_udf._locate(spark, model_uri.path if isinstance(model_uri, Model) else model_uri)
+    path, location, shipped = spark_udf._locate(spark, model_uri.path if isinstance(model_uri, Model) else model_uri,
+                                                options.cache_dir)
     model = load_model(path, **options.load_kwargs())
     start = time.perf_counter()
     job = JobScorer.from_options(model, options)  # clashes and renames fail before Spark reads anything

@@ -55,7 +55,7 @@ def _worker_model(location: str, shipped: bool, options: dict):
                     from pyspark import SparkFiles
 
                     path = SparkFiles.get(location)
-                model = load_model(path, feature_columns=options.get("feature_columns"),
+                model = load_model(path, feature_columns=options.get("feature_columns"), flavor=options.get("flavor"),
                                    model_config=options.get("model_config"), shared_cpu=True)
                 log_load(options.get("load_log"), path)
                 _MODELS[key] = model
