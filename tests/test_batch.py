@@ -23,6 +23,11 @@ KEYS = ["sklearn_skops", "sklearn_pipeline", "onnx", "xgboost_booster", "lightgb
         "pyfunc_code"]
 
 
+def run_cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "engine", *args, "--no-progress"], capture_output=True, text=True,
+                          timeout=300)
+
+
 def write_input(case, directory, files: int = 2) -> pa.Table:
     """The case's rows plus an 'id' column, split over ``files`` Parquet files; returns the whole table."""
     table = case.arrow_input.append_column("id", pa.array(np.arange(case.arrow_input.num_rows) * 10))
@@ -310,3 +315,29 @@ def test_flavor_and_cache_dir(logged_models, tmp_path):
     assert_same_predictions(pq.read_table(tmp_path / "out").sort_by("id").drop_columns(["id"]), case.expected)
     with pytest.raises(engine.FlavorNotFound, match="onnx"):
         engine.score(case.uris["path"], tmp_path / "in", tmp_path / "out2", flavor="onnx")
+
+
+def test_overlapping_paths_are_refused_before_anything_is_touched(logged_models, tmp_path):
+    """Output = input under --mode overwrite replaced the input with predictions; an output holding the input
+    deleted it; a dead-letter file inside the output vanished at commit. All refused up front now."""
+    case = logged_models["xgboost_booster"]
+    write_input(case, tmp_path / "all" / "raw")
+    before = sorted(p.name for p in (tmp_path / "all" / "raw").iterdir())
+    uri = case.uris["path"]
+    out = run_cli("score", uri, str(tmp_path / "all" / "raw"), str(tmp_path / "all" / "raw"), "--mode", "overwrite")
+    assert out.returncode == 2 and "and input" in out.stderr and "overlap" in out.stderr, out.stderr
+    cases = [
+        (tmp_path / "all", {}, "output .* and input .* overlap"),                       # output holds the input
+        (tmp_path / "all" / "raw" / "scored", {}, "output .* and input .* overlap"),    # output inside the input
+        (tmp_path / "out", {"dead_letter": str(tmp_path / "out" / "dead.parquet")}, "dead-letter path .* and output"),
+        (tmp_path / "out", {"dead_letter": str(tmp_path / "all" / "raw" / "d.parquet")}, "dead-letter path .* and input"),
+    ]
+    for output, extra, message in cases:
+        on_error = {"on_error": "dead-letter"} if extra else {}
+        with pytest.raises(ConfigError, match=message):
+            engine.score(uri, tmp_path / "all" / "raw", output, mode="overwrite", **on_error, **extra)
+    assert sorted(p.name for p in (tmp_path / "all" / "raw").iterdir()) == before
+    assert not (tmp_path / "out").exists()
+    # neighbours whose names share a prefix are not overlaps
+    engine.score(uri, tmp_path / "all" / "raw", tmp_path / "all" / "raw2", on_error="dead-letter",
+                 dead_letter=str(tmp_path / "all" / "raw2-dead.parquet"))

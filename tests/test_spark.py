@@ -152,6 +152,8 @@ def test_output_contract(spark, logged_models, tmp_path):
     contract.check(report, tmp_path / "out", tmp_path / "dead.parquet", files_by_spark=True)
     with pytest.raises(engine.ConnectorError, match="is not empty"):  # refused before anything is scored
         engine.score(case.uris["path"], tmp_path / "in", tmp_path / "out", runner="spark")
+    with pytest.raises(engine.ConfigError, match="output .* and input .* overlap"):
+        engine.score(case.uris["path"], tmp_path / "in", tmp_path / "in", runner="spark", mode="overwrite")
     with pytest.raises(engine.ConnectorError, match="input '.*nowhere' does not exist"):
         engine.score(case.uris["path"], tmp_path / "nowhere", tmp_path / "o2", runner="spark")
     with pytest.raises(engine.ConfigError, match=r"partition_by column 'f1' is not in the output .*--keep-columns"):

@@ -10,9 +10,36 @@ import pyarrow as pa
 from ..errors import ConfigError
 from .scoring import JobScorer
 
-__all__ = ["open_parquet_job", "commit_parquet_job"]
+__all__ = ["check_paths", "open_parquet_job", "commit_parquet_job"]
 
 log = logging.getLogger("arrowscore.job")
+
+
+def check_paths(input: str, output: str, dead_letter: str | None, filesystem=None) -> None:
+    """Refuse, before anything is read or written, an output or dead-letter path that is the input,
+    holds it or lies inside it, and a dead-letter path inside the output: a job would read its own
+    output back, or replace the data it reads, or bury its rejects in its output."""
+    from connectors.parquet.files import filesystem_for
+
+    def where(path):
+        fs, inside = filesystem_for(path, filesystem)
+        glob = [i for i, c in enumerate(inside) if c in "*?["]
+        root = inside[: glob[0]].rsplit("/", 1)[0] if glob else inside
+        return type(fs).__name__, root.rstrip("/") or "/"
+
+    def overlap(a, b) -> bool:
+        (fa, pa_), (fb, pb) = where(a), where(b)
+        return fa == fb and (pa_ == pb or pa_.startswith(pb.rstrip("/") + "/") or pb.startswith(pa_.rstrip("/") + "/"))
+
+    if overlap(output, input):
+        raise ConfigError(f"output {output!r} and input {input!r} overlap (the same place, or one inside the "
+                          "other); write the predictions somewhere else")
+    if dead_letter and overlap(dead_letter, input):
+        raise ConfigError(f"dead-letter path {dead_letter!r} and input {input!r} overlap; put the rejected rows "
+                          "somewhere else")
+    if dead_letter and overlap(dead_letter, output):
+        raise ConfigError(f"dead-letter path {dead_letter!r} and output {output!r} overlap (the output directory is "
+                          "replaced at commit); put the rejected rows beside the output, not in it")
 
 
 def open_parquet_job(model, input: str, output: str, options, filesystem=None):
@@ -23,6 +50,7 @@ def open_parquet_job(model, input: str, output: str, options, filesystem=None):
     """
     from connectors.parquet import DeadLetterFile, ParquetSink, ParquetSource
 
+    check_paths(input, output, options.dead_letter if options.on_error == "dead-letter" else None, filesystem)
     needed = model.input_columns
     columns = None if needed is None else list(dict.fromkeys([*needed, *options.keep_columns]))
     source = ParquetSource(input, columns=columns, batch_rows=options.batch_rows, filesystem=filesystem)

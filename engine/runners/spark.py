@@ -46,6 +46,7 @@ def run_spark(model_uri, input: str, output: str, options: ScoreOptions,
 
     from connectors.parquet import DeadLetterFile
 
+    from ..jobs.parquet import check_paths
     from ..jobs.scoring import DEAD_LETTER_COLUMNS, JobScorer
     from ..model import Model, load_model
     from . import spark_udf
@@ -53,6 +54,7 @@ def run_spark(model_uri, input: str, output: str, options: ScoreOptions,
     if options.row_group_rows:
         raise ConfigError("the spark runner sizes row groups in bytes: set Spark's parquet.block.size instead of "
                           "row_group_rows")
+    check_paths(input, output, options.dead_letter if options.on_error == "dead-letter" else None)
     fs, inside = filesystem_for(input)
     if fs.get_file_info(inside).type == pafs.FileType.NotFound:
         raise ConnectorError(f"input {input!r} does not exist")
