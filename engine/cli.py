@@ -27,19 +27,21 @@ def _type_of(f: dataclasses.Field):
 
 
 def add_flags(parser, cls, prefix: str = "", skip=(), **overrides) -> None:
-    """One ``--[prefix-]name`` flag per field of ``cls`` (help from its metadata, default from the
-    class); ``overrides`` replaces a flag's argparse arguments (``flag``: its name)."""
+    """One ``--[prefix-]name`` flag per field of ``cls`` (help from its metadata); a flag not given is
+    absent from the parsed args, so the class's own default applies. ``overrides`` replaces a flag's
+    argparse arguments (``flag``: its name; ``default``: a default that is not the class's)."""
     for f in dataclasses.fields(cls):
         if not f.metadata.get("cli", True) or f.name in skip:
             continue
         kind = _type_of(f)
         default = f.default if f.default is not dataclasses.MISSING else None
         name = f"--{prefix}{f.name.replace('_', '-')}"
-        kwargs = {"dest": f"{prefix.replace('-', '_')}{f.name}", "help": f.metadata.get("help", "")}
+        kwargs = {"dest": f"{prefix.replace('-', '_')}{f.name}", "help": f.metadata.get("help", ""),
+                  "default": argparse.SUPPRESS}
         if kind is bool:
-            kwargs.update(action="store_true", default=bool(default))
+            kwargs.update(action="store_true")
         else:
-            kwargs.update(type={int: int, float: float}.get(kind, str), default=default)
+            kwargs.update(type={int: int, float: float}.get(kind, str))
             if "metavar" in f.metadata:
                 kwargs["metavar"] = f.metadata["metavar"]
             if default not in (None, "", ()) and not isinstance(default, tuple):
@@ -49,7 +51,7 @@ def add_flags(parser, cls, prefix: str = "", skip=(), **overrides) -> None:
 
 
 def values(args, cls, prefix: str = "", convert=None, skip=()) -> dict:
-    """The values of ``cls``'s flags that were given (not None), converted by ``convert[name]``."""
+    """The values of ``cls``'s flags that were given (present and not None), converted by ``convert[name]``."""
     out = {}
     for f in dataclasses.fields(cls):
         dest = f"{prefix}{f.name}"
@@ -193,7 +195,6 @@ def _score(args) -> int:
         raise SystemExit("arrowscore: --on-error takes 'fail' or 'dead-letter PATH'")
     given = {"ray": values(args, RayOptions, "ray_", {"runtime_env": lambda v: _json_or_file(v, "--ray-runtime-env")}),
              "spark": values(args, SparkOptions, "spark_")}
-    given["ray"] = {k: v for k, v in given["ray"].items() if v != getattr(RayOptions, k, None)}
     for runner, opts in given.items():
         if opts and args.runner != runner:
             raise SystemExit(f"arrowscore: the --{runner}-* options go with --runner {runner}")

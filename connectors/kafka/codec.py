@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from engine.errors import ConfigError
+from engine.model.convert import records_table
 from engine.model.payload import jsonable
 
 __all__ = ["decode", "encode", "FORMATS", "PASS_THROUGH"]
@@ -92,7 +93,7 @@ def decode(msgs: list, fmt: str, keep=PASS_THROUGH) -> tuple[pa.RecordBatch | No
         if not rows:
             return None, bad
         try:
-            data = _rows_table(rows)
+            data = records_table(rows)
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
             data, index, bad = _json_one_by_one(rows, index, bad)
             if data is None:
@@ -115,16 +116,6 @@ def decode(msgs: list, fmt: str, keep=PASS_THROUGH) -> tuple[pa.RecordBatch | No
         data = data.append_column(name, column)
     batches = data.to_batches()
     return (batches[0] if batches else None), bad
-
-
-def _rows_table(rows: list[dict]) -> pa.Table:
-    """One row per dict, one column per key any of them has (Arrow's from_pylist reads only the first's keys)."""
-    names = list(dict.fromkeys(k for row in rows for k in row))
-    if not names:  # only empty objects: rows without columns
-        return pa.table({"": pa.nulls(len(rows))}).drop_columns([""])
-    if any(len(row) != len(names) for row in rows):
-        rows = [{n: row.get(n) for n in names} for row in rows]
-    return pa.Table.from_pylist(rows)
 
 
 def _json_one_by_one(rows, index, bad):

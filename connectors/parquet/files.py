@@ -10,7 +10,9 @@ import pyarrow.fs as pafs
 
 from engine.errors import ConfigError
 
-__all__ = ["filesystem_for", "is_local", "hidden", "staging_name"]
+__all__ = ["filesystem_for", "is_local", "hidden", "staging_name", "glob_root"]
+
+GLOB = set("*?[")
 
 
 def filesystem_for(path: str, filesystem: pafs.FileSystem | None = None) -> tuple[pafs.FileSystem, str]:
@@ -40,6 +42,13 @@ def filesystem_for(path: str, filesystem: pafs.FileSystem | None = None) -> tupl
 
 def is_local(fs: pafs.FileSystem) -> bool:
     return isinstance(fs, pafs.LocalFileSystem)
+
+
+def glob_root(path: str) -> str | None:
+    """The directory a glob's matches lie under (None: ``path`` is no glob)."""
+    if not GLOB & set(path):
+        return None
+    return path[: min(path.index(c) for c in GLOB if c in path)].rsplit("/", 1)[0] or "/"
 
 
 def hidden(path: str, base: str) -> bool:

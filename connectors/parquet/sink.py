@@ -52,11 +52,15 @@ class ParquetSink:
         self._staging = None
 
     # ---- lifecycle ---------------------------------------------------------------------------
-    def open(self) -> None:
+    def check(self) -> None:
+        """Refuse, before any work, an output that is a file, or is not empty in mode error."""
         visible = self._visible_files()
         if visible and self.mode == "error":
             raise ConnectorError(f"output {self.uri!r} is not empty ({len(visible)} files); choose an empty "
                                  "location, or pass mode 'overwrite' or 'append' (--mode)")
+
+    def open(self) -> None:
+        self.check()
         if is_local(self.fs):
             parent, name = os.path.split(self.path)
             os.makedirs(parent, exist_ok=True)

@@ -24,12 +24,9 @@ import pyarrow.parquet as pq
 
 from engine.errors import ConfigError, ConnectorError
 
-from .files import filesystem_for, hidden
+from .files import filesystem_for, glob_root, hidden
 
 __all__ = ["ParquetSource", "Part"]
-
-_GLOB = set("*?[")
-
 
 @dataclass(frozen=True)
 class Part:
@@ -150,8 +147,8 @@ class ParquetSource:
 
     def _files(self) -> tuple[list[str], str]:
         path = self.path
-        if _GLOB & set(path):
-            base = path[: min(path.index(c) for c in _GLOB if c in path)].rsplit("/", 1)[0] or "/"
+        base = glob_root(path)
+        if base is not None:
             infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
             files = sorted(i.path for i in infos if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, path))
             if not files:

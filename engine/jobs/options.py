@@ -16,6 +16,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+import pyarrow as pa
+
 from ..errors import ConfigError
 
 __all__ = ["ScoreOptions", "ScoreReport", "LocalOptions", "RayOptions", "SparkOptions", "StreamOptions",
@@ -39,8 +41,6 @@ def _names(value) -> tuple:
 
 
 def _codec_available(name: str) -> bool:
-    import pyarrow as pa
-
     if str(name).lower() in ("none", "uncompressed"):
         return True
     try:

@@ -15,21 +15,21 @@ __all__ = ["check_paths", "open_parquet_job", "commit_parquet_job"]
 log = logging.getLogger("arrowscore.job")
 
 
-def check_paths(input: str, output: str, dead_letter: str | None, filesystem=None) -> None:
+def check_paths(input: str, output: str, options, filesystem=None) -> None:
     """Refuse, before anything is read or written, an output or dead-letter path that is the input,
     holds it or lies inside it, and a dead-letter path inside the output: a job would read its own
     output back, or replace the data it reads, or bury its rejects in its output."""
-    from connectors.parquet.files import filesystem_for
+    from connectors.parquet.files import filesystem_for, glob_root
+
+    dead_letter = options.dead_letter if options.on_error == "dead-letter" else None
 
     def where(path):
         fs, inside = filesystem_for(path, filesystem)
-        glob = [i for i, c in enumerate(inside) if c in "*?["]
-        root = inside[: glob[0]].rsplit("/", 1)[0] if glob else inside
-        return type(fs).__name__, root.rstrip("/") or "/"
+        return type(fs).__name__, (glob_root(inside) or inside).rstrip("/") or "/"
 
     def overlap(a, b) -> bool:
-        (fa, pa_), (fb, pb) = where(a), where(b)
-        return fa == fb and (pa_ == pb or pa_.startswith(pb.rstrip("/") + "/") or pb.startswith(pa_.rstrip("/") + "/"))
+        (fs_a, a), (fs_b, b) = where(a), where(b)
+        return fs_a == fs_b and (a == b or a.startswith(b.rstrip("/") + "/") or b.startswith(a.rstrip("/") + "/"))
 
     if overlap(output, input):
         raise ConfigError(f"output {output!r} and input {input!r} overlap (the same place, or one inside the "
@@ -50,7 +50,7 @@ def open_parquet_job(model, input: str, output: str, options, filesystem=None):
     """
     from connectors.parquet import DeadLetterFile, ParquetSink, ParquetSource
 
-    check_paths(input, output, options.dead_letter if options.on_error == "dead-letter" else None, filesystem)
+    check_paths(input, output, options, filesystem)
     needed = model.input_columns
     columns = None if needed is None else list(dict.fromkeys([*needed, *options.keep_columns]))
     source = ParquetSource(input, columns=columns, batch_rows=options.batch_rows, filesystem=filesystem)

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Iterator
 
+import numpy as np
 import pyarrow as pa
 
 from ..errors import ConfigError, SchemaError, ScoringError
 
-__all__ = ["JobScorer", "DEAD_LETTER_COLUMNS", "Where", "log_load"]
+__all__ = ["JobScorer", "DEAD_LETTER_COLUMNS", "Where", "file_runs", "log_load"]
 
 DEAD_LETTER_COLUMNS = ("_error", "_source_file", "_source_row")
 
@@ -26,6 +28,17 @@ class Where:
 
     file: str
     first_row: int
+
+
+def file_runs(files: np.ndarray, rows: np.ndarray, batch_rows: int) -> Iterator[tuple[int, int]]:
+    """(start, end) of each run of consecutive rows of one input file in a batch whose rows carry their
+    file (any id per file) and row in it, cut at ``batch_rows``: for runners that move rows of several
+    files together (Ray blocks, Spark tasks) but score and name them as the local runner does."""
+    n = len(rows)
+    starts = (np.flatnonzero((np.diff(files) != 0) | (np.diff(rows) != 1)) + 1).tolist() if n else []
+    for a, b in zip([0, *starts], [*starts, n]):
+        for start in range(a, b, batch_rows):
+            yield start, min(start + batch_rows, b)
 
 
 class JobScorer:

@@ -114,6 +114,18 @@ def to_arrow(values) -> pa.Array:
     return flat
 
 
+def records_table(rows: list[dict]) -> pa.Table:
+    """One row per dict, one column per key any of them has, in order of first appearance (Arrow's
+    ``from_pylist`` takes the columns from the first dict only and would drop the others' keys)."""
+    keys = set().union(*rows)  # one C-level pass; the common case is every dict with the first's keys
+    if not keys:  # only empty objects: rows without columns
+        return pa.table({"": pa.nulls(len(rows))}).drop_columns([""])
+    if len(keys) == len(rows[0]):
+        return pa.Table.from_pylist(rows)  # the first dict names every column; missing keys become nulls
+    names = list(dict.fromkeys(k for row in rows for k in row))
+    return pa.Table.from_pylist([{n: row.get(n) for n in names} for row in rows])
+
+
 def _dicts_to_arrow(rows: list[dict]) -> pa.Array:
     """Rows of dicts (e.g. ONNX ZipMap probabilities) as a map column keyed like the dicts."""
     keys = list(rows[0])

@@ -86,25 +86,29 @@ class ColumnTensorFeed:
 
     def __init__(self, cols: _Columns, plan: "InputPlan"):
         self.cols, self.predict = cols, plan.predict
-        self.model_tensors = plan.model_tensors
         model = {m.name: m for m in plan.model_tensors}
-        self.by_name = all(n in model for n in cols.names + [f[1] for f in cols.fills])
-        if not self.by_name and len(plan.model_tensors) != 1:
+        names = list(cols.names)
+        for pos, name, _ in cols.fills:
+            names.insert(pos, name)
+        if all(n in model for n in names):  # one tensor per column, by name
+            self.tensors = [model[n] for n in names]
+            self.single = None
+        elif len(plan.model_tensors) == 1:  # every column into the one input
+            self.tensors, self.single = None, plan.model_tensors[0]
+        else:
             raise SchemaError(f"the model's inputs {list(model)} do not match the signature columns "
                               f"{cols.names}; re-log the model with a tensor signature")
 
     def build(self, batch: pa.RecordBatch):
         sub = self.cols.take(batch)
         self.cols.check_nulls(sub)
-        if not self.by_name:
-            m = self.model_tensors[0]
+        if self.single is not None:
+            m = self.single
             return {m.name: cast_tensor(convert.matrix(sub), m.dtype, m.name)}, self.predict
-        model = {m.name: m for m in self.model_tensors}
         feed = {}
-        for name, col in zip(sub.schema.names, sub.columns):
-            m = model[name]
-            arr = cast_tensor(col.to_numpy(zero_copy_only=False), m.dtype, name)
-            feed[name] = arr.reshape((-1, *[d if d > 0 else 1 for d in m.row_shape]))
+        for m, col in zip(self.tensors, sub.columns):
+            arr = cast_tensor(col.to_numpy(zero_copy_only=False), m.dtype, m.name)
+            feed[m.name] = arr.reshape((-1, *[d if d > 0 else 1 for d in m.row_shape]))
         return feed, self.predict
 
 

@@ -26,12 +26,6 @@ __all__ = ["decode_json", "read_input", "encode_json", "write_output", "jsonable
 KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 
 
-def _records(rows: list[dict]) -> pa.Table:
-    """One column per key any record has (Arrow's from_pylist reads only the first record's keys)."""
-    names = list(dict.fromkeys(k for row in rows for k in row))
-    return pa.table({str(n): pa.array([row.get(n) for row in rows]) for n in names})
-
-
 def _tensor(value, what: str) -> np.ndarray:
     try:
         arr = np.asarray(value)
@@ -50,7 +44,7 @@ def _tensor_or_table(value, names) -> pa.Table:
                          if not isinstance(v, list) or (v and isinstance(v[0], list)) else pa.array(v)
                          for k, v in value.items()})
     if isinstance(value, list) and value and isinstance(value[0], dict):
-        return _records(value)
+        return convert.records_table(value)
     return convert.to_table(_tensor(value, "'instances'/'inputs'"), names)
 
 
@@ -95,7 +89,7 @@ def _table(key: str, value, names) -> pa.Table:
     if key == "dataframe_records":
         if not isinstance(value, list) or not all(isinstance(r, dict) for r in value):
             raise ConfigError("'dataframe_records' must be a list of objects, one per row")
-        return _records(value)
+        return convert.records_table(value)
     return _tensor_or_table(value, names)
 
 

@@ -51,7 +51,7 @@ def _get(q: queue.Queue, stop: threading.Event):
 def _reader(parts, q_in: queue.Queue, stop: threading.Event) -> None:
     try:
         for part in parts:
-            first = 0
+            first = part.first_row
             for batch in part.batches():
                 _put(q_in, (part, first, batch), stop)
                 first += batch.num_rows

@@ -96,8 +96,8 @@ class ScoreActor:
         self.files = files
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        """A block of read rows -> one result row per run of consecutive rows of one input file:
-        (part: the file's index, out and dead: Arrow IPC, rows: input rows of the run). A bad batch
+        """A block of read rows -> one result row per scored batch (consecutive rows of one input file,
+        at most batch_rows): (part: the file's index, out and dead: Arrow IPC, rows: input rows). A bad batch
         under on_error "fail" comes back as ``error`` ("Type: message"), which the driver raises:
         Ray would wrap our error in its own types and keep only its text."""
         from ..errors import EngineError
@@ -110,28 +110,22 @@ class ScoreActor:
                              "error": pa.array([f"{type(exc).__name__}: {exc}"])})
 
     def _score(self, table: pa.Table) -> pa.Table:
-        from ..jobs.scoring import Where
+        from ..jobs.scoring import Where, file_runs
 
-        pos = table.column(POSITION).to_numpy()
-        data = table.drop_columns([POSITION])
-        starts = np.flatnonzero(np.diff(pos) != 1) + 1 if len(pos) else np.array([], np.int64)
-        result = {"part": [], "out": [], "dead": [], "rows": []}
-        for a, b in zip([0, *starts.tolist()], [*starts.tolist(), len(pos)]):
-            if a == b:
-                continue
-            part, row = int(pos[a]) >> ROW_BITS, int(pos[a]) & ((1 << ROW_BITS) - 1)
-            outputs, rejected = [], []
-            for batch in data.slice(a, b - a).to_batches(max_chunksize=self.batch_rows):
-                out, dead = self.job.score(batch, Where(self.files[part], row))
-                outputs.extend(out)
-                if dead is not None:
-                    rejected.append(dead)
-                row += batch.num_rows
-            for key, value in (("part", part), ("out", _ipc(outputs)), ("dead", _ipc(rejected)), ("rows", b - a)):
-                result[key].append(value)
-        return pa.table({"part": pa.array(result["part"], pa.int32()), "out": pa.array(result["out"], pa.binary()),
-                         "dead": pa.array(result["dead"], pa.binary()), "rows": pa.array(result["rows"], pa.int64()),
-                         "error": pa.nulls(len(result["part"]), pa.string())})
+        parts, outs, deads, counts = [], [], [], []
+        for batch in table.to_batches():
+            pos = batch.column(POSITION).to_numpy()
+            data = batch.drop_columns([POSITION])
+            files, rows = pos >> ROW_BITS, pos & ((1 << ROW_BITS) - 1)
+            for a, b in file_runs(files, rows, self.batch_rows):
+                out, dead = self.job.score(data.slice(a, b - a), Where(self.files[files[a]], int(rows[a])))
+                parts.append(int(files[a]))
+                outs.append(_ipc(out))
+                deads.append(_ipc([dead] if dead is not None else []))
+                counts.append(b - a)
+        return pa.table({"part": pa.array(parts, pa.int32()), "out": pa.array(outs, pa.binary()),
+                         "dead": pa.array(deads, pa.binary()), "rows": pa.array(counts, pa.int64()),
+                         "error": pa.nulls(len(parts), pa.string())})
 
 
 def _runtime_env(runtime_env: dict | None, ship_code: bool) -> dict | None:

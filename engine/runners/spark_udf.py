@@ -89,13 +89,99 @@ def _for_spark(arr: pa.Array) -> pa.Array:
     return arr
 
 
-def _output_schema(model, sample_batch=None) -> pa.Schema:
+def _output_schema(model, sample: pa.Table | None = None, what: str = "the input") -> pa.Schema:
+    """The model's output schema: its signature's, or what it returns for the first sample rows it can score."""
+    from ..jobs.scoring import JobScorer, Where
+
     if model.output_schema is not None:
         return model.output_schema
-    if sample_batch is not None and sample_batch.num_rows:
-        return model.score_batch(sample_batch).schema
-    raise ConfigError("the model has no output signature, so the Spark result type is unknown; "
-                      "pass result_type (udf) or log the model with a signature")
+    for batch in (sample.to_batches() if sample is not None else []):
+        good, _ = JobScorer(model, isolate_rejects=True).score(batch, Where(f"{what} (a sample of its first)", 0))
+        if good:
+            return good[0].schema
+    raise ConfigError("the model has no output signature and no sample rows could be scored, so the Spark result "
+                      "type is unknown; pass result_type (udf) or log the model with a signature")
+
+
+def _plan(df, model, job, what: str) -> tuple[list[str], list[pa.Field], pa.Schema]:
+    """(the columns to read: the model's and the kept ones, their Arrow fields, the result schema: kept
+    columns then outputs), checked against the DataFrame before any work."""
+    missing = [c for c in job.keep if c not in df.columns]
+    if missing:
+        raise ConfigError(f"keep_columns {missing} are not in {what} (it has {df.columns})")
+    absent = [c for c in (model.input_columns or []) if c not in df.columns]
+    if absent:
+        raise SchemaError(f"the model needs columns {absent} that {what} lacks (it has {df.columns}); "
+                          "add or rename those columns")
+    columns = list(dict.fromkeys([*(model.input_columns or df.columns), *job.keep]))
+    sample = df.select(*columns).limit(64).toArrow() if model.output_schema is None else None
+    out = _output_schema(model, sample, what)
+    fields = [pa.field(c, _arrow_of(df, c)) for c in columns]
+    names = job.output_names(out)
+    keep = [f for f in fields if f.name in job.keep]
+    return columns, fields, pa.schema(keep + [pa.field(n, f.type) for n, f in zip(names[len(keep):], out)])
+
+
+# the spark runner's source columns: each row's input file and row in it
+FILE, ROW = "__arrowscore_file", "__arrowscore_row"
+
+
+def _map_function(location: str, shipped: bool, options, load_log, result: pa.Schema, *, sources: bool = False,
+                  isolate: bool = False):
+    """The mapInArrow function of every whole-DataFrame path: batches -> ``JobScorer`` -> Spark batches.
+
+    sources: batches carry FILE and ROW, so batches are cut by file and errors and dead letters name the
+    input file and row; isolate: the result is ``{out: struct, dead: struct}`` (dead letters apart)
+    instead of the output columns.
+    """
+    from ..jobs.scoring import JobScorer, Where
+
+    load = {**options.load_kwargs(), "load_log": load_log}
+    out_type = result.field("out").type if isolate else None
+    dead_type = result.field("dead").type if isolate else None
+
+    def struct(batch, type_):
+        return pa.StructArray.from_arrays([_for_spark(c) for c in batch.columns], fields=list(type_))
+
+    def pieces(batch):
+        if not sources:
+            return [(batch, Where("spark partition", 0))]
+        return _by_file(batch, options.batch_rows)
+
+    def run(batches):
+        job = JobScorer.from_options(_worker_model(location, shipped, load), options)
+        for batch in batches:
+            for data, where in pieces(batch):
+                good, rejected = job.score(data, where)
+                if not isolate:
+                    for o in good:
+                        yield pa.RecordBatch.from_arrays([_for_spark(c) for c in o.columns], o.schema.names)
+                    continue
+                for o in good:
+                    yield pa.RecordBatch.from_arrays([struct(o, out_type), pa.nulls(o.num_rows, dead_type)], ["out", "dead"])
+                if rejected is not None:
+                    yield pa.RecordBatch.from_arrays([pa.nulls(rejected.num_rows, out_type), struct(rejected, dead_type)],
+                                                     ["out", "dead"])
+
+    return run
+
+
+def _by_file(batch: pa.RecordBatch, batch_rows: int):
+    """(rows of one input file, where they came from) for each run in a batch carrying FILE and ROW."""
+    from ..jobs.scoring import Where, file_runs
+
+    codes = batch.column(FILE).dictionary_encode()
+    files, rows = codes.indices.to_numpy(zero_copy_only=False), batch.column(ROW).to_numpy(zero_copy_only=False)
+    data = batch.drop_columns([FILE, ROW])
+    for a, b in file_runs(files, rows, batch_rows):
+        yield data.slice(a, b - a), Where(_local(codes.dictionary[files[a]].as_py()), int(rows[a]))
+
+
+def _local(path: str) -> str:
+    """Spark names local files file:/path (URL-quoted); the other runners name them /path."""
+    from urllib.parse import unquote, urlparse
+
+    return unquote(urlparse(path).path) if path.startswith("file:") else path
 
 
 def udf(spark, model_uri, result_type=None, *, params: dict | None = None, feature_columns=None,
@@ -151,42 +237,15 @@ def score(df, model_uri, keep_columns=(), *, rename: dict | None = None, params:
     """Score a whole DataFrame through mapInArrow: keep_columns + the model's output columns."""
     require("pyspark", "spark", "engine.spark.score")
     from ..jobs.options import ScoreOptions
-    from ..jobs.scoring import JobScorer, Where
+    from ..jobs.scoring import JobScorer
     from ..model import load_model
 
-    spark = df.sparkSession
-    path, location, shipped = _locate(spark, model_uri, cache_dir)
-    model = load_model(path, feature_columns=feature_columns, model_config=model_config)
-    opts = ScoreOptions(keep_columns=tuple(keep_columns), rename=rename or {}, params=params)
-    missing = [c for c in opts.keep_columns if c not in df.columns]
-    if missing:
-        raise ConfigError(f"keep_columns {missing} are not in the DataFrame (it has {df.columns})")
-    needed = model.input_columns
-    absent = [c for c in (needed or []) if c not in df.columns]
-    if absent:
-        raise SchemaError(f"the model needs columns {absent} that the DataFrame lacks (it has {df.columns}); "
-                          "add or rename those columns")
-    columns = list(dict.fromkeys([*(needed or [c for c in df.columns]), *opts.keep_columns]))
-    source = df.select(*columns)
-    sample = None
-    if model.output_schema is None:
-        sample = source.limit(16).toArrow().to_batches()
-        sample = sample[0] if sample else None
-    out_schema = _output_schema(model, sample)
-    job = JobScorer.from_options(model, opts)
-    names = job.output_names(out_schema)
-    keep_fields = [pa.field(c, _arrow_of(source, c)) for c in opts.keep_columns]
-    result = pa.schema(keep_fields + [pa.field(n, f.type) for n, f in zip(names[len(keep_fields):], out_schema)])
-    result_type = spark_schema(result)
-    options = {"feature_columns": feature_columns, "model_config": model_config, "load_log": load_log}
-
-    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        worker = JobScorer.from_options(_worker_model(location, shipped, options), opts)
-        for batch in batches:
-            for out in worker.score(batch, Where("spark partition", 0))[0]:
-                yield pa.RecordBatch.from_arrays([_for_spark(c) for c in out.columns], out.schema.names)
-
-    return source.mapInArrow(run, result_type)
+    opts = ScoreOptions(keep_columns=keep_columns, rename=rename or {}, params=params, feature_columns=feature_columns,
+                        model_config=model_config)
+    path, location, shipped = _locate(df.sparkSession, model_uri, cache_dir)
+    model = load_model(path, **opts.load_kwargs())
+    columns, _, result = _plan(df, model, JobScorer.from_options(model, opts), "the DataFrame")
+    return df.select(*columns).mapInArrow(_map_function(location, shipped, opts, load_log, result), spark_schema(result))
 
 
 def _arrow_of(df, column: str) -> pa.DataType:
