@@ -338,6 +338,11 @@ def test_overlapping_paths_are_refused_before_anything_is_touched(logged_models,
             engine.score(uri, tmp_path / "all" / "raw", output, mode="overwrite", **on_error, **extra)
     assert sorted(p.name for p in (tmp_path / "all" / "raw").iterdir()) == before
     assert not (tmp_path / "out").exists()
+    # the same directory under another name (a symlink) is the same place
+    (tmp_path / "link").symlink_to(tmp_path / "all" / "raw")
+    with pytest.raises(ConfigError, match="output .* and input .* overlap"):
+        engine.score(uri, tmp_path / "link", tmp_path / "all" / "raw", mode="overwrite")
+    assert sorted(p.name for p in (tmp_path / "all" / "raw").iterdir()) == before
     # neighbours whose names share a prefix are not overlaps
     engine.score(uri, tmp_path / "all" / "raw", tmp_path / "all" / "raw2", on_error="dead-letter",
                  dead_letter=str(tmp_path / "all" / "raw2-dead.parquet"))

@@ -194,3 +194,26 @@ def test_cli_spark_runner_without_pyspark_python(logged_models, tmp_path):
                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     assert_same_predictions(pq.read_table(tmp_path / "out").select(["prediction"]), case.expected)
+
+
+def test_success_marker_comes_last(spark, logged_models, tmp_path, monkeypatch):
+    """A kill after Spark wrote the output but before the dead letters were committed left `_SUCCESS` over an
+    output whose rejected rows were gone. As in the other runners, `_SUCCESS` is now the last thing written:
+    a crash at the dead-letter commit (injected here) leaves no `_SUCCESS`."""
+    from connectors.parquet import DeadLetterFile
+
+    case = logged_models["xgboost_booster"]
+    contract.three_files(case, tmp_path / "in")
+
+    def crash(self):
+        raise OSError("killed here")
+
+    monkeypatch.setattr(DeadLetterFile, "commit", crash)
+    with pytest.raises(OSError, match="killed here"):
+        engine.score(case.uris["path"], tmp_path / "in", tmp_path / "out", runner="spark", keep_columns=["id"],
+                     on_error="dead-letter", dead_letter=str(tmp_path / "dead.parquet"))
+    assert not (tmp_path / "out" / "_SUCCESS").exists()
+    monkeypatch.undo()
+    report = engine.score(case.uris["path"], tmp_path / "in", tmp_path / "again", runner="spark", keep_columns=["id"],
+                          on_error="dead-letter", dead_letter=str(tmp_path / "dead.parquet"))
+    assert (tmp_path / "again" / "_SUCCESS").exists() and report.dead_lettered == 3

@@ -4,6 +4,7 @@ letters) and commit (empty output, row accounting, dead letters, output)."""
 from __future__ import annotations
 
 import logging
+import os
 
 import pyarrow as pa
 
@@ -19,13 +20,15 @@ def check_paths(input: str, output: str, options, filesystem=None) -> None:
     """Refuse, before anything is read or written, an output or dead-letter path that is the input,
     holds it or lies inside it, and a dead-letter path inside the output: a job would read its own
     output back, or replace the data it reads, or bury its rejects in its output."""
-    from connectors.parquet.files import filesystem_for, glob_root
+    from connectors.parquet.files import filesystem_for, glob_root, is_local
 
     dead_letter = options.dead_letter if options.on_error == "dead-letter" else None
 
     def where(path):
         fs, inside = filesystem_for(path, filesystem)
-        return type(fs).__name__, (glob_root(inside) or inside).rstrip("/") or "/"
+        inside = (glob_root(inside) or inside).rstrip("/") or "/"
+        # on a local disk, the real place: a symlink to the output is the output
+        return type(fs).__name__, os.path.realpath(inside) if is_local(fs) else inside
 
     def overlap(a, b) -> bool:
         (fs_a, a), (fs_b, b) = where(a), where(b)

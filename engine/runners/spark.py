@@ -6,8 +6,8 @@
 Takes every ``arrowscore score`` option. Spark reads the Parquet input with each row's file and row
 in it (``_metadata.file_path``, ``_metadata.row_index``), a mapInArrow scores it through ``JobScorer``
 (the same per-batch rules as the local and Ray runners: errors and dead letters name the input file
-and row), and Spark's file committer writes the output (``_temporary/`` until the job commits, then
-``_SUCCESS``). Unlike the other runners, Spark writes one part file per task, named by Spark: a task
+and row), and Spark's file committer writes the output (``_temporary/`` until the job commits); the
+runner writes ``_SUCCESS`` last, after the row accounting and the dead letters, as the other runners do. Unlike the other runners, Spark writes one part file per task, named by Spark: a task
 may hold several small input files or a part of a big one; rows keep their input order within it.
 With dead letters, the scored result is persisted (memory and disk) so that the rejected rows,
 collected to the driver into one Parquet file, and the output come from one scoring pass.
@@ -42,7 +42,7 @@ def run_spark(model_uri, input: str, output: str, options: ScoreOptions,
     from pyspark.sql import SparkSession
     from pyspark.sql import functions as F
 
-    from connectors.parquet import DeadLetterFile, ParquetSink
+    from connectors.parquet import SUCCESS, DeadLetterFile, ParquetSink
 
     from ..jobs.parquet import check_paths
     from ..jobs.scoring import DEAD_LETTER_COLUMNS, JobScorer
@@ -68,6 +68,8 @@ def run_spark(model_uri, input: str, output: str, options: ScoreOptions,
         # local workers run this interpreter, which has arrowscore (Spark's default is `python3` on the
         # PATH); PySpark reads the variable, not the conf, when the driver is a plain Python process
         os.environ["PYSPARK_PYTHON"] = sys.executable
+    if options.progress is False and SparkSession.getActiveSession() is None:
+        builder = builder.config("spark.ui.showConsoleProgress", "false")  # --no-progress: no stage bars either
     spark = builder.getOrCreate()
     loading = time.perf_counter()
     path, location, shipped = spark_udf._locate(spark, model_uri.path if isinstance(model_uri, Model) else model_uri,
@@ -101,7 +103,9 @@ def run_spark(model_uri, input: str, output: str, options: ScoreOptions,
             for batch in rejected.sort_by(order).to_batches():
                 dead.write(batch)  # staged: visible only once the output is committed
             result = cached.where(F.col("out").isNotNull()).select("out.*")
-        writer = result.write.mode(_MODES[options.mode]).option("compression", options.compression)
+        # _SUCCESS comes last, after the row accounting and the dead letters, as in the other runners
+        writer = (result.write.mode(_MODES[options.mode]).option("compression", options.compression)
+                  .option("mapreduce.fileoutputcommitter.marksuccessfuljobs", "false"))
         if options.partition_by:
             writer = writer.partitionBy(options.partition_by)
         writer.parquet(output)
@@ -111,6 +115,9 @@ def run_spark(model_uri, input: str, output: str, options: ScoreOptions,
         if scored + dead.rows != rows:
             raise RuntimeError(f"row accounting failed: {rows} input rows, {scored} scored, {dead.rows} rejected")
         dead.commit()
+        out_fs, out_path = filesystem_for(output)
+        with out_fs.open_output_stream(f"{out_path.rstrip('/')}/{SUCCESS}") as marker:
+            marker.write(b"")
     except Exception as exc:
         dead.abort()
         ours = _our_error(exc)
