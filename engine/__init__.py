@@ -22,7 +22,7 @@ engine.errors.ModelLoadError: ...
 """
 
 from .errors import (ConfigError, ConnectorError, EngineError, FlavorNotFound, MissingDependency,
-                     ModelLoadError, SchemaError, ScoringError)
+                     ModelLoadError, SchemaError, SchemaMismatch, ScoringError)
 from .jobs.options import RayOptions, ScoreOptions, ScoreReport, SparkOptions, StreamOptions, StreamReport
 from .model import Model, Signature, load_model, save_model
 from .runners import score
@@ -39,6 +39,6 @@ __all__ = [
     "load_model", "Model", "save_model", "Signature", "score", "stream", "ScoreOptions", "ScoreReport",
     "RayOptions", "SparkOptions", "StreamOptions", "StreamReport",
     "EngineError", "ConfigError", "ModelLoadError", "FlavorNotFound", "MissingDependency",
-    "SchemaError", "ScoringError", "ConnectorError",
+    "SchemaError", "SchemaMismatch", "ScoringError", "ConnectorError",
 ]
 __version__ = "0.1.0"

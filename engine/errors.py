@@ -6,6 +6,7 @@
      |    +-- FlavorNotFound         no flavor in the MLmodel file is one arrowscore can load
      |    +-- MissingDependency      the flavor needs a package that is not installed
      +-- SchemaError                 input does not fit the model signature (names the columns)
+     |    +-- SchemaMismatch         the batch's columns or types do not fit: every row fails alike
      +-- ScoringError                the user's model raised while predicting (carries the cause)
      +-- ConnectorError              a source or sink failed (files, Kafka, ...)
 
@@ -22,6 +23,7 @@ __all__ = [
     "FlavorNotFound",
     "MissingDependency",
     "SchemaError",
+    "SchemaMismatch",
     "ScoringError",
     "ConnectorError",
     "require",
@@ -50,6 +52,11 @@ class MissingDependency(ModelLoadError, ImportError):
 
 class SchemaError(EngineError, ValueError):
     """Input data does not fit the model's signature."""
+
+
+class SchemaMismatch(SchemaError):
+    """The batch's columns or their types do not fit the signature, whatever its values: every row of
+    it fails alike (dead-letter isolation rejects the batch whole instead of bisecting it)."""
 
 
 class ScoringError(EngineError):

@@ -85,7 +85,7 @@ def test_predict_bad_input_gives_message_and_exit_2(logged_models, tmp_path):
     path.write_text(json.dumps({"dataframe_records": [{"f0": 1.0}]}))
     out = run("predict", logged_models["xgboost_booster"].uris["path"], "-i", str(path))
     assert out.returncode == 2
-    assert "SchemaError: the model needs columns ['f1', 'f2'" in out.stderr
+    assert "SchemaMismatch: the model needs columns ['f1', 'f2'" in out.stderr
     assert "Traceback" not in out.stderr
     path.write_text('{"columns": ["a"], "data": [[1]]}')
     out = run("predict", logged_models["xgboost_booster"].uris["path"], "-i", str(path))

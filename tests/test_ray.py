@@ -230,3 +230,27 @@ def test_actor_on_another_node_unpacks_the_shipped_model_once(logged_models, tmp
     assert_same_predictions(out, case.expected)
     with pytest.raises(engine.ConfigError, match="is not on this Ray node"):
         ray_job.ScoreActor(elsewhere, None, ScoreOptions(), [])
+
+
+def _plus(df):
+    return df["x"] * 2.0 + df["y"]
+
+
+def test_files_with_their_own_types_and_columns(ray_head, tmp_path):
+    """Each file meets the signature on its own (issue 11, item 4): no file is cast to another's types,
+    and a file lacking a column is dead-lettered whole, by name."""
+    signature = pa.schema([pa.field("x", pa.float64(), False), pa.field("y", pa.float64(), False)])
+    model = engine.save_model(tmp_path / "model", _plus, signature=signature)
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"id": [0, 1], "x": pa.array([1.5, 2.5], pa.float32()), "y": [0.0, 0.0]}),
+                   tmp_path / "in" / "a.parquet")
+    pq.write_table(pa.table({"id": [2, 3], "x": [1.0000001, 1e40], "y": [0.0, 0.0]}), tmp_path / "in" / "b.parquet")
+    pq.write_table(pa.table({"id": [4], "x": [1.0]}), tmp_path / "in" / "c.parquet")
+    report = engine.score(model, tmp_path / "in", tmp_path / "out", runner="ray", keep_columns=["id"],
+                          on_error="dead-letter", dead_letter=str(tmp_path / "rejected.parquet"))
+    assert (report.rows_scored, report.dead_lettered) == (4, 1)
+    got = pq.read_table(tmp_path / "out").sort_by("id").column("prediction").to_pylist()
+    assert got == [3.0, 5.0, 1.0000001 * 2.0, 2e40]
+    dead = pq.read_table(tmp_path / "rejected.parquet")
+    assert dead.column("_source_file").to_pylist()[0].endswith("c.parquet")
+    assert "needs columns ['y']" in dead.column("_error").to_pylist()[0]

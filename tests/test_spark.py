@@ -96,7 +96,7 @@ def test_bad_input_shows_our_message(spark, logged_models):
     with pytest.raises(engine.SchemaError, match=r"needs columns \['f3'\]"):
         engine.spark.score(df, case.uris["path"])
     wrong = _frame(spark, case).withColumn("f2", pyspark.sql.functions.lit("text"))
-    with pytest.raises(Exception, match=r"SchemaError: .*column 'f2' is string, the model's signature wants double"):
+    with pytest.raises(Exception, match=r"Schema(Error|Mismatch): .*column 'f2' is string, the model's signature wants double"):
         engine.spark.score(wrong, case.uris["path"]).collect()
 
 
@@ -217,3 +217,23 @@ def test_success_marker_comes_last(spark, logged_models, tmp_path, monkeypatch):
     report = engine.score(case.uris["path"], tmp_path / "in", tmp_path / "again", runner="spark", keep_columns=["id"],
                           on_error="dead-letter", dead_letter=str(tmp_path / "dead.parquet"))
     assert (tmp_path / "again" / "_SUCCESS").exists() and report.dead_lettered == 3
+
+
+def _plus(df):
+    return df["x"] * 2.0 + df["y"]
+
+
+def test_files_spark_would_read_as_one_schema_are_refused_by_name(spark, tmp_path):
+    """Spark reads every file with one file's schema: a missing column became nulls, other types were
+    cast. The runner refuses such inputs by file name before Spark reads them (issue 11, item 4)."""
+    signature = pa.schema([pa.field("x", pa.float64(), False), pa.field("y", pa.float64(), False)])
+    model = engine.save_model(tmp_path / "model", _plus, signature=signature)
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"x": [1.0], "y": [1.0]}), tmp_path / "in" / "a.parquet")
+    pq.write_table(pa.table({"x": [2.0]}), tmp_path / "in" / "b.parquet")
+    with pytest.raises(engine.SchemaError, match=r"b.parquet' lacks the column\(s\) \['y'\] that the model needs"):
+        engine.score(model, tmp_path / "in", tmp_path / "out", runner="spark")
+    pq.write_table(pa.table({"x": pa.array([2.0], pa.float32()), "y": [1.0]}), tmp_path / "in" / "b.parquet")
+    with pytest.raises(engine.SchemaError, match=r"b.parquet' holds column 'x' as float, '.*a.parquet' as double"):
+        engine.score(model, tmp_path / "in", tmp_path / "out", runner="spark")
+    assert not (tmp_path / "out").exists()

@@ -2,7 +2,9 @@
 disks, ``OUTPUT/_temporary/<job>/`` elsewhere), made visible only at ``commit``.
 
 On a local disk with modes ``error`` and ``overwrite`` the commit is one directory rename, so a crash
-at any point leaves either the old output or the complete new one.
+at any point leaves either the old output or the complete new one. A job holds the output's
+``PathLock`` from ``open`` to ``commit``/``abort``: a second job on the same output is refused before
+it touches anything, and only the holder removes staging that killed jobs left.
 
 >>> import os, tempfile, pyarrow as pa
 >>> out = tempfile.mkdtemp() + "/out"
@@ -26,11 +28,40 @@ import pyarrow.parquet as pq
 from engine.errors import ConfigError, ConnectorError
 
 from .files import filesystem_for, hidden, is_local, staging_name
+from .lock import PathLock
 
 __all__ = ["ParquetSink", "MODES", "SUCCESS"]
 
 MODES = ("error", "overwrite", "append")
 SUCCESS = "_SUCCESS"
+ROW_GROUP_ROWS = 1 << 17  # rows per row group unless row_group_rows says otherwise
+
+
+class _PartFile:
+    """One output file: batches gathered into whole row groups of ``rows`` rows, whatever their size
+    (dead-letter isolation and small batch_rows hand over small batches; one row group each made
+    files of thousands of tiny row groups)."""
+
+    def __init__(self, writer: pq.ParquetWriter, rows: int):
+        self.writer, self.rows = writer, rows
+        self.pending: list = []
+        self.count = 0
+
+    def add(self, data) -> None:
+        self.pending.append(pa.Table.from_batches([data]) if isinstance(data, pa.RecordBatch) else data)
+        self.count += data.num_rows
+        if self.count >= self.rows:
+            table = pa.concat_tables(self.pending)
+            whole = (self.count // self.rows) * self.rows
+            self.writer.write_table(table.slice(0, whole), row_group_size=self.rows)
+            rest = table.slice(whole)
+            self.pending, self.count = ([rest] if rest.num_rows else []), rest.num_rows
+
+    def close(self) -> None:
+        if self.pending:
+            self.writer.write_table(pa.concat_tables(self.pending), row_group_size=self.rows)
+            self.pending, self.count = [], 0
+        self.writer.close()
 
 
 class ParquetSink:
@@ -47,7 +78,8 @@ class ParquetSink:
         self.mode, self.compression, self.partition_by = mode, compression, partition_by
         self.row_group_rows = row_group_rows
         self.job = uuid.uuid4().hex[:12]
-        self._writers: dict[str, pq.ParquetWriter] = {}
+        self.lock = PathLock(self.uri, filesystem, self.job)
+        self._writers: dict[str, _PartFile] = {}
         self._files: list[str] = []
         self._staging = None
 
@@ -58,20 +90,33 @@ class ParquetSink:
         if visible and self.mode == "error":
             raise ConnectorError(f"output {self.uri!r} is not empty ({len(visible)} files); choose an empty "
                                  "location, or pass mode 'overwrite' or 'append' (--mode)")
+        if self.mode == "error" and is_local(self.fs) and os.path.isdir(self.path) and os.listdir(self.path):
+            # the commit renames the staged output into place, which needs an empty (or no) directory
+            entries = sorted(os.listdir(self.path))
+            raise ConnectorError(f"output {self.uri!r} holds only hidden entries {entries[:5]}; remove them, or "
+                                 "pass mode 'overwrite' (--mode) to replace them")
 
     def open(self) -> None:
-        self.check()
+        """Take the output's lock, check it, remove what killed jobs staged there, start staging."""
+        self.check()  # a refused job writes nothing, not even a lock
         if is_local(self.fs):
             parent, name = os.path.split(self.path)
-            os.makedirs(parent, exist_ok=True)
             self._staging = os.path.join(parent, staging_name(name, self.job))
         else:
             self._staging = f"{self.path}/_temporary/{self.job}"
-        self.fs.create_dir(self._staging, recursive=True)
+        self.lock.acquire()
+        try:
+            if is_local(self.fs):
+                self.lock.clean_stale()  # first: an output a killed job had moved aside comes back
+            self.check()  # again under the lock: the job that held it may have committed meanwhile
+            self.fs.create_dir(self._staging, recursive=True)
+        except BaseException:
+            self.abort()
+            raise
 
     def write(self, part: int, batch: pa.RecordBatch) -> None:
         if self.partition_by is None:
-            self._writer("", part, batch.schema).write_batch(batch, row_group_size=self.row_group_rows)
+            self._writer("", part, batch.schema).add(batch)
             return
         if self.partition_by not in batch.schema.names:
             raise ConfigError(f"partition_by column {self.partition_by!r} is not in the output "
@@ -83,7 +128,7 @@ class ParquetSink:
             mask = pc.is_null(keys) if value is None else pc.equal(keys, pa.scalar(value, keys.type))
             chunk = rest.filter(mask)
             subdir = f"{self.partition_by}={'__HIVE_DEFAULT_PARTITION__' if value is None else value}"
-            self._writer(subdir, part, chunk.schema).write_table(chunk, row_group_size=self.row_group_rows)
+            self._writer(subdir, part, chunk.schema).add(chunk)
 
     def close_part(self, part: int) -> None:
         """Finish the output files of one input part (frees their buffers)."""
@@ -102,6 +147,7 @@ class ParquetSink:
             final = self._move_files(self._files)
         with self.fs.open_output_stream(f"{self.path}/{SUCCESS}") as out:
             out.write(b"")
+        self.lock.release()
         self._remove(self._staging)
         self._remove_empty(f"{self.path}/_temporary")
         return final
@@ -109,15 +155,17 @@ class ParquetSink:
     def abort(self) -> None:
         for writer in self._writers.values():
             try:
-                writer.close()
+                writer.writer.close()  # what it still holds is not written
             except Exception:  # already failing; the staging directory goes anyway
                 pass
         self._writers.clear()
+        self.lock.release()
         if self._staging:
             self._remove(self._staging)
+            self._remove_empty(f"{self.path}/_temporary")
 
     # ---- internals -------------------------------------------------------------------------
-    def _writer(self, subdir: str, part: int, schema: pa.Schema) -> pq.ParquetWriter:
+    def _writer(self, subdir: str, part: int, schema: pa.Schema) -> "_PartFile":
         key = f"{subdir}/part-{part:05d}"
         writer = self._writers.get(key)
         if writer is None:
@@ -126,7 +174,8 @@ class ParquetSink:
             target = f"{self._staging}/{rel}"
             if subdir:
                 self.fs.create_dir(f"{self._staging}/{subdir}", recursive=True)
-            writer = pq.ParquetWriter(target, schema, filesystem=self.fs, compression=self.compression)
+            writer = _PartFile(pq.ParquetWriter(target, schema, filesystem=self.fs, compression=self.compression,
+                                                write_page_checksum=True), self.row_group_rows or ROW_GROUP_ROWS)
             self._writers[key] = writer
             self._files.append(rel)
         return writer
@@ -150,7 +199,12 @@ class ParquetSink:
                 os.rename(self.path, old)
             else:
                 raise ConnectorError(f"output {self.uri!r} became non-empty while the job ran; nothing was written")
-        os.rename(self._staging, self.path)
+        try:
+            os.rename(self._staging, self.path)
+        except BaseException:
+            if old:  # the old output goes back where it was
+                os.rename(old, self.path)
+            raise
         if old:
             self._remove(old)
         self._staging = None
@@ -183,17 +237,3 @@ class ParquetSink:
             self.fs.delete_dir(path)
         except (FileNotFoundError, OSError):
             pass
-
-    @staticmethod
-    def clean_stale(path: str, filesystem: pafs.FileSystem | None = None) -> int:
-        """Remove staging left by killed jobs next to a local output; returns how many were removed."""
-        fs, local = filesystem_for(path, filesystem)
-        if not is_local(fs):
-            return 0
-        parent, name = os.path.split(local.rstrip("/"))
-        if not os.path.isdir(parent):
-            return 0
-        stale = [e for e in os.listdir(parent) if e.startswith(staging_name(name, ""))]
-        for entry in stale:
-            fs.delete_dir(os.path.join(parent, entry))
-        return len(stale)

@@ -32,9 +32,11 @@ __all__ = ["ParquetSource", "Part"]
 class Part:
     """One input file: its batches come in file order, and its rows go to one output part file.
 
-    Read one row group at a time (``ParquetFile.iter_batches``), so memory is bounded by the row
-    group, never by the file; batches are conformed to the dataset's schema (hive partition values
-    filled in, columns a file lacks as nulls, safe casts to the first file's types).
+    Read one row group at a time (``ParquetFile.read_row_group``), so memory is bounded by the row
+    group, never by the file, with page checksums verified. Each file's columns keep the file's own
+    types (hive partition values are filled in): every file meets the model's signature on its own,
+    with the rules of a single file, so no file is conformed to another's schema. A column a file
+    lacks stays absent: the model refuses it (naming the file) unless its signature marks it optional.
     """
 
     index: int
@@ -67,35 +69,39 @@ class Part:
             return [self]
         return [replace(self, num_rows=rows, row_groups=groups, first_row=first) for groups, rows, first in runs]
 
+    @property
+    def keys(self) -> dict:
+        """This file's hive partition values (from its path)."""
+        return ds.get_partition_keys(self.fragment.partition_expression)
+
     def batches(self) -> Iterator[pa.RecordBatch]:
-        wanted = self.columns or self.schema.names
-        target = pa.schema([self.schema.field(c) for c in wanted])
-        keys = ds.get_partition_keys(self.fragment.partition_expression)
+        keys = self.keys
         try:
             handle = self.filesystem.open_input_file(self.path) if self.filesystem else self.path
-            parquet = pq.ParquetFile(handle)
-            present = [c for c in wanted if c in parquet.schema_arrow.names and c not in keys]
+            parquet = pq.ParquetFile(handle, page_checksum_verification=True)
+            names = parquet.schema_arrow.names
+            wanted = self.columns or [*names, *(k for k in self.schema.names if k in keys)]
+            present = [c for c in wanted if c in names]
             for table in _rebatch(parquet, present, self.batch_rows, self.row_groups):
                 for batch in table.to_batches(max_chunksize=self.batch_rows):
-                    yield self._conform(batch, target, keys)
+                    yield self._with_keys(batch, wanted, keys)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, OSError) as exc:
-            raise ConnectorError(f"cannot read {self.path!r}: {exc}; fix or remove that file "
-                                 "(every input file must match the schema of the first)") from None
+            raise ConnectorError(f"cannot read {self.path!r}: {exc}; fix or remove that file") from None
 
-    @staticmethod
-    def _conform(batch: pa.RecordBatch, target: pa.Schema, keys: dict) -> pa.RecordBatch:
-        if batch.schema.equals(target):
+    def _with_keys(self, batch: pa.RecordBatch, wanted: list, keys: dict) -> pa.RecordBatch:
+        """The batch's columns in ``wanted`` order, hive partition values added as columns."""
+        if not keys and batch.schema.names == wanted:
             return batch
-        n, arrays = batch.num_rows, []
-        for f in target:
-            if f.name in keys:
-                arrays.append(pa.repeat(pa.scalar(keys[f.name], f.type), n))
-            elif f.name in batch.schema.names:
-                col = batch.column(f.name)
-                arrays.append(col if col.type == f.type else col.cast(f.type, safe=True))
+        names, arrays = [], []
+        for name in wanted:
+            if name in keys:
+                arrays.append(pa.repeat(pa.scalar(keys[name], self.schema.field(name).type), batch.num_rows))
+            elif name in batch.schema.names:
+                arrays.append(batch.column(name))
             else:
-                arrays.append(pa.nulls(n, f.type))
-        return pa.RecordBatch.from_arrays(arrays, schema=target)
+                continue
+            names.append(name)
+        return pa.RecordBatch.from_arrays(arrays, names)
 
 
 def _rebatch(parquet: pq.ParquetFile, columns: list[str], rows: int, groups=None) -> Iterator[pa.Table]:
@@ -126,20 +132,25 @@ class ParquetSource:
     """A Parquet file, directory (hive partitions included), or glob, read column-projected."""
 
     def __init__(self, path: str, columns: list[str] | None = None, batch_rows: int = 32_768,
-                 filesystem: pafs.FileSystem | None = None):
+                 filesystem: pafs.FileSystem | None = None, required=()):
         if batch_rows < 1:
             raise ConfigError(f"batch_rows must be at least 1, got {batch_rows}")
         self.uri = os.fspath(path)
         self.fs, self.path = filesystem_for(self.uri, filesystem)
         self.batch_rows = batch_rows
+        self.required = list(required)  # columns every file must hold (pass-through columns)
         files, base = self._files()
         try:
             self.dataset = ds.dataset(files, format="parquet", filesystem=self.fs, partitioning="hive",
                                       partition_base_dir=base)
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise ConnectorError(f"cannot read Parquet input {self.uri!r}: {exc}") from None
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
+            hint = ("; a column named like a hive partition directory (name=value) must be renamed in the files "
+                    "or the directories" if "Unable to merge" in str(exc) else "")
+            raise ConnectorError(f"cannot read Parquet input {self.uri!r}: {exc}{hint}") from None
         self.schema = self.dataset.schema
-        absent = [c for c in (columns or []) if c not in self.schema.names]
+        absent = [c for c in [*(columns or []), *self.required] if c not in self.schema.names]
+        if absent and set(absent) <= set(self.required):
+            raise ConfigError(f"keep_columns {absent} are not in the input (it has {self.schema.names})")
         if absent:
             raise ConnectorError(f"the input {self.uri!r} has no columns {absent} (it has {self.schema.names})")
         self.columns = list(dict.fromkeys(columns)) if columns else None
@@ -164,15 +175,30 @@ class ParquetSource:
         return files, path
 
     def parts(self) -> list[Part]:
-        """The input files in order, with row counts from their footers (nothing is decoded yet)."""
+        """The input files in order, with row counts from their footers (nothing is decoded yet).
+
+        Each footer is checked here, before any work: a file that lacks a required column, or holds
+        a column its hive path also names, is refused with its name."""
         if self._parts is None:
             parts = []
             for i, frag in enumerate(self.dataset.get_fragments()):
                 try:
                     rows = frag.count_rows()
+                    names = frag.physical_schema.names
                 except (pa.ArrowInvalid, OSError) as exc:
                     raise ConnectorError(f"cannot read {frag.path!r}: {exc}; fix or remove that file") from None
-                parts.append(Part(i, frag.path, rows, frag, self.schema, self.columns, self.batch_rows, self.fs))
+                part = Part(i, frag.path, rows, frag, self.schema, self.columns, self.batch_rows, self.fs)
+                keys = part.keys
+                both = [k for k in keys if k in names]
+                if both:
+                    raise ConnectorError(f"{frag.path!r} holds column(s) {both} that its directory names also give "
+                                         "as hive partition values; rename the column in the files or the "
+                                         "partition directories")
+                lacking = [c for c in self.required if c not in names and c not in keys]
+                if lacking:
+                    raise ConnectorError(f"{frag.path!r} lacks the column(s) {lacking} (keep_columns) that the other "
+                                         "input files have; add them to that file, or leave them out of keep_columns")
+                parts.append(part)
             self._parts = parts
         return self._parts
 

@@ -11,7 +11,7 @@ import pyarrow as pa
 from ..errors import ConfigError
 from .scoring import JobScorer
 
-__all__ = ["check_paths", "open_parquet_job", "commit_parquet_job"]
+__all__ = ["check_paths", "open_parquet_job", "commit_parquet_job", "dead_letters"]
 
 log = logging.getLogger("arrowscore.job")
 
@@ -48,24 +48,36 @@ def check_paths(input: str, output: str, options, filesystem=None) -> None:
 def open_parquet_job(model, input: str, output: str, options, filesystem=None):
     """What every Parquet runner starts with: (source, parts, total rows, opened sink, dead letters).
 
-    Reads only the model's columns plus keep_columns, knows the row count from the footers, removes
-    staging left by killed jobs, and opens the sink (which refuses a non-empty output in mode error).
+    Reads only the model's columns plus keep_columns, knows the row count from the footers, and opens
+    the dead-letter file and the sink: each takes its path's lock (a second job there is refused),
+    refuses a path it would overwrite without mode overwrite, and removes what killed jobs staged.
     """
-    from connectors.parquet import DeadLetterFile, ParquetSink, ParquetSource
+    from connectors.parquet import ParquetSink, ParquetSource
 
     check_paths(input, output, options, filesystem)
     needed = model.input_columns
     columns = None if needed is None else list(dict.fromkeys([*needed, *options.keep_columns]))
-    source = ParquetSource(input, columns=columns, batch_rows=options.batch_rows, filesystem=filesystem)
-    missing = [c for c in options.keep_columns if c not in source.schema.names]
-    if missing:
-        raise ConfigError(f"keep_columns {missing} are not in the input (it has {source.schema.names})")
+    source = ParquetSource(input, columns=columns, batch_rows=options.batch_rows, filesystem=filesystem,
+                           required=options.keep_columns)
     parts = source.parts()
-    ParquetSink.clean_stale(output, filesystem)
     sink = ParquetSink(output, mode=options.mode, compression=options.compression,
                        row_group_rows=options.row_group_rows, partition_by=options.partition_by, filesystem=filesystem)
-    sink.open()
-    return source, parts, sum(p.num_rows for p in parts), sink, DeadLetterFile(options.dead_letter)
+    dead = dead_letters(options, filesystem)
+    dead.open()
+    try:
+        sink.open()
+    except BaseException:
+        dead.abort()
+        raise
+    return source, parts, sum(p.num_rows for p in parts), sink, dead
+
+
+def dead_letters(options, filesystem=None):
+    """The job's dead-letter file (a no-op one unless on_error is dead-letter), not opened yet."""
+    from connectors.parquet import DeadLetterFile
+
+    path = options.dead_letter if options.on_error == "dead-letter" else None
+    return DeadLetterFile(path, options.mode, filesystem)
 
 
 def commit_parquet_job(job: JobScorer, input_schema: pa.Schema, sink, dead, scored: int, total: int) -> list[str]:

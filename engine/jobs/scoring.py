@@ -15,7 +15,7 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 
-from ..errors import ConfigError, SchemaError, ScoringError
+from ..errors import ConfigError, SchemaError, SchemaMismatch, ScoringError
 
 __all__ = ["JobScorer", "DEAD_LETTER_COLUMNS", "Where", "file_runs", "log_load"]
 
@@ -106,7 +106,7 @@ class JobScorer:
         try:
             good.append(self._one(batch, where))
         except SchemaError as exc:
-            if batch.num_rows == 1:
+            if batch.num_rows == 1 or isinstance(exc, SchemaMismatch):  # a mismatch fails every row alike
                 bad.append((offset, batch, str(exc.__cause__ or exc)))
                 return
             mid = batch.num_rows // 2

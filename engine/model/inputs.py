@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import convert
-from ..errors import SchemaError
+from ..errors import SchemaError, SchemaMismatch
 from .casts import cast, cast_target, cast_tensor, is_numeric
 from .signature import Signature, TensorSpec
 
@@ -223,7 +223,12 @@ class InputPlan:
             if known.equals(schema):
                 break
         else:
-            feed = self._choose(schema)
+            try:
+                feed = self._choose(schema)
+            except SchemaMismatch:
+                raise
+            except SchemaError as exc:  # decided from the schema alone: every row of such a batch fails
+                raise SchemaMismatch(str(exc)) from None
             self._cache = [(schema, feed)] + self._cache[:3]
         return feed.build(batch)
 

@@ -219,7 +219,7 @@ def run_ray(model_uri, input: str, output: str, options: ScoreOptions, ray_opts:
 def _source(parts, schema: pa.Schema, columns, batch_rows: int):
     """The input as a Ray Data datasource: one read task per input file (per run of row groups of
     about READ_TASK_BYTES in a bigger file), reading it with the local runner's own reader
-    (``Part.batches``: row group at a time, hive keys, schema conformance).
+    (``Part.batches``: row group at a time, hive keys, each file with its own column types).
 
     The driver already listed the files and read their footers, so Ray's own Parquet reader would
     repeat that work (its footer scan starts 32 actors: 5-9 s on a 2-CPU node, measured).
@@ -248,7 +248,7 @@ def _source(parts, schema: pa.Schema, columns, batch_rows: int):
         def get_read_tasks(self, parallelism, per_task_row_limit=None, data_context=None):
             return [ReadTask(read(p), BlockMetadata(num_rows=p.num_rows, size_bytes=p.num_rows * width,
                                                     input_files=[p.path], exec_stats=None),
-                             schema=wanted, per_task_row_limit=per_task_row_limit) for p in pieces]
+                             per_task_row_limit=per_task_row_limit) for p in pieces]  # files differ in types
 
         def get_name(self):
             return "ArrowscoreParquet"

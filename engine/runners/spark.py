@@ -19,6 +19,7 @@ import os
 import re
 import sys
 import time
+import uuid
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -38,16 +39,10 @@ _MODES = {"error": "errorifexists", "overwrite": "overwrite", "append": "append"
 def run_spark(model_uri, input: str, output: str, options: ScoreOptions,
               spark_opts: SparkOptions = SparkOptions()) -> ScoreReport:
     require("pyspark", "spark", "the spark runner")
-    from pyspark import StorageLevel
-    from pyspark.sql import SparkSession
-    from pyspark.sql import functions as F
+    from connectors.parquet import ParquetSink
+    from connectors.parquet.lock import PathLock
 
-    from connectors.parquet import SUCCESS, DeadLetterFile, ParquetSink
-
-    from ..jobs.parquet import check_paths
-    from ..jobs.scoring import DEAD_LETTER_COLUMNS, JobScorer
-    from ..model import Model, load_model
-    from . import spark_udf
+    from ..jobs.parquet import check_paths, dead_letters
 
     if options.row_group_rows:
         raise ConfigError("the spark runner sizes row groups in bytes: set Spark's parquet.block.size instead of "
@@ -57,6 +52,33 @@ def run_spark(model_uri, input: str, output: str, options: ScoreOptions,
     if fs.get_file_info(inside).type == pafs.FileType.NotFound:
         raise ConnectorError(f"input {input!r} does not exist")
     ParquetSink(output, mode=options.mode).check()  # before Spark reads or scores anything, as the other runners
+    # one job at a time on the output, as the other runners (on local disks: Spark's own committer owns
+    # OUTPUT/_temporary on object stores)
+    lock = PathLock(output, job=uuid.uuid4().hex[:12])
+    dead = dead_letters(options)
+    dead.open()
+    try:
+        if lock.local:
+            lock.acquire()
+        return _run(model_uri, input, output, options, spark_opts, dead)
+    except BaseException:
+        dead.abort()
+        raise
+    finally:
+        lock.release()
+
+
+def _run(model_uri, input, output, options: ScoreOptions, spark_opts: SparkOptions, dead) -> ScoreReport:
+    from pyspark import StorageLevel
+    from pyspark.sql import SparkSession
+    from pyspark.sql import functions as F
+
+    from connectors.parquet import SUCCESS
+
+    from ..jobs.scoring import DEAD_LETTER_COLUMNS, JobScorer
+    from ..model import Model, load_model
+    from . import spark_udf
+
     builder = SparkSession.builder.appName("arrowscore")
     master = spark_opts.master
     if not master and SparkSession.getActiveSession() is None and "spark.master" not in _submitted_conf():
@@ -77,6 +99,7 @@ def run_spark(model_uri, input: str, output: str, options: ScoreOptions,
     model = load_model(path, **options.load_kwargs())
     start = time.perf_counter()
     job = JobScorer.from_options(model, options)  # clashes and renames fail before Spark reads anything
+    _check_files(input, model, options)
     df = spark.read.parquet(input)
     rows = df.count()  # from the Parquet footers
     columns, in_fields, out = spark_udf._plan(df, model, job, "the input")
@@ -92,7 +115,6 @@ def run_spark(model_uri, input: str, output: str, options: ScoreOptions,
     run = spark_udf._map_function(location, shipped, options, spark_opts.load_log, result_schema, sources=True,
                                   isolate=isolate)
     result = source.mapInArrow(run, spark_udf.spark_schema(result_schema))
-    dead = DeadLetterFile(options.dead_letter)
     before = set(_part_files(output)[1]) if options.mode == "append" else set()
     cached = result.persist(StorageLevel.MEMORY_AND_DISK) if isolate else None
     try:
@@ -119,7 +141,6 @@ def run_spark(model_uri, input: str, output: str, options: ScoreOptions,
         with out_fs.open_output_stream(f"{out_path.rstrip('/')}/{SUCCESS}") as marker:
             marker.write(b"")
     except Exception as exc:
-        dead.abort()
         ours = _our_error(exc)
         if ours is exc:
             raise
@@ -131,6 +152,39 @@ def run_spark(model_uri, input: str, output: str, options: ScoreOptions,
                        output_files=files, input_files=len(df.inputFiles()),
                        dead_letter_path=options.dead_letter if dead.rows else None, runner="spark",
                        load_seconds=start - loading)
+
+
+def _check_files(input: str, model, options: ScoreOptions) -> None:
+    """Spark reads every file with one schema (one file's): a column another file lacks reads as nulls,
+    another type is cast or fails. So a file that lacks a column the model requires, or holds a column
+    the job uses with another type than the first file, is refused before Spark reads anything; the
+    local and ray runners score each file on its own."""
+    from connectors.parquet import ParquetSource
+
+    from ..errors import SchemaError
+
+    needed = model.input_columns
+    keep = list(options.keep_columns)
+    source = ParquetSource(input, columns=None if needed is None else [*needed, *keep], required=keep)
+    schema = model.input_schema
+    required = [c for c in needed or [] if schema is None or c not in schema.names or not schema.field(c).nullable]
+    used = list(dict.fromkeys([*(needed or source.schema.names), *keep]))
+    first = None
+    for part in source.parts():
+        physical = part.fragment.physical_schema
+        lacking = [c for c in required if c not in physical.names and c not in part.keys]
+        if lacking:
+            raise SchemaError(f"{part.path!r} lacks the column(s) {lacking} that the model needs; add them to that "
+                              "file or leave the file out of the input")
+        types = {c: physical.field(c).type for c in used if c in physical.names}
+        if first is None:
+            first = (part.path, types)
+        differ = [c for c in types if c in first[1] and types[c] != first[1][c]]
+        if differ:
+            c = differ[0]
+            raise SchemaError(f"{part.path!r} holds column {c!r} as {types[c]}, {first[0]!r} as {first[1][c]}; the "
+                              "spark runner reads every file with one schema: make the types agree, or score with "
+                              "the local or ray runner, which take each file on its own")
 
 
 def _struct(fields) -> pa.DataType:
