@@ -2,7 +2,7 @@
 
 Reads argv and the ``ARROWSCORE_*`` environment variables; below it, only the Ray and Spark
 runners read the variables their own tools set (``RAY_ADDRESS``; ``PYSPARK_PYTHON`` and
-spark-submit's conf).
+spark-submit's conf). Errors are one line on stderr; the exit status says whose move it is (``EXIT``).
 """
 
 from __future__ import annotations
@@ -15,6 +15,14 @@ import os
 import sys
 
 __all__ = ["main"]
+
+EXIT = """exit status:
+  0    done
+  1    the job failed while running: the model raised (ScoringError), an I/O error, or a bug (a traceback)
+  2    arrowscore refused the command or what it names: usage, options, model, input, paths
+       (ConfigError, SchemaError, ModelLoadError, ConnectorError, a path that does not exist or cannot be opened)
+  130  interrupted (Ctrl-C, SIGINT); a local score job removes its staged output first and leaves a previous
+       output as it was"""
 
 
 # ---- flags from option dataclasses ------------------------------------------------------------
@@ -68,11 +76,13 @@ def _csv(text: str | None) -> list[str]:
 
 
 def _pairs(items: list[str] | None, flag: str) -> dict:
+    from .errors import ConfigError
+
     out = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key or not value:
-            raise SystemExit(f"arrowscore: {flag} takes KEY=VALUE, got {item!r}")
+            raise ConfigError(f"{flag} takes KEY=VALUE, got {item!r}")
         out[key] = value
     return out
 
@@ -81,22 +91,26 @@ def _json_or_file(text: str, flag: str) -> dict:
     """A JSON object given inline, or the path of a JSON/YAML file holding one."""
     import yaml
 
+    from .errors import ConfigError
+
     try:
         value = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(open(text))
     except (OSError, ValueError, yaml.YAMLError) as exc:
-        raise SystemExit(f"arrowscore: {flag} takes a JSON object or a JSON/YAML file: {exc}") from None
+        raise ConfigError(f"{flag} takes a JSON object or a JSON/YAML file: {exc}") from None
     if not isinstance(value, dict):
-        raise SystemExit(f"arrowscore: {flag} must hold a JSON object (a mapping), got {type(value).__name__}")
+        raise ConfigError(f"{flag} must hold a JSON object (a mapping), got {type(value).__name__}")
     return value
 
 
 def _json_object(text: str) -> dict:
+    from .errors import ConfigError
+
     try:
         value = json.loads(text)
     except ValueError as exc:
-        raise SystemExit(f"arrowscore: --params takes a JSON object: {exc}") from None
+        raise ConfigError(f"--params takes a JSON object such as '{{\"k\": 1}}', got {text!r} ({exc})") from None
     if not isinstance(value, dict):
-        raise SystemExit(f"arrowscore: --params must be a JSON object, got {type(value).__name__}")
+        raise ConfigError(f"--params takes a JSON object such as '{{\"k\": 1}}', got {type(value).__name__} {text!r}")
     return value
 
 
@@ -158,11 +172,14 @@ def _add_info(sub) -> None:
 def _predict(args) -> int:
     from .model import load_model, payload
 
+    extra = _json_object(args.params) if args.params else {}
+    if args.output:
+        payload.check_output(args.output)  # before the model runs, not after
     model = load_model(args.model_uri, flavor=args.flavor, cache_dir=args.cache_dir)
     names = [f.name for f in model.input_schema] if model.input_schema else None
     table, params = payload.read_input(args.input, names)
-    if args.params:
-        params = {**(params or {}), **_json_object(args.params)}
+    if extra:
+        params = {**(params or {}), **extra}
     result = model.predict(table, params=params)
     payload.write_output(result, args.output, sys.stdout)
     return 0
@@ -179,31 +196,24 @@ def _add_predict(sub) -> None:
 
 
 # ---- score ---------------------------------------------------------------------------------------
-_SCORE_SKIP = ("on_error", "dead_letter", "progress", "read_ahead", "model_config")  # flags of their own, or none
+_SCORE_SKIP = ("progress", "read_ahead", "model_config")  # flags of their own, or none
 
 
 def _score(args) -> int:
+    from .errors import ConfigError
     from .jobs.options import RayOptions, ScoreOptions, SparkOptions
     from .runners import score
 
-    on_error, dead_letter = args.on_error[0], None
-    if on_error == "dead-letter":
-        if len(args.on_error) != 2:
-            raise SystemExit("arrowscore: --on-error dead-letter needs a PATH for the rejected rows")
-        dead_letter = args.on_error[1]
-    elif on_error != "fail" or len(args.on_error) != 1:
-        raise SystemExit("arrowscore: --on-error takes 'fail' or 'dead-letter PATH'")
     given = {"ray": values(args, RayOptions, "ray_", {"runtime_env": lambda v: _json_or_file(v, "--ray-runtime-env")}),
              "spark": values(args, SparkOptions, "spark_")}
     for runner, opts in given.items():
         if opts and args.runner != runner:
-            raise SystemExit(f"arrowscore: the --{runner}-* options go with --runner {runner}")
+            raise ConfigError(f"the --{runner}-* options go with --runner {runner}; add --runner {runner} or drop them")
     options = values(args, ScoreOptions, skip=_SCORE_SKIP, convert={"keep_columns": _csv, "feature_columns": _csv,
                                                    "rename": lambda v: _pairs(v, "--rename"),
                                                    "params": _json_object})
     report = score(args.model_uri, args.input, args.output, runner=args.runner,
-                   runner_options=given.get(args.runner), on_error=on_error, dead_letter=dead_letter,
-                   progress=False if args.no_progress else None, **options)
+                   runner_options=given.get(args.runner), progress=False if args.no_progress else None, **options)
     print(report)
     return 0
 
@@ -211,7 +221,7 @@ def _score(args) -> int:
 def _add_score(sub) -> None:
     from connectors.parquet import MODES
 
-    from .jobs.options import RayOptions, ScoreOptions, SparkOptions
+    from .jobs.options import ON_ERROR, RayOptions, ScoreOptions, SparkOptions
     from .runners import RUNNERS
 
     p = sub.add_parser("score", help="score a Parquet file, directory or glob into a Parquet directory")
@@ -228,9 +238,11 @@ def _add_score(sub) -> None:
                                "help": "comma-separated scalar columns that make up a tensor input, in order"},
               mode={"choices": MODES}, rename={"action": "append", "metavar": "OLD=NEW",
                                                "help": "rename an output column (repeatable)"},
-              params={"help": "inference params as a JSON object, for every batch"})
-    p.add_argument("--on-error", nargs="+", default=["fail"], metavar="fail|dead-letter PATH",
-                   help="rows failing the signature: stop (default) or write them to a Parquet file")
+              params={"help": "inference params as a JSON object, for every batch"},
+              # one value each, so that they may come before the positionals too
+              on_error={"choices": ON_ERROR, "help": "rows failing the signature: stop (fail, the default) or "
+                                                     "write them to --dead-letter PATH (dead-letter)"},
+              dead_letter={"metavar": "PATH", "help": "Parquet file for the rejected rows (with --on-error dead-letter)"})
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_flags(p, RayOptions, prefix="ray-")
     add_flags(p, SparkOptions, prefix="spark-")
@@ -267,7 +279,8 @@ def _add_stream(sub) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="arrowscore", description="Score MLflow models fast, on Arrow batches.")
+    p = argparse.ArgumentParser(prog="arrowscore", description="Score MLflow models fast, on Arrow batches.",
+                                epilog=EXIT, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     sub = p.add_subparsers(dest="command", required=True)
     for add in (_add_info, _add_predict, _add_score, _add_stream):
@@ -275,17 +288,31 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+# a path given that does not exist or cannot be opened: the command's fault; other I/O errors are the run's
+_PATH_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        hint = ""
+        if getattr(args, "on_error", None) == "dead-letter" and getattr(args, "dead_letter", None) is None:
+            hint = " (--on-error takes one value; give the rejected rows' path with --dead-letter PATH)"
+        parser.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    from .errors import EngineError
+    from .errors import EngineError, ScoringError
 
     try:
         return args.run(args)
+    except KeyboardInterrupt:  # the job has cleaned up on its way out
+        print("arrowscore: interrupted", file=sys.stderr)
+        return 130
     except EngineError as exc:
         print(f"arrowscore: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # a path that cannot be written or read: the system's own words say which
+        return 1 if isinstance(exc, ScoringError) else 2
+    except OSError as exc:  # the system's own words say which path
         print(f"arrowscore: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
+        return 2 if isinstance(exc, _PATH_ERRORS) else 1
+

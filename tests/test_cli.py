@@ -98,7 +98,7 @@ def test_unwritable_output_is_one_line_not_a_traceback(logged_models, tmp_path):
     pq.write_table(case.arrow_input, path)
     out = run("predict", case.uris["path"], "-i", str(path), "-o", str(tmp_path / "no" / "such" / "out.json"))
     assert out.returncode == 2 and "Traceback" not in out.stderr
-    assert "arrowscore: FileNotFoundError" in out.stderr and "out.json" in out.stderr
+    assert "arrowscore: ConfigError: output directory" in out.stderr and "no/such" in out.stderr
     out = run("score", case.uris["path"], str(path), str(tmp_path / "out"), "--compression", "lzzz")
     assert out.returncode == 2 and "compression 'lzzz' is not one this pyarrow writes" in out.stderr
 
@@ -110,3 +110,110 @@ def test_console_script_installed():
     assert exe, "the arrowscore console script is not installed next to this interpreter"
     out = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "info" in out.stdout and "predict" in out.stdout
+
+
+# ---- errors: one line naming the value and what to do; exit 2 for what arrowscore refuses, 1 for what failed --
+def _double(df):
+    return df["x"] * 2.0
+
+
+def _raise(df):
+    raise RuntimeError("the model's own bug")
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """A tiny function model, one that raises, and a two-file Parquet input."""
+    import engine
+    import pyarrow as pa
+
+    root = tmp_path_factory.mktemp("cli-errors")
+    schema = pa.schema([pa.field("x", pa.float64(), False)])
+    engine.save_model(root / "model", _double, signature=schema)
+    engine.save_model(root / "raises", _raise, signature=schema)
+    (root / "in").mkdir()
+    for i in range(2):
+        pq.write_table(pa.table({"id": [i * 10, i * 10 + 1], "x": [0.5, 1.5]}), root / "in" / f"f{i}.parquet")
+    return root
+
+
+def _one_line(out, code: int, *needles: str) -> None:
+    """Exit ``code``, no traceback, and one stderr line holding every needle."""
+    assert out.returncode == code, (out.returncode, out.stderr)
+    assert "Traceback" not in out.stderr, out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.startswith("arrowscore")]
+    assert len(lines) == 1 and all(n in lines[0] for n in needles), out.stderr
+
+
+def test_bad_params_json_is_one_line_exit_2(small):
+    model, src = str(small / "model"), str(small / "in" / "f0.parquet")
+    _one_line(run("predict", model, "-i", src, "--params", "{bad"), 2, "--params", "JSON object")
+    _one_line(run("score", model, src, str(small / "o1"), "--params", "{bad"), 2, "--params", "JSON object")
+    _one_line(run("score", model, src, str(small / "o1"), "--params", "[1]"), 2, "--params", "got list")
+    assert not (small / "o1").exists()
+
+
+def test_unknown_compression_exit_2(small):
+    _one_line(run("score", str(small / "model"), str(small / "in"), str(small / "o2"), "--compression", "foo"),
+              2, "compression 'foo'", "use snappy")
+
+
+def test_dead_letters_in_the_output_directory_exit_2(small):
+    out = small / "o3"
+    for dead in (out, out / "rejected.parquet"):
+        _one_line(run("score", str(small / "model"), str(small / "in"), str(out), "--on-error", "dead-letter",
+                      "--dead-letter", str(dead)), 2, "overlap", "beside the output")
+    assert not out.exists()
+
+
+def test_predict_unreadable_inputs_exit_2(small, tmp_path):
+    model = str(small / "model")
+    truncated = tmp_path / "cut.parquet"
+    truncated.write_bytes((small / "in" / "f0.parquet").read_bytes()[:100])
+    _one_line(run("predict", model, "-i", str(truncated)), 2, "cut.parquet", "Parquet")
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    _one_line(run("predict", model, "-i", str(empty)), 2, "empty.csv", "empty")
+    _one_line(run("predict", model, "-i", str(small / "in")), 2, "is a directory", "arrowscore score")
+    _one_line(run("predict", model, "-i", str(tmp_path / "nope.json")), 2, "nope.json", "does not exist")
+
+
+def test_predict_output_into_a_missing_directory_exit_2(small, tmp_path):
+    target = tmp_path / "no" / "such" / "out.json"
+    _one_line(run("predict", str(small / "model"), "-i", str(small / "in" / "f0.parquet"), "-o", str(target)),
+              2, "directory", str(target.parent), "create it")
+    assert not (tmp_path / "no").exists()
+
+
+def test_on_error_before_the_positionals(small):
+    model, src, dead = str(small / "model"), str(small / "in"), str(small / "o4-dead.parquet")
+    out = run("score", "--on-error", "dead-letter", model, src, str(small / "o4"), "--dead-letter", dead,
+              "--no-progress")
+    assert out.returncode == 0, out.stderr
+    assert pq.read_table(small / "o4").column("prediction").to_pylist() == [1.0, 3.0, 1.0, 3.0]
+    out = run("score", "--on-error", "fail", model, src, str(small / "o5"), "--no-progress")
+    assert out.returncode == 0, out.stderr
+
+
+def test_on_error_misuse_is_a_usage_error(small):
+    model, src, dst = str(small / "model"), str(small / "in"), str(small / "o6")
+    # the path right after --on-error dead-letter: a stray argument, and the flag that takes it is named
+    out = run("score", model, src, dst, "--on-error", "dead-letter", "rejected.parquet")
+    assert out.returncode == 2 and "rejected.parquet" in out.stderr and "--dead-letter PATH" in out.stderr
+    out = run("score", model, src, dst, "--on-error", "bogus")
+    assert out.returncode == 2 and "invalid choice: 'bogus'" in out.stderr
+    _one_line(run("score", model, src, dst, "--on-error", "dead-letter"), 2, "needs a path", "--dead-letter")
+    _one_line(run("score", model, src, dst, "--dead-letter", "d.parquet"), 2, "--on-error dead-letter")
+    assert not (small / "o6").exists()
+
+
+def test_the_model_raising_is_a_runtime_failure_exit_1(small, tmp_path):
+    _one_line(run("score", str(small / "raises"), str(small / "in"), str(tmp_path / "out"), "--no-progress"),
+              1, "ScoringError", "the model's own bug")
+    assert not (tmp_path / "out").exists()
+
+
+def test_help_states_the_exit_codes():
+    out = run("--help")
+    assert out.returncode == 0
+    assert "exit status" in out.stdout and "2 " in out.stdout and "130" in out.stdout

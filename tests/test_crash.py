@@ -89,3 +89,62 @@ def test_sigkill_at_random_points_then_overwrite(job):
     assert -signal.SIGKILL in outcomes, "no trial was killed mid-run; the job finished too fast to test"
     stale = [p for p in root.iterdir() if p.name.startswith(".out.arrowscore")]
     assert not stale, f"staging left behind after a successful rerun: {stale}"
+
+
+def _slower_double(df):
+    import time as _time
+
+    _time.sleep(0.05)  # about 4 s for the whole job: ample time to interrupt it mid-way
+    return df["x"] * 2.0
+
+
+def test_sigint_stops_cleanly(tmp_path):
+    """Ctrl-C mid-job: one line, exit 130, staging removed, the previous output untouched."""
+    model = engine.save_model(tmp_path / "model", _slower_double,
+                              signature=pa.schema([pa.field("x", pa.float64(), False)]))
+    (tmp_path / "in").mkdir()
+    for i in range(2):
+        ids = np.arange(i * ROWS_PER_FILE, (i + 1) * ROWS_PER_FILE)
+        pq.write_table(pa.table({"id": ids, "x": ids * 0.5}), tmp_path / "in" / f"f{i}.parquet")
+    out = tmp_path / "out"
+    out.mkdir()
+    old = pa.table({"id": [1, 2], "prediction": [9.0, 9.0]})
+    pq.write_table(old, out / "part-00000.parquet")
+    (out / "_SUCCESS").write_text("")
+    before = sorted(p.name for p in out.iterdir())
+    # a shell without job control starts background jobs with SIGINT ignored; the child gets the default back
+    proc = subprocess.Popen(_command(tmp_path, model, "overwrite"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 120
+    while not any(p.name.startswith(".out.arrowscore") and any(p.glob("*.parquet")) for p in tmp_path.iterdir()):
+        assert proc.poll() is None and time.monotonic() < deadline, "the job ended before it wrote a part file"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    assert [line for line in stderr.splitlines() if "interrupted" in line] == ["arrowscore: interrupted"], stderr
+    assert stdout == ""
+    assert sorted(p.name for p in out.iterdir()) == before
+    assert pq.read_table(out / "part-00000.parquet").equals(old)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.arrowscore")], "staging left behind"
+
+
+def test_sigint_during_the_commit_waits_for_it():
+    """The commit moves the old output aside, then the new one in: a Ctrl-C between the two would leave neither."""
+    import os
+
+    from engine.runners.local import _sigint_deferred
+
+    done = []
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as a Python started from a terminal has
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with _sigint_deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)  # Python runs its handlers between bytecodes: the Ctrl-C has been seen by now
+                done.append("commit")
+        assert done == ["commit"]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)

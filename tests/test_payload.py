@@ -166,3 +166,28 @@ def test_write_output_errors(tmp_path):
     with pytest.raises(ConfigError, match=r"CSV has no cell type for the list/struct/map columns \['probs'\]"):
         write_output(probs, tmp_path / "out.csv")
     assert not (tmp_path / "out.csv").exists()
+
+
+def test_read_input_refuses_directories_and_unreadable_files(tmp_path):
+    with pytest.raises(ConfigError, match=r"input '.*' is a directory; predict reads one file .*arrowscore score"):
+        read_input(tmp_path)
+    pq.write_table(pa.table({"a": [1.5] * 100}), tmp_path / "whole.parquet")
+    (tmp_path / "cut.parquet").write_bytes((tmp_path / "whole.parquet").read_bytes()[:60])
+    with pytest.raises(ConfigError, match=r"cannot read 'cut.parquet' as Parquet \(.*magic bytes.*\); .*rewrite it"):
+        read_input(tmp_path / "cut.parquet")
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(ConfigError, match=r"input 'empty.csv' is empty; a CSV input needs a header line"):
+        read_input(tmp_path / "empty.csv")
+    (tmp_path / "ragged.csv").write_text("a,b\n1,2\n3\n")
+    with pytest.raises(ConfigError, match=r"cannot read 'ragged.csv' as CSV \(.*\); fix the file"):
+        read_input(tmp_path / "ragged.csv")
+
+
+def test_write_output_into_a_missing_or_wrong_place(tmp_path):
+    target = tmp_path / "no" / "out.json"
+    with pytest.raises(ConfigError, match=r"output directory '.*/no' does not exist; create it"):
+        write_output(pa.table({"p": [1]}), target)
+    (tmp_path / "dir.json").mkdir()
+    with pytest.raises(ConfigError, match=r"output '.*dir.json' is a directory; name a file"):
+        write_output(pa.table({"p": [1]}), tmp_path / "dir.json")
+    assert not (tmp_path / "no").exists()

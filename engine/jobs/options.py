@@ -35,9 +35,17 @@ def _opt(default, help: str, cli: bool = True, **extra):
     return field(default=default, metadata=meta)
 
 
-def _names(value) -> tuple:
+def _names(value, what: str) -> tuple:
     """Column names as a tuple; one string is one name (not its characters)."""
-    return (value,) if isinstance(value, str) else tuple(value or ())
+    if isinstance(value, str):
+        return (value,)
+    try:
+        names = tuple(value or ())
+    except TypeError:
+        names = None
+    if names is None or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"{what} takes a column name or a list of them, got {value!r}")
+    return names
 
 
 def _codec_available(name: str) -> bool:
@@ -81,10 +89,13 @@ class ScoreOptions:
     def __post_init__(self):
         from connectors.parquet import MODES
 
-        object.__setattr__(self, "keep_columns", _names(self.keep_columns))
+        object.__setattr__(self, "keep_columns", _names(self.keep_columns, "keep_columns"))
         object.__setattr__(self, "rename", dict(self.rename or {}))
         if self.feature_columns is not None:
-            object.__setattr__(self, "feature_columns", _names(self.feature_columns) or None)
+            object.__setattr__(self, "feature_columns", _names(self.feature_columns, "feature_columns") or None)
+        if self.params is not None and not isinstance(self.params, dict):
+            raise ConfigError(f"params must be a mapping of name to value, got {type(self.params).__name__} "
+                              f"{self.params!r}; decode JSON with json.loads first")
         _at_least(self, 1, "batch_rows", "read_ahead", "row_group_rows")
         if self.mode not in MODES:
             raise ConfigError(f"mode {self.mode!r} is not one of {MODES}")
@@ -92,7 +103,10 @@ class ScoreOptions:
             raise ConfigError(f"on_error {self.on_error!r} is not one of {ON_ERROR}")
         if self.on_error == "dead-letter" and not self.dead_letter:
             raise ConfigError("on_error 'dead-letter' needs a path for the rejected rows (dead_letter=PATH, "
-                              "--on-error dead-letter PATH)")
+                              "--dead-letter PATH)")
+        if self.on_error == "fail" and self.dead_letter:
+            raise ConfigError(f"dead_letter {self.dead_letter!r} is given but on_error is 'fail', which writes no "
+                              "rejected rows; pass on_error='dead-letter' (--on-error dead-letter) or drop it")
         dupes = {c for c in self.keep_columns if list(self.keep_columns).count(c) > 1}
         if dupes:
             raise ConfigError(f"keep_columns names {sorted(dupes)} more than once")
@@ -219,7 +233,7 @@ class StreamOptions:
     def __post_init__(self):
         from connectors.kafka import FORMATS
 
-        object.__setattr__(self, "keep_columns", _names(self.keep_columns))
+        object.__setattr__(self, "keep_columns", _names(self.keep_columns, "keep_columns"))
         if self.guarantee not in GUARANTEES:
             raise ConfigError(f"guarantee {self.guarantee!r} is not one of {GUARANTEES}")
         if self.value_format not in FORMATS:

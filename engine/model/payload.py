@@ -21,7 +21,7 @@ import pyarrow as pa
 from . import convert
 from ..errors import ConfigError
 
-__all__ = ["decode_json", "read_input", "encode_json", "write_output", "jsonable"]
+__all__ = ["decode_json", "read_input", "encode_json", "write_output", "check_output", "jsonable"]
 
 KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 
@@ -96,6 +96,9 @@ def _table(key: str, value, names) -> pa.Table:
 def read_input(path: str | Path, names: list[str] | None = None) -> tuple[pa.Table, dict | None]:
     """Read a .json, .csv or .parquet input file (format from the extension)."""
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"input {str(p)!r} is a directory; predict reads one file (.json, .csv or .parquet): "
+                          "name a file, or score a Parquet directory with `arrowscore score`")
     if not p.is_file():
         raise ConfigError(f"input file {str(p)!r} does not exist")
     suffix = p.suffix.lower()
@@ -104,11 +107,20 @@ def read_input(path: str | Path, names: list[str] | None = None) -> tuple[pa.Tab
     if suffix == ".csv":
         import pyarrow.csv as pcsv
 
-        return pcsv.read_csv(p), None
+        if p.stat().st_size == 0:
+            raise ConfigError(f"input {p.name!r} is empty; a CSV input needs a header line and one line per row")
+        try:
+            return pcsv.read_csv(p), None
+        except pa.ArrowInvalid as exc:
+            raise ConfigError(f"cannot read {p.name!r} as CSV ({exc}); fix the file") from None
     if suffix in (".parquet", ".pq"):
         import pyarrow.parquet as pq
 
-        return pq.read_table(p), None
+        try:
+            return pq.read_table(p), None
+        except pa.ArrowInvalid as exc:
+            raise ConfigError(f"cannot read {p.name!r} as Parquet ({exc}); the file is truncated or not Parquet: "
+                              "rewrite it") from None
     raise ConfigError(f"cannot read {p.name!r}: the input must end in .json, .csv or .parquet")
 
 
@@ -143,7 +155,7 @@ def write_output(table: pa.Table, path: str | Path | None, out=None) -> None:
     if path is None:
         out.write(encode_json(table) + "\n")
         return
-    p = Path(path)
+    p = check_output(path)
     suffix = p.suffix.lower()
     if suffix in (".parquet", ".pq"):
         import pyarrow.parquet as pq
@@ -159,7 +171,18 @@ def write_output(table: pa.Table, path: str | Path | None, out=None) -> None:
         buf = io.BytesIO()
         pcsv.write_csv(table, buf)
         p.write_bytes(buf.getvalue())
-    elif suffix == ".json":
-        p.write_text(encode_json(table) + "\n")
     else:
+        p.write_text(encode_json(table) + "\n")
+
+
+def check_output(path: str | Path) -> Path:
+    """The output file's path, once its extension is one we write and its directory exists (call before predicting)."""
+    p = Path(path)
+    if p.suffix.lower() not in (".parquet", ".pq", ".csv", ".json"):
         raise ConfigError(f"cannot write {p.name!r}: the output must end in .json, .csv or .parquet")
+    if p.is_dir():
+        raise ConfigError(f"output {str(p)!r} is a directory; name a file in it (.json, .csv or .parquet)")
+    parent = p.parent
+    if not parent.is_dir():
+        raise ConfigError(f"output directory {str(parent)!r} does not exist; create it first, or write elsewhere")
+    return p

@@ -4,13 +4,16 @@
 
 Memory stays flat: at most ``2 * read_ahead`` batches are in flight whatever the input size.
 Parquet decoding and encoding release the GIL, and so do the model libraries, so the stages run
-on different cores. Any failure stops all three stages, removes the staged output and re-raises.
+on different cores. Any failure stops all three stages, removes the staged output and re-raises;
+so does Ctrl-C (KeyboardInterrupt), except during the commit, which finishes first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
+import signal
 import threading
 import time
 
@@ -133,7 +136,8 @@ def run_local(model_uri, input: str, output: str, options: ScoreOptions,
         writer.join()
         if errors:
             raise errors[0]
-        files = commit_parquet_job(job, source.schema, sink, dead, scored, total)
+        with _sigint_deferred():
+            files = commit_parquet_job(job, source.schema, sink, dead, scored, total)
     except _Stopped:
         _abort(stop, reader, writer, sink, dead)
         raise errors[0] if errors else RuntimeError("a scoring stage stopped without an error") from None
@@ -149,6 +153,25 @@ def run_local(model_uri, input: str, output: str, options: ScoreOptions,
                          load_seconds=start - loading)
     log.info("%s", report)
     return report
+
+
+@contextlib.contextmanager
+def _sigint_deferred():
+    """Hold a Ctrl-C until the block ends, then raise it: the commit moves the old output aside before the new
+    one takes its place, and stopping between the two would leave neither. Only Python's own handler is held,
+    and only in the main thread (the only one that gets signals)."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def _abort(stop, reader, writer, sink, dead) -> None:
