@@ -7,6 +7,7 @@ never reads the model, so no library has to train or pickle one.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -253,7 +254,7 @@ def test_a_new_model_registered_under_an_old_name_and_version_is_not_served_from
     def inputs():
         out = _cli("info", "models:/swap@live", "--cache-dir", cache, "--json", cwd=tmp_path, env=env)
         assert out.returncode == 0, out.stderr
-        return __import__("json").loads(out.stdout)["inputs"]
+        return json.loads(out.stdout)["inputs"]
 
     _register_v1(client, experiment, old, "swap")
     assert inputs() == ["old: double"]
