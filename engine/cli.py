@@ -132,20 +132,27 @@ def _fields(schema) -> list[str] | None:
 
 
 def _info(args) -> int:
-    from .model import load_model
-    from .model.requirements import check_requirements
+    import flavors
 
-    model = load_model(args.model_uri, flavor=args.flavor, cache_dir=args.cache_dir)
-    sig = model.signature
+    from .model import uris
+    from .model.mlmodel import read_mlmodel
+    from .model.requirements import check_requirements, warn_once
+
+    # the MLmodel file and requirements only: loading the model could run code in its files (pickles)
+    path = uris.resolve(args.model_uri, args.cache_dir)
+    meta = read_mlmodel(path)
+    flavor, _ = flavors.choose(meta, args.flavor)
+    warn_once(path)
+    sig = meta.signature
     doc = {
-        "path": str(model.path),
-        "flavors": sorted(model.meta.flavors),
-        "flavor": model.flavor,
-        "model_id": model.meta.model_id,
-        "inputs": _fields(model.input_schema),
-        "outputs": _fields(model.output_schema),
+        "path": str(path),
+        "flavors": sorted(meta.flavors),
+        "flavor": flavor,
+        "model_id": meta.model_id,
+        "inputs": _fields(sig.input_schema()),
+        "outputs": _fields(sig.output_schema()),
         "params": [p.to_dict() for p in sig.params] if sig.params else None,
-        "requirements_mismatches": [str(m) for m in check_requirements(model.path)],
+        "requirements_mismatches": [str(m) for m in check_requirements(path)],
     }
     if args.json:
         print(json.dumps(doc, indent=2))
@@ -161,7 +168,7 @@ def _info(args) -> int:
 
 
 def _add_info(sub) -> None:
-    p = sub.add_parser("info", help="flavors, signature and requirements check of a model")
+    p = sub.add_parser("info", help="flavors, signature and requirements check of a model (read, not loaded)")
     _model_arg(p)
     _load_flags(p)
     p.add_argument("--json", action="store_true", help="print JSON")

@@ -19,14 +19,16 @@ engine.errors.ConfigError: flavor 'echo' is already registered...
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import numpy as np
 
 from engine.errors import ConfigError, FlavorNotFound
 
-__all__ = ["Predictor", "Flavor", "LoadOptions", "register", "registered", "choose"]
+__all__ = ["Predictor", "Flavor", "LoadOptions", "register", "registered", "choose", "note_code_runs"]
 
 INPUT_KINDS = ("matrix", "tensors", "frame")
 
@@ -115,6 +117,19 @@ def choose(meta, wanted: str | None = None) -> tuple[str, Flavor]:
         f"the model's flavors {sorted(meta.flavors)} include none arrowscore can load "
         f"(known: {sorted(flavors)}); log it with a python_function flavor so any Python code can serve it"
     )
+
+
+_trust_log = logging.getLogger("arrowscore.trust")
+_noted: set[str] = set()
+
+
+def note_code_runs(path, fmt: str) -> None:
+    """Log once per model file (per process) that loading it runs code stored in it (pickle formats)."""
+    key = str(Path(path).resolve())
+    if key not in _noted:
+        _noted.add(key)
+        _trust_log.warning("loading %s (%s) runs code stored in the model file; load models only from sources "
+                           "you trust", path, fmt)
 
 
 _BUILTINS = ("onnx", "xgboost", "lightgbm", "sklearn", "pytorch", "python_function")

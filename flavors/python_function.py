@@ -21,7 +21,7 @@ from pathlib import Path
 
 from engine.errors import ModelLoadError, require
 
-from . import Predictor
+from . import Predictor, note_code_runs
 
 CALLABLE_FILE = "callable.pkl"
 _OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
@@ -47,6 +47,7 @@ def add_code_path(meta, conf: dict) -> None:
 def _unpickle(path: Path, what: str):
     cloudpickle = require("cloudpickle", "mlflow", what)
     opener = _OPENERS.get(path.suffix, open)
+    note_code_runs(path, "cloudpickle")
     try:
         with opener(path, "rb") as fh:
             return cloudpickle.load(fh)

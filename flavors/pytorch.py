@@ -10,7 +10,7 @@ import numpy as np
 
 from engine.errors import ModelLoadError, require
 
-from . import Predictor
+from . import Predictor, note_code_runs
 
 
 class PytorchFlavor:
@@ -24,6 +24,7 @@ class PytorchFlavor:
         if (data / "model.pt2").is_file():
             model = torch.export.load(str(data / "model.pt2")).module()
         elif (data / "model.pth").is_file():
+            note_code_runs(data / "model.pth", "torch pickle")
             model = torch.load(str(data / "model.pth"), map_location=device, weights_only=False)
             model.eval()
         else:

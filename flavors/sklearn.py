@@ -3,6 +3,10 @@
 MLmodel keys used: ``pickled_model``, ``serialization_format`` (never the file extension: MLflow
 once wrote skops data to ``model.pkl``), ``skops_trusted_types``, and ``predict_fn`` from the
 python_function flavor (predict, predict_proba, ...).
+
+Trust: pickle and cloudpickle files run code when loaded (logged once per file). ``skops_trusted_types``
+comes from the model's own MLmodel, so it is the trust of whoever wrote the model, not the user's:
+arrowscore passes it to skops as written, and a type skops distrusts that it does not list is refused.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import pickle
 
 from engine.errors import ModelLoadError, require
 
-from . import Predictor
+from . import Predictor, note_code_runs
 
 FORMATS = ("skops", "cloudpickle", "pickle")
 
@@ -24,9 +28,9 @@ def load_estimator(path, serialization_format: str | None, trusted_types=None, d
     if not path.is_file():
         raise ModelLoadError(f"the model file {str(path)!r} named in MLmodel is missing; re-log the model")
     if fmt == "skops":
-        sio = require("skops.io", "sklearn", "a model saved in the skops format")
-        return sio.load(path, trusted=list(trusted_types or []) or None)
+        return _load_skops(path, list(trusted_types or []))
     loader = require("cloudpickle", "sklearn", "a cloudpickled model") if fmt == "cloudpickle" else pickle
+    note_code_runs(path, fmt)
     with open(path, "rb") as fh:
         try:
             return loader.load(fh)
@@ -35,6 +39,21 @@ def load_estimator(path, serialization_format: str | None, trusted_types=None, d
                 f"unpickling {str(path)!r} needs the module {exc.name!r}, which is not installed; "
                 "install the model's requirements (arrowscore info MODEL shows them)"
             ) from exc
+
+
+def _load_skops(path, trusted: list[str]):
+    sio = require("skops.io", "sklearn", "a model saved in the skops format")
+    from skops.io.exceptions import UntrustedTypesFoundException
+
+    try:
+        return sio.load(path, trusted=trusted or None)
+    except UntrustedTypesFoundException as exc:
+        untrusted = sorted(set(sio.get_untrusted_types(file=path)) - set(trusted))
+        raise ModelLoadError(
+            f"the skops file {str(path)!r} holds types skops does not trust: {untrusted}; the model's MLmodel "
+            "does not list them in skops_trusted_types. Review them, and if you trust the model, re-log it with "
+            f"skops_trusted_types={untrusted} (or add them to skops_trusted_types in its MLmodel file)"
+        ) from exc
 
 
 def estimator_predictor(model, method: str) -> Predictor:

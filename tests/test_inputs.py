@@ -17,9 +17,8 @@ def linear(tmp_path_factory):
 
     X = np.random.default_rng(0).normal(size=(20, 3))
     model = LinearRegression(fit_intercept=False).fit(X, X @ [1.0, 2.0, 3.0])  # exact: prediction = a + 2b + 3c
-    schema = pa.schema([pa.field("a", pa.int64(), False), pa.field("b", pa.float64(), False),
-                        pa.field("c", pa.float64(), True)])
-    path = engine.save_model(tmp_path_factory.mktemp("m") / "linear", model,
+    schema = pa.schema([("a", pa.int64()), ("b", pa.float64()), ("c", pa.float64())])
+    path = engine.save_model(tmp_path_factory.mktemp("m") / "linear", model, optional=["c"],
                              signature=(schema, pa.schema([pa.field("prediction", pa.float64(), False)])))
     return engine.load_model(path)
 
@@ -48,8 +47,9 @@ def nan_aware(tmp_path_factory):
     X = rng.normal(size=(200, 2))
     X[::7, 1] = np.nan
     model = HistGradientBoostingRegressor(max_iter=20).fit(X, X[:, 0])
-    schema = pa.schema([pa.field("b", pa.float64(), False), pa.field("c", pa.float64(), True)])
-    return engine.load_model(engine.save_model(tmp_path_factory.mktemp("m") / "hgb", model, signature=schema)), model
+    schema = pa.schema([("b", pa.float64()), ("c", pa.float64())])
+    path = engine.save_model(tmp_path_factory.mktemp("m") / "hgb", model, signature=schema, optional=["c"])
+    return engine.load_model(path), model
 
 
 def test_optional_column_may_be_missing(nan_aware):

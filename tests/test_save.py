@@ -60,3 +60,30 @@ def test_save_refuses_existing_path_and_unknown_objects(tmp_path):
     with pytest.raises(engine.ConfigError, match="cannot save a int"):
         engine.save_model(tmp_path / "bad", 42)
     assert not (tmp_path / "bad").exists()
+
+
+def _required(path) -> list[bool]:
+    """The required flags MLflow itself reads from the saved signature."""
+    return [c.required for c in mlflow.models.Model.load(str(path)).signature.inputs.inputs]
+
+
+def test_schema_columns_are_required_unless_named_optional(tmp_path):
+    schema = pa.schema([("x", pa.float64()), ("y", pa.float64())])  # pyarrow fields are nullable by default
+    path = engine.save_model(tmp_path / "required", lambda df: df["x"], signature=schema)
+    assert _required(path) == [True, True]
+    with pytest.raises(engine.SchemaError, match=r"the model needs columns \['y'\] that the input lacks"):
+        engine.load_model(path).predict({"x": [1.0]})
+    path = engine.save_model(tmp_path / "optional", lambda df: df["x"], signature=schema, optional=["y"])
+    assert _required(path) == [True, False]
+    assert engine.load_model(path).predict({"x": [1.0]}).column("prediction").to_pylist() == [1.0]
+
+
+def test_optional_names_input_columns_of_a_schema(tmp_path):
+    schema = pa.schema([("x", pa.float64())])
+    with pytest.raises(engine.ConfigError, match=r"optional names \['z'\], which the input schema lacks \(it has \['x'\]\)"):
+        engine.save_model(tmp_path / "m", lambda df: df["x"], signature=schema, optional=["z"])
+    with pytest.raises(engine.ConfigError, match="optional= applies to a pyarrow schema"):
+        engine.save_model(tmp_path / "m", lambda df: df["x"], signature=engine.Signature.infer(schema), optional=["x"])
+    with pytest.raises(engine.ConfigError, match="optional must be a list of column names"):
+        engine.save_model(tmp_path / "m", lambda df: df["x"], signature=schema, optional="x")
+    assert not (tmp_path / "m").exists()

@@ -34,13 +34,18 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def _signature(signature) -> Signature | None:
+def _signature(signature, optional) -> Signature | None:
+    if isinstance(optional, str) or not isinstance(optional, (list, tuple, set, frozenset)):
+        raise ConfigError(f"optional must be a list of column names, got {optional!r}")
+    if optional and not isinstance(signature, (pa.Schema, tuple)):
+        raise ConfigError("optional= applies to a pyarrow schema; an engine Signature or MLflow ModelSignature "
+                          "carries its own required flags")
     if signature is None or isinstance(signature, Signature):
         return signature
     if isinstance(signature, pa.Schema):
-        return Signature.infer(signature)
+        return Signature.infer(signature, optional=optional)
     if isinstance(signature, tuple) and len(signature) == 2:
-        return Signature.infer(*signature)
+        return Signature.infer(*signature, optional=optional)
     if hasattr(signature, "to_dict"):  # an MLflow ModelSignature
         return Signature.from_mlmodel(signature.to_dict())
     raise ConfigError(f"signature must be an engine Signature, a pyarrow Schema, (input, output) schemas, "
@@ -120,15 +125,19 @@ def _write_callable(path: Path, obj) -> tuple[dict, list[str]]:
         ["arrowscore", "cloudpickle", "pandas"]
 
 
-def save_model(path: str | os.PathLike, model, signature=None, *, predict_fn: str = "predict",
+def save_model(path: str | os.PathLike, model, signature=None, *, optional=(), predict_fn: str = "predict",
                metadata: dict | None = None, overwrite: bool = False) -> Path:
-    """Write ``model`` (ONNX, scikit-learn estimator, or a callable on pandas DataFrames) to ``path``."""
+    """Write ``model`` (ONNX, scikit-learn estimator, or a callable on pandas DataFrames) to ``path``.
+
+    A pyarrow schema as ``signature`` makes every input column required (as MLflow's signatures do);
+    ``optional`` names the input columns a batch may lack (fed to the model as missing values).
+    """
+    sig = _signature(signature, optional)
     out = Path(path)
     if out.exists():
         if not overwrite:
             raise ConfigError(f"{str(out)!r} already exists; choose another path or pass overwrite=True")
         shutil.rmtree(out)
-    sig = _signature(signature)
     kind = _kind(model)
     out.mkdir(parents=True)
     try:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ..errors import ModelLoadError
+from ..errors import ConfigError, ModelLoadError
 
 __all__ = ["ColSpec", "TensorSpec", "ParamSpec", "Signature", "arrow_type", "mlflow_type"]
 
@@ -204,10 +204,19 @@ class Signature:
         return _schema(self.outputs, "prediction")
 
     @classmethod
-    def infer(cls, inputs: pa.Schema | None, outputs: pa.Schema | None = None) -> "Signature":
-        """A column signature from Arrow schemas (used by ``engine.save_model``)."""
-        def specs(schema):
-            if schema is None:
-                return None
-            return tuple(ColSpec(f.name, f.type, not f.nullable) for f in schema)
-        return cls(specs(inputs), specs(outputs))
+    def infer(cls, inputs: pa.Schema | None, outputs: pa.Schema | None = None, optional=()) -> "Signature":
+        """A column signature from Arrow schemas (used by ``engine.save_model``).
+
+        Every input column is required unless named in ``optional``: pyarrow fields are nullable by
+        default, so a field's nullability cannot say whether the caller meant the column to be optional.
+        Output columns keep their fields' nullability.
+        """
+        optional = list(optional)
+        names = inputs.names if inputs is not None else []
+        unknown = [n for n in optional if n not in names]
+        if unknown:
+            raise ConfigError(f"optional names {unknown}, which the input schema lacks (it has {names}); "
+                              "name input columns only")
+        ins = None if inputs is None else tuple(ColSpec(f.name, f.type, f.name not in optional) for f in inputs)
+        outs = None if outputs is None else tuple(ColSpec(f.name, f.type, not f.nullable) for f in outputs)
+        return cls(ins, outs)

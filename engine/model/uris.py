@@ -2,8 +2,12 @@
 
 Local paths and ``file://`` URIs are used in place. ``runs:/``, ``models:/`` and remote artifact
 URIs (``s3://`` ...) go through MLflow (``arrowscore[mlflow]``) and land in a cache keyed by what
-identifies the model's content (its model id, or run and path), so a restart or a second worker
-reuses the download. Aliases are resolved on every call; only the content is cached.
+identifies the model's content (its model id; run and path; or, for a registered version without a
+model id, its name, version, source, run and a digest of its MLmodel file, since a deleted model's
+name and version can come back holding another model), so a restart or a second worker reuses the
+download. Aliases are resolved on every call; only the content is cached. ``runs:/`` and ``models:/``
+need a tracking URI that was set (``MLFLOW_TRACKING_URI``): MLflow's default would create an empty
+``./mlflow.db``.
 
 >>> resolve("file:///no/such/model")
 Traceback (most recent call last):
@@ -21,11 +25,16 @@ import tempfile
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from ..errors import ConfigError, ModelLoadError, require
+from ..errors import ConfigError, MissingDependency, ModelLoadError, require
 
 __all__ = ["resolve", "default_cache_dir", "cache_key"]
 
 _MODEL_ID = re.compile(r"^m-[0-9a-f]{32}$")
+_TRACKED = ("runs:/", "models:/")
+# the package each artifact store's MLflow client needs, for "pip install" hints
+_CLIENTS = {"s3": "boto3", "r2": "boto3", "b2": "boto3", "gs": "google-cloud-storage",
+            "wasbs": "azure-storage-blob azure-identity", "abfss": "azure-storage-file-datalake azure-identity",
+            "sftp": "pysftp"}
 
 
 def default_cache_dir() -> Path:
@@ -37,15 +46,65 @@ def _safe(key: str) -> str:
     return f"{clean}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
+def _check_path(uri: str, body: str) -> None:
+    if ".." in unquote(body).split("/"):
+        raise ConfigError(f"model URI {uri!r} has '..' in its artifact path; name the model's folder inside the run "
+                          "or registry without '..'")
+
+
+def _check_tracking(uri: str) -> None:
+    from mlflow.tracking import is_tracking_uri_set
+
+    if not is_tracking_uri_set():
+        raise ConfigError(f"the model URI {uri!r} needs an MLflow tracking store and none is set (MLflow would "
+                          "create an empty ./mlflow.db here); export MLFLOW_TRACKING_URI=http://<server>:5000 "
+                          "(or sqlite:////path/to/mlflow.db) where the model was logged")
+
+
+def _check_web(uri: str) -> None:
+    if urlparse(uri).scheme in ("http", "https") and "/mlflow-artifacts/artifacts" not in uri:
+        raise ConfigError(f"{uri!r} is a web address, not a model URI: MLflow downloads over http(s) only from an "
+                          "artifact server path (.../api/2.0/mlflow-artifacts/artifacts/...); pass runs:/ or "
+                          "models:/ with MLFLOW_TRACKING_URI set to the server, or download the model folder and "
+                          "pass its path")
+
+
+def _fetch(mlflow, uri: str, dst: Path, what: str) -> Path:
+    """``mlflow.artifacts.download_artifacts`` with every failure as one EngineError line."""
+    try:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
+    except mlflow.exceptions.MlflowException as exc:
+        raise ModelLoadError(f"cannot download {what} {uri!r}: {exc.message}") from exc
+    except ImportError as exc:  # the artifact store's client (boto3, google-cloud-storage, ...) is missing
+        scheme, package = urlparse(uri).scheme, (exc.name or "").split(".")[0]
+        raise MissingDependency(f"the model URI {uri!r} needs the Python package {package!r}, which is not "
+                                f"installed; pip install {_CLIENTS.get(scheme, package)}") from exc
+    except Exception as exc:  # the store's own client failed (network, credentials, a path it cannot parse)
+        raise ModelLoadError(f"cannot download {what} {uri!r}: {type(exc).__name__}: {exc}; check the URI, the "
+                             "network and the store's credentials") from exc
+
+
+def _content_digest(mlflow, client, version) -> str:
+    """What changes when a registered version's content does: its source, run and MLmodel file."""
+    location = client.get_model_version_download_uri(version.name, version.version)
+    with tempfile.TemporaryDirectory() as tmp:
+        mlmodel = _fetch(mlflow, location.rstrip("/") + "/MLmodel", Path(tmp), "the MLmodel file of").read_bytes()
+    text = f"{version.source}\n{version.run_id}\n".encode() + mlmodel
+    return hashlib.sha256(text).hexdigest()[:16]
+
+
 def cache_key(uri: str) -> tuple[str, str]:
     """(content key, URI to download) for a remote model URI; resolves aliases and versions."""
     mlflow = require("mlflow", "mlflow", f"the model URI {uri!r}")
     if uri.startswith("runs:/"):
+        _check_path(uri, uri[len("runs:/"):])
         return uri[len("runs:/"):].strip("/"), uri
     if uri.startswith("models:/"):
         body = uri[len("models:/"):].strip("/")
+        _check_path(uri, body)
         if _MODEL_ID.match(body):
             return body, uri
+        _check_tracking(uri)
         client = mlflow.MlflowClient()
         try:
             if "@" in body:
@@ -68,8 +127,12 @@ def cache_key(uri: str) -> tuple[str, str]:
         except mlflow.exceptions.MlflowException as exc:
             raise ModelLoadError(f"cannot resolve {uri!r} in the model registry: {exc.message}") from exc
         model_id = getattr(version, "model_id", None)
-        key = model_id or f"{version.name}/{version.version}"
-        return key, f"models:/{model_id}" if model_id else f"models:/{version.name}/{version.version}"
+        if model_id:  # a logged model's id names one content for good
+            return model_id, f"models:/{model_id}"
+        # name/version alone comes back after the model is deleted and another registered under its name
+        key = f"{version.name}/{version.version}/{_content_digest(mlflow, client, version)}"
+        return key, f"models:/{version.name}/{version.version}"
+    _check_web(uri)
     return uri, uri
 
 
@@ -81,10 +144,7 @@ def _download(uri: str, key: str, cache_dir: Path) -> Path:
     cache_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".download-", dir=cache_dir))
     try:
-        try:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(staging)))
-        except mlflow.exceptions.MlflowException as exc:
-            raise ModelLoadError(f"cannot download model {uri!r}: {exc.message}") from exc
+        local = _fetch(mlflow, uri, staging, "model")
         if not (local / "MLmodel").is_file():
             raise ModelLoadError(f"{uri!r} downloaded, but it holds no MLmodel file; point at the model's folder")
         try:
@@ -111,4 +171,6 @@ def resolve(uri: str | os.PathLike, cache_dir: str | os.PathLike | None = None) 
             raise ModelLoadError(f"model path {str(path)!r} does not exist; check the path or pass a runs:/ or models:/ URI")
         return path
     key, download_uri = cache_key(text)
+    if text.startswith(_TRACKED):
+        _check_tracking(text)
     return _download(download_uri, key, Path(cache_dir) if cache_dir else default_cache_dir())
