@@ -7,12 +7,16 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import engine
 from connectors.parquet import ParquetSink
@@ -159,6 +163,20 @@ def test_dead_letter_staging_of_a_killed_job_is_removed(model, tmp_path):
     assert sorted(os.listdir(rejected.parent)) == ["rejected.parquet"]
 
 
+def test_rejected_rows_of_files_with_other_schemas_go_to_one_file_losslessly(model, tmp_path):
+    _write(tmp_path / "in" / "a.parquet", id=[0, 1], x=pa.array([5, None], pa.int8()), y=[1.0, 1.0])
+    _write(tmp_path / "in" / "b.parquet", id=[2], x=["a"], y=[1.0])  # x as text: the whole file is refused
+    _write(tmp_path / "in" / "c.parquet", id=[3], x=[2.0])  # no y
+    report = engine.score(model, tmp_path / "in", tmp_path / "out", keep_columns=["id"], on_error="dead-letter",
+                          dead_letter=str(tmp_path / "rejected.parquet"))
+    assert (report.rows_scored, report.dead_lettered) == (1, 3)
+    dead = pq.read_table(tmp_path / "rejected.parquet")
+    assert dead.schema.field("x").type == pa.string()  # int8 in one file, string in another: as text
+    assert dead.select(["id", "x", "y"]).to_pylist() == [{"id": 1, "x": None, "y": 1.0}, {"id": 2, "x": "a", "y": 1.0},
+                                                         {"id": 3, "x": "2", "y": None}]
+    assert not [n for n in os.listdir(tmp_path) if "arrowscore" in n], "dead-letter staging left behind"
+
+
 def test_a_dead_letter_path_that_is_a_directory_is_refused(model, tmp_path):
     _write(tmp_path / "in" / "a.parquet", x=[1.0], y=[1.0])
     (tmp_path / "dead").mkdir()
@@ -273,3 +291,76 @@ def test_small_batches_still_make_whole_row_groups(model, tmp_path):
                  row_group_rows=300, dead_letter=str(tmp_path / "rejected2.parquet"))
     meta = pq.ParquetFile(tmp_path / "out2" / "part-00000.parquet").metadata
     assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [300, 300, 300, 100]
+
+
+# ---- item 4, as a property: datasets whose files differ in columns and types ---------------------------------
+TYPES = {  # arrow type -> values it may hold (exact in float64 or not, nulls)
+    pa.int8(): st.integers(-128, 127),
+    pa.int64(): st.one_of(st.integers(-1000, 1000), st.sampled_from([2**53 + 1, 2**60, -(2**62) - 1])),
+    pa.uint64(): st.one_of(st.integers(0, 1000), st.just(2**64 - 1)),
+    pa.float32(): st.floats(width=32, allow_nan=False, allow_infinity=False),
+    pa.float64(): st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.sampled_from([1.0000001, 1e40])),
+    pa.bool_(): st.booleans(),
+    pa.string(): st.sampled_from(["1.5", "2", "x"]),
+}
+
+
+@st.composite
+def _files(draw):
+    files = []
+    for _ in range(draw(st.integers(1, 4))):
+        rows = draw(st.integers(1, 6))
+        columns = {}
+        for name in ("x", "y"):
+            if draw(st.integers(0, 5)) == 0:
+                continue  # this file lacks the column
+            type_ = draw(st.sampled_from(list(TYPES)))
+            values = draw(st.lists(st.one_of(st.none(), TYPES[type_]) if draw(st.booleans()) else TYPES[type_],
+                                   min_size=rows, max_size=rows))
+            columns[name] = pa.array(values, type_)
+        columns["id"] = pa.array(range(len(files) * 10, len(files) * 10 + rows), pa.int64())
+        files.append(pa.table(columns))
+    return files
+
+
+def _exact(value):
+    """The value as the float64 the model sees, or None when no lossless float64 exists."""
+    if value is None or isinstance(value, str):
+        return None
+    as_float = float(value)
+    return as_float if not isinstance(value, int) or int(as_float) == value else None
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(files=_files())
+def test_every_file_is_scored_losslessly_or_refused_by_name(model, files):
+    loaded = engine.load_model(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "in").mkdir()
+        for i, table in enumerate(files):
+            pq.write_table(table, root / "in" / f"f{i}.parquet")
+        report = engine.score(loaded, root / "in", root / "out", keep_columns=["id"], on_error="dead-letter",
+                              dead_letter=str(root / "rejected.parquet"), progress=False)
+        out = {r["id"]: r["prediction"] for r in pq.read_table(root / "out").to_pylist()}
+        dead = pq.read_table(root / "rejected.parquet").to_pylist() if report.dead_lettered else []
+        rejected = {r["id"]: r for r in dead}
+        assert report.rows_scored + report.dead_lettered == sum(t.num_rows for t in files) == len(out) + len(rejected)
+        first_refused = None
+        for i, table in enumerate(files):
+            for row in table.to_pylist():
+                x, y = _exact(row.get("x")), _exact(row.get("y"))
+                if row["id"] in out:  # scored: only from values that are exact in float64
+                    assert x is not None and y is not None, (f"f{i}", row)
+                    assert out[row["id"]] == x * 2.0 + y, (f"f{i}", row, out[row["id"]])
+                else:  # refused: by its file's name, with a reason
+                    reject = rejected[row["id"]]
+                    assert reject["_source_file"].endswith(f"f{i}.parquet") and reject["_error"], reject
+                    first_refused = first_refused or f"f{i}.parquet"
+                    if "x" not in row or "y" not in row:
+                        assert "needs columns" in reject["_error"], reject
+        if first_refused:  # without dead letters, the job stops naming the first file with a bad row
+            with pytest.raises(SchemaError, match=first_refused):
+                engine.score(loaded, root / "in", root / "fail", keep_columns=["id"], progress=False)
+        else:
+            engine.score(loaded, root / "in", root / "fail", keep_columns=["id"], progress=False)

@@ -2,14 +2,17 @@
 
 ``open`` (before any work) refuses a path that is a directory, or an existing file unless the mode is
 ``overwrite``, and on a local disk takes the path's ``PathLock`` and removes staging killed jobs left.
+Rejected rows of input files whose schemas differ go to one file too (see ``_merge``).
 """
 
 from __future__ import annotations
 
+import json
 import posixpath
 import uuid
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -27,7 +30,8 @@ class DeadLetterFile:
     def __init__(self, path: str | None, mode: str = "error", filesystem: pafs.FileSystem | None = None):
         self.path, self.mode = path, mode
         self.rows = 0
-        self._writer = None
+        self._writers: dict[pa.Schema, pq.ParquetWriter] = {}
+        self._staged: list[str] = []
         self.job = uuid.uuid4().hex[:12]
         if path:
             self.fs, self._target = filesystem_for(path, filesystem)
@@ -59,33 +63,84 @@ class DeadLetterFile:
                                  "(--mode) to replace it")
 
     def write(self, batch: pa.RecordBatch) -> None:
-        if self._writer is None:
+        """Stage rejected rows; rows of another schema (input files differ) are staged apart and merged
+        at commit."""
+        writer = self._writers.get(batch.schema)
+        if writer is None:
             parent, name = posixpath.split(self._target)
-            self._staging = f"{parent}/{staging_name(name, self.job)}"
-            self.fs.create_dir(parent or ".", recursive=True)
-            self._writer = pq.ParquetWriter(self._staging, batch.schema, filesystem=self.fs,
-                                            write_page_checksum=True)
-        self._writer.write_batch(batch)
+            staging = f"{parent}/{staging_name(name, self.job)}" + (f".{len(self._writers)}" if self._writers else "")
+            if not self._writers:
+                self.fs.create_dir(parent or ".", recursive=True)
+            writer = pq.ParquetWriter(staging, batch.schema, filesystem=self.fs, write_page_checksum=True)
+            self._writers[batch.schema] = writer
+            self._staged.append(staging)
+        writer.write_batch(batch)
         self.rows += batch.num_rows
 
     def commit(self) -> None:
         """Move the rejected rows into place; in mode overwrite, an earlier job's go even when this
         job rejected nothing (they described the output this job replaced)."""
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-            self.fs.move(self._staging, self._target)
+        if self._writers:
+            self._close()
+            staged = self._staged[0] if len(self._staged) == 1 else self._merge()
+            self.fs.move(staged, self._target)
+            self._remove(self._staged)
+            self._staged = []
         elif self.path and self.mode == "overwrite" and self.fs.get_file_info(self._target).type == pafs.FileType.File:
             self.fs.delete_file(self._target)
         if self.path:
             self.lock.release()
 
     def abort(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            try:
-                self.fs.delete_file(self._staging)
-            except OSError:
-                pass
+        self._close()
+        self._remove(self._staged)
+        self._staged = []
         if self.path:
             self.lock.release()
+
+    def _close(self) -> None:
+        for writer in self._writers.values():
+            writer.close()
+        self._writers.clear()
+
+    def _remove(self, paths) -> None:
+        for path in paths:
+            try:
+                self.fs.delete_file(path)
+            except OSError:
+                pass
+
+    def _merge(self) -> str:
+        """Rows of differing schemas in one file: every column of any of them, nulls where a file
+        lacked it, and a column whose type differs between them as text (each value written out,
+        so nothing is lost)."""
+        schemas = [pq.read_schema(path, filesystem=self.fs) for path in self._staged]
+        types: dict[str, list] = {}
+        for schema in schemas:
+            for f in schema:
+                types.setdefault(f.name, []).append(f.type)
+        target = pa.schema([(n, t[0] if all(x == t[0] for x in t) else pa.string()) for n, t in types.items()])
+        merged = f"{self._staged[0]}.merged"
+        with pq.ParquetWriter(merged, target, filesystem=self.fs, write_page_checksum=True) as out:
+            for path in self._staged:
+                for batch in pq.ParquetFile(path, filesystem=self.fs).iter_batches():
+                    out.write_batch(_conform(batch, target))
+        self._staged.append(merged)
+        return merged
+
+
+def _conform(batch: pa.RecordBatch, target: pa.Schema) -> pa.RecordBatch:
+    arrays = []
+    for f in target:
+        if f.name not in batch.schema.names:
+            arrays.append(pa.nulls(batch.num_rows, f.type))
+            continue
+        col = batch.column(f.name)
+        if col.type != f.type:
+            try:
+                col = pc.cast(col, f.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # nested values: their JSON text
+                col = pa.array([None if v is None else json.dumps(v, default=str) for v in col.to_pylist()],
+                               f.type)
+        arrays.append(col)
+    return pa.RecordBatch.from_arrays(arrays, schema=target)

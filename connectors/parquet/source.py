@@ -148,11 +148,10 @@ class ParquetSource:
                     "or the directories" if "Unable to merge" in str(exc) else "")
             raise ConnectorError(f"cannot read Parquet input {self.uri!r}: {exc}{hint}") from None
         self.schema = self.dataset.schema
-        absent = [c for c in [*(columns or []), *self.required] if c not in self.schema.names]
-        if absent and set(absent) <= set(self.required):
-            raise ConfigError(f"keep_columns {absent} are not in the input (it has {self.schema.names})")
+        absent = [c for c in self.required if c not in self.schema.names]
         if absent:
-            raise ConnectorError(f"the input {self.uri!r} has no columns {absent} (it has {self.schema.names})")
+            raise ConfigError(f"keep_columns {absent} are not in the input (it has {self.schema.names})")
+        # a column of ``columns`` some file lacks is left to the model, which names that file
         self.columns = list(dict.fromkeys(columns)) if columns else None
         self._parts = None
 
