@@ -233,6 +233,9 @@ class StreamOptions:
 
 @dataclass
 class StreamReport:
+    """What a stream did: input messages, rows scored (an Arrow IPC message holds many), messages
+    dead-lettered (each whole: a message with one rejected row is dead-lettered, not partly scored)."""
+
     messages: int = 0
     rows: int = 0
     dead_lettered: int = 0
@@ -242,5 +245,5 @@ class StreamReport:
 
     def __str__(self) -> str:
         rate = self.messages / self.seconds if self.seconds else 0.0
-        return (f"streamed {self.messages:,} messages ({self.rows:,} rows) in {self.batches:,} batches, "
-                f"{self.dead_lettered:,} dead-lettered, {self.seconds:.1f} s ({rate:,.0f} msg/s)")
+        return (f"streamed {self.messages:,} messages in {self.batches:,} batches: {self.rows:,} rows scored, "
+                f"{self.dead_lettered:,} messages dead-lettered; {self.seconds:.1f} s ({rate:,.0f} msg/s)")
