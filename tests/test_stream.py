@@ -326,3 +326,84 @@ def test_arrow_messages_that_do_not_combine_are_scored_apart(kafka, xgb_case):
         np.testing.assert_allclose(pa.ipc.open_stream(value).read_all().column("prediction").to_numpy(),
                                    expected[start:start + 5], rtol=1e-6)
     assert (report.messages, report.rows, report.dead_lettered) == (8, 30, 2)
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens there once the socket is closed
+
+
+def _stream_cli(model, bootstrap, topic, *extra):
+    return [sys.executable, "-m", "engine", "stream", model, "--bootstrap-servers", bootstrap, "--input-topic", topic,
+            "--output-topic", topic + "-out", "--group-id", f"g-{topic}", *extra]
+
+
+def _one_error_line(err: str, bootstrap: str) -> None:
+    """librdkafka's own lines (about 22 a second while brokers are down) stay out; one error line says it all."""
+    assert "rdkafka" not in err and "FAIL" not in err, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"arrowscore: ConnectorError: the Kafka brokers at {bootstrap} could not be reached for "), last
+    assert "--broker-timeout-s" in last and "Connection refused" in last, last
+    assert err.count("ConnectorError") == 1 and "Traceback" not in err, err[-3000:]
+
+
+@pytest.mark.parametrize("guarantee", ["at-least-once", "exactly-once"])
+def test_unreachable_brokers_fail_after_the_broker_timeout(xgb_case, guarantee):
+    """Once the stream retried forever, logging client errors and 'lag 0 messages'."""
+    case, _, _ = xgb_case
+    bootstrap = f"127.0.0.1:{_closed_port()}"
+    proc = subprocess.Popen(_stream_cli(case.uris["path"], bootstrap, "nowhere", "--guarantee", guarantee,
+                                        "--broker-timeout-s", "3", "--stats-every-s", "1"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=120)  # 3 s plus start-up: generous
+    finally:
+        proc.kill()
+    assert proc.returncode == 2 and out == "", err[-3000:]
+    _one_error_line(err, bootstrap)
+    assert "lag 0 messages" not in err
+
+
+def _free_port_pair() -> int:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts" / "kafka"))
+    import broker
+
+    for _ in range(50):
+        port = _closed_port()
+        if port < 65535 and broker._free(port) and broker._free(port + 1):
+            return port
+    pytest.skip("no two free neighbouring ports on 127.0.0.1 for a second broker")
+
+
+def test_a_broker_gone_mid_stream_fails_after_the_broker_timeout(kafka, xgb_case, tmp_path):
+    """A broker of this test's own (the session's one stays up): scored, then stopped under the stream."""
+    import broker  # on sys.path through the kafka fixture
+
+    case, rows, _ = xgb_case
+    info = broker.start(tmp_path / "kafka", port=_free_port_pair())
+    try:
+        own, topic = info["bootstrap"], "gone"
+        _topics(own, topic, topic + "-out")
+        _produce(own, topic, [json.dumps(r).encode() for r in rows], [f"k{i}" for i in range(len(rows))])
+        proc = subprocess.Popen(_stream_cli(case.uris["path"], own, topic, "--broker-timeout-s", "4"),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline, done = time.time() + 120, -1
+            while time.time() < deadline and done < len(rows):
+                time.sleep(0.5)
+                try:
+                    done = _committed(own, f"g-{topic}", topic)
+                except ck.KafkaException:  # the new broker's group coordinator is still loading
+                    pass
+            assert done == len(rows)
+            broker.stop(Path(info["dir"]))
+            out, err = proc.communicate(timeout=120)
+        finally:
+            proc.kill()
+    finally:
+        broker.stop(Path(info["dir"]))
+    assert proc.returncode == 2 and out == "", err[-3000:]
+    _one_error_line(err, own)

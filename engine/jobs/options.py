@@ -215,6 +215,7 @@ class StreamOptions:
     stats_every_s: float = _opt(10.0, "seconds between progress log lines")
     max_messages: int | None = _opt(None, "stop after this many input messages (tests, backfills)", cli=False)
     idle_timeout_s: float | None = _opt(None, "stop after this long without messages", cli=False)
+    broker_timeout_s: float = _opt(60.0, "fail when no Kafka broker has answered for this long, at start or later")
 
     def __post_init__(self):
         from connectors.kafka import FORMATS
@@ -226,6 +227,8 @@ class StreamOptions:
             raise ConfigError(f"value format {self.value_format!r} is not one of {FORMATS}")
         if self.max_batch_rows < 1 or self.max_wait_ms < 0:
             raise ConfigError("max_batch_rows must be >= 1 and max_wait_ms >= 0")
+        if not self.broker_timeout_s > 0:
+            raise ConfigError(f"broker_timeout_s must be above 0, got {self.broker_timeout_s}")
         for name in ("bootstrap_servers", "input_topic", "output_topic", "group_id"):
             if not getattr(self, name):
                 raise ConfigError(f"{name} is required (--{name.replace('_', '-')})")

@@ -10,7 +10,9 @@ message per input message (same key, same headers). Then:
 - exactly-once: outputs, dead letters and the consumed offsets go in one Kafka transaction.
 Messages that cannot be decoded or fail the signature go to the dead-letter topic, each alone, with
 the reason in the ``arrowscore.error`` header, and the others are scored; without a dead-letter topic
-the stream stops on the first of them before producing anything of its batch, so nothing vanishes. SIGTERM/SIGINT finish the current batch, commit, and close.
+the stream stops on the first of them before producing anything of its batch, so nothing vanishes.
+SIGTERM/SIGINT finish the current batch, commit, and close. Brokers that do not answer for
+``broker_timeout_s`` (at start or later) stop the stream with one ConnectorError.
 """
 
 from __future__ import annotations
@@ -48,8 +50,13 @@ class _Loop:
         transactional = None
         if opts.guarantee == "exactly-once":
             transactional = opts.transactional_id or f"arrowscore-{opts.group_id}-{opts.input_topic}"
-        self.sink = KafkaSink(common, transactional)
-        self.source = KafkaSource({**common, "group.id": opts.group_id}, opts.input_topic)
+        # the source first: it waits for the brokers (broker_timeout_s) before anything else talks to them
+        self.source = KafkaSource({**common, "group.id": opts.group_id}, opts.input_topic, opts.broker_timeout_s)
+        try:
+            self.sink = KafkaSink(common, transactional, opts.broker_timeout_s)
+        except BaseException:
+            self.source.close()
+            raise
         self.report = StreamReport()
         self.first_at = None
         self.latency = 0.0
@@ -130,7 +137,7 @@ class _Loop:
                     break
                 if self.opts.max_messages is not None and self.report.messages >= self.opts.max_messages:
                     break
-                if now - last >= self.opts.stats_every_s:
+                if now - last >= self.opts.stats_every_s and self.source.reachable:  # no lag to tell while down
                     last = now
                     log.info("%s msg/s over the run, lag %d messages, last batch %.1f ms",
                              f"{self.report.messages / (now - start):,.0f}", self.source.lag(), self.latency * 1000)
