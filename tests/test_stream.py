@@ -95,8 +95,9 @@ def test_arrow_messages_exactly_once(kafka, logged_models):
         values.append(sink.getvalue())
         keys.append(f"m{start}")
     _produce(kafka, topic, values, keys)
-    stream(case.uris["path"], bootstrap_servers=kafka, input_topic=topic, output_topic=topic + "-out",
-           group_id=f"g-{topic}", guarantee="exactly-once", value_format="arrow", max_messages=len(values))
+    report = stream(case.uris["path"], bootstrap_servers=kafka, input_topic=topic, output_topic=topic + "-out",
+                    group_id=f"g-{topic}", guarantee="exactly-once", value_format="arrow", max_messages=len(values))
+    assert (report.messages, report.rows) == (len(values), table.num_rows)  # rows, not output messages
     out = _consume_all(kafka, topic + "-out", len(values))
     assert sorted(m.key().decode() for m in out) == sorted(keys)
     preds = np.concatenate([pa.ipc.open_stream(m.value()).read_all().column("prediction").to_numpy()
