@@ -60,7 +60,7 @@ def ipc(**columns) -> bytes:
 def test_json_rows_with_every_pass_through_column():
     msgs = [Msg(b'{"x": 1.5, "s": "a"}', key=b"k0", partition=2, offset=10, timestamp_ms=1_700_000_000_000),
             Msg(b'{"x": 2, "s": null}', key=None, partition=3, offset=11, timestamp_ms=5)]
-    batch, bad = decode(msgs, "json")
+    (batch,), bad = decode(msgs, "json")
     assert bad == [] and FORMATS == ("json", "arrow")
     assert batch.schema == pa.schema([("x", pa.float64()), ("s", pa.string()), ("_msg", pa.int32()),
                                       ("_key", pa.string()), ("_partition", pa.int32()),
@@ -72,13 +72,13 @@ def test_json_rows_with_every_pass_through_column():
 @pytest.mark.parametrize("keep, columns", [((), ["x", "_msg"]), (("_offset",), ["x", "_msg", "_offset"]),
                                            (("_timestamp", "_key"), ["x", "_msg", "_key", "_timestamp"])])
 def test_pass_through_columns_only_when_asked(keep, columns):
-    batch, _ = decode([js(x=1)], "json", keep=keep)
+    (batch,), _ = decode([js(x=1)], "json", keep=keep)
     assert batch.schema.names == columns
 
 
 def test_undecodable_json_messages_are_reported_by_index():
     msgs = [js(x=1), Msg(b"{not json"), Msg(b"[1, 2]"), Msg(None), Msg(b"\xff"), js(x=3)]
-    batch, bad = decode(msgs, "json", keep=())
+    (batch,), bad = decode(msgs, "json", keep=())
     assert batch.to_pydict() == {"x": [1, 3], "_msg": [0, 5]}
     assert [i for i, _ in bad] == [1, 2, 3, 4]
     assert bad[0][1].startswith("value is not valid JSON: Expecting property name")
@@ -87,50 +87,54 @@ def test_undecodable_json_messages_are_reported_by_index():
 
 
 def test_nothing_decodable():
-    assert decode([Msg(b"nope")], "json")[0] is None
-    assert decode([], "arrow") == (None, [])
+    assert decode([Msg(b"nope")], "json")[0] == []
+    assert decode([], "arrow") == ([], [])
+    assert decode([Msg(ipc(x=pa.array([], pa.float64())))], "arrow") == ([], [])  # no rows, nothing to score
 
 
-def test_conflicting_types_keep_the_rows_that_agree_with_the_first():
-    msgs = [js(x=1, y="a"), js(x=[1], y="b"), js(x="s", y="c"), js(x=2.5, y="d"), js(x=None, y="e")]
-    batch, bad = decode(msgs, "json", keep=())
-    assert bad == [(1, "field 'x' is list [1]; the other messages have int64"),
-                   (2, "field 'x' is str 's'; the other messages have int64")]
-    # int and float widen to double (2.5 was once cut to 2); a null agrees with anything
-    assert batch.schema.field("x").type == pa.float64()
-    assert batch.to_pydict() == {"x": [1.0, 2.5, None], "y": ["a", "d", "e"], "_msg": [0, 3, 4]}
+def test_conflicting_types_decode_to_one_batch_per_type():
+    """The model's signature decides which to score, not the first message (once, every message whose
+    type differed from the first one's was rejected, the good ones too when the first was the odd one)."""
+    msgs = [js(x="s", y="a"), js(x=1, y="b"), js(x=[1], y="c"), js(x=2.5, y="d"), js(x=None, y="e")]
+    batches, bad = decode(msgs, "json", keep=())
+    assert bad == []
+    assert [b.to_pydict() for b in batches] == [
+        {"x": ["s", None], "y": ["a", "e"], "_msg": [0, 4]},  # a null agrees with anything: the first that takes it
+        {"x": [1.0, 2.5], "y": ["b", "d"], "_msg": [1, 3]},   # int and float widen to double (2.5 was once cut to 2)
+        {"x": [[1]], "y": ["c"], "_msg": [2]}]
+    assert [b.schema.field("x").type for b in batches] == [pa.string(), pa.float64(), pa.list_(pa.int64())]
 
 
-def test_a_null_first_value_does_not_decide_the_type():
-    batch, bad = decode([js(x=None), js(x=[1]), js(x=2)], "json", keep=())
-    assert batch.to_pydict() == {"x": [None, [1]], "_msg": [0, 1]}
-    assert bad == [(2, "field 'x' is int 2; the other messages have list<item: int64>")]
+def test_types_that_widen_stay_in_one_batch():
+    (batch,), bad = decode([js(s={"a": 1}), js(s={"b": "t"}), js(v=[1]), js(v=[2.5])], "json", keep=())
+    assert bad == [] and batch.schema.field("v").type == pa.list_(pa.float64())
+    assert batch.to_pydict()["s"] == [{"a": 1, "b": None}, {"a": None, "b": "t"}, None, None]
 
 
 def test_fields_missing_from_the_first_message_are_kept():
-    assert decode([js(x=1), js(x=2, y=5)], "json", keep=())[0].to_pydict() == {
-        "x": [1, 2], "y": [None, 5], "_msg": [0, 1]}
-    # the same when another message is rejected
-    assert decode([js(x=1), js(x=[1]), js(x=2, y=5)], "json", keep=())[0].to_pydict() == {
-        "x": [1, 2], "y": [None, 5], "_msg": [0, 2]}
+    assert [b.to_pydict() for b in decode([js(x=1), js(x=2, y=5)], "json", keep=())[0]] == [
+        {"x": [1, 2], "y": [None, 5], "_msg": [0, 1]}]
+    # the same when another message's types differ (a batch has the fields its own messages have)
+    assert [b.to_pydict() for b in decode([js(x=1), js(x=[1]), js(x=2, y=5)], "json", keep=())[0]] == [
+        {"x": [1, 2], "y": [None, 5], "_msg": [0, 2]}, {"x": [[1]], "_msg": [1]}]
 
 
 def test_an_integer_too_large_for_arrow_is_one_bad_message():
-    batch, bad = decode([js(x=1), Msg(b'{"x": 18446744073709551616}')], "json", keep=())
+    (batch,), bad = decode([js(x=1), Msg(b'{"x": 18446744073709551616}')], "json", keep=())
     assert batch.to_pydict() == {"x": [1], "_msg": [0]}
     assert bad == [(1, "field 'x' is int 18446744073709551616, which Arrow cannot hold: "
                        "Python int too large to convert to C long")]
 
 
 def test_empty_objects_are_rows_without_fields():
-    batch, bad = decode([Msg(b"{}"), Msg(b"{}")], "json", keep=("_offset",))
+    (batch,), bad = decode([Msg(b"{}"), Msg(b"{}")], "json", keep=("_offset",))
     assert bad == [] and batch.to_pydict() == {"_msg": [0, 1], "_offset": [0, 0]}
 
 
 def test_arrow_messages_with_several_rows_repeat_their_message_columns():
     msgs = [Msg(ipc(x=[1.0, 2.0, 3.0]), key=b"a", offset=5), Msg(b"junk"), Msg(None),
             Msg(ipc(x=pa.array([], pa.float64()))), Msg(ipc(x=[4.0]), key=b"b", offset=7, partition=1)]
-    batch, bad = decode(msgs, "arrow", keep=("_key", "_partition", "_offset"))
+    (batch,), bad = decode(msgs, "arrow", keep=("_key", "_partition", "_offset"))
     assert batch.to_pydict() == {"x": [1.0, 2.0, 3.0, 4.0], "_msg": [0, 0, 0, 4], "_key": ["a", "a", "a", "b"],
                                  "_partition": [0, 0, 0, 1], "_offset": [5, 5, 5, 7]}
     assert [i for i, _ in bad] == [1, 2]
@@ -138,21 +142,32 @@ def test_arrow_messages_with_several_rows_repeat_their_message_columns():
     assert bad[1][1] == "value is null (a tombstone), not an Arrow IPC stream"  # once an AttributeError
 
 
-def test_arrow_schemas_are_promoted_or_refused():
-    batch, _ = decode([Msg(ipc(x=[1])), Msg(ipc(x=[1.5], y=["s"]))], "arrow", keep=())
+def test_arrow_schemas_are_promoted_or_decoded_apart():
+    (batch,), _ = decode([Msg(ipc(x=[1])), Msg(ipc(x=[1.5], y=["s"]))], "arrow", keep=())
     assert batch.schema == pa.schema([("x", pa.float64()), ("y", pa.string()), ("_msg", pa.int32())])
     assert batch.to_pydict() == {"x": [1.0, 1.5], "y": [None, "s"], "_msg": [0, 1]}
-    with pytest.raises(ConfigError, match=r"Arrow messages in one micro-batch have schemas that cannot be combined: "
-                                          r".*Field x has incompatible types: int64 vs string"):
-        decode([Msg(ipc(x=[1])), Msg(ipc(x=["s"]))], "arrow")
+    # schemas that cannot be combined once stopped the stream; now each set that can is one batch
+    msgs = [Msg(ipc(x=["s", "t"])), Msg(ipc(x=[1, 2])), Msg(ipc(x=[3.5])), Msg(ipc(x=["u"]), key=b"k")]
+    batches, bad = decode(msgs, "arrow", keep=("_key",))
+    assert bad == [] and [b.to_pydict() for b in batches] == [
+        {"x": ["s", "t", "u"], "_msg": [0, 0, 3], "_key": [None, None, "k"]},
+        {"x": [1.0, 2.0, 3.5], "_msg": [1, 1, 2], "_key": [None, None, None]}]
 
 
 @pytest.mark.parametrize("name", ["_msg", *PASS_THROUGH])
-def test_a_field_named_like_a_pass_through_column_is_refused(name):
-    with pytest.raises(ConfigError, match=f"message field '{name}' clashes with arrowscore's pass-through column"):
-        decode([Msg(json.dumps({"x": 1, name: 2}).encode())], "json", keep=())  # even when not kept
-    with pytest.raises(ConfigError, match=f"message field '{name}' clashes"):
-        decode([Msg(ipc(**{name: [1]}))], "arrow")
+def test_a_field_named_like_a_pass_through_column_is_refused_alone(name):
+    """Once a ConfigError that stopped the stream (or, in a later message, a field silently dropped)."""
+    reason = (f"field '{name}' is named like a column arrowscore adds to every row (_msg, _key, _partition, "
+              "_offset, _timestamp); rename it in the producer")
+    for at in (0, 2):  # first or later
+        msgs = [js(x=1), js(x=2), js(x=3)]
+        msgs[at] = Msg(json.dumps({"x": 9, name: 2}).encode())
+        (batch,), bad = decode(msgs, "json", keep=())  # refused even when not kept
+        assert bad == [(at, reason)]
+        assert batch.to_pydict() == {"x": [x for i, x in enumerate([1, 2, 3]) if i != at],
+                                     "_msg": [i for i in range(3) if i != at]}
+    (batch,), bad = decode([Msg(ipc(**{name: [1]})), Msg(ipc(x=[1.0]))], "arrow")
+    assert bad == [(0, reason)] and batch.column("_msg").to_pylist() == [1]
 
 
 def test_unknown_format():
@@ -188,9 +203,9 @@ def test_encode_of_no_rows_is_no_values(fmt):
     ("arrow", [Msg(ipc(x=[1.5, 2.5], s=["a", None])), Msg(b"bad"), Msg(ipc(x=[3.5], s=["c"]))]),
 ])
 def test_decode_encode_round_trip(fmt, msgs):
-    batch, bad = decode(msgs, fmt, keep=())
+    (batch,), bad = decode(msgs, fmt, keep=())
     assert [i for i, _ in bad] == [1]
     values = list(encode(batch, fmt))
     assert [i for i, _ in values] == [0, 2]  # one value per decodable input message, in order
-    again, _ = decode([Msg(v) for _, v in values], fmt, keep=())
+    (again,), _ = decode([Msg(v) for _, v in values], fmt, keep=())
     assert again.drop_columns(["_msg"]).equals(batch.drop_columns(["_msg"]))

@@ -95,8 +95,9 @@ def test_arrow_messages_exactly_once(kafka, logged_models):
         values.append(sink.getvalue())
         keys.append(f"m{start}")
     _produce(kafka, topic, values, keys)
-    stream(case.uris["path"], bootstrap_servers=kafka, input_topic=topic, output_topic=topic + "-out",
-           group_id=f"g-{topic}", guarantee="exactly-once", value_format="arrow", max_messages=len(values))
+    report = stream(case.uris["path"], bootstrap_servers=kafka, input_topic=topic, output_topic=topic + "-out",
+                    group_id=f"g-{topic}", guarantee="exactly-once", value_format="arrow", max_messages=len(values))
+    assert (report.messages, report.rows) == (len(values), table.num_rows)  # rows, not output messages
     out = _consume_all(kafka, topic + "-out", len(values))
     assert sorted(m.key().decode() for m in out) == sorted(keys)
     preds = np.concatenate([pa.ipc.open_stream(m.value()).read_all().column("prediction").to_numpy()
@@ -123,7 +124,7 @@ def test_poison_messages_go_to_the_dead_letter_topic(kafka, xgb_case):
     assert set(dead) == {"bad-json", "missing", "wrong", "array"}
     assert b"not valid JSON" in dead["bad-json"]["arrowscore.error"]
     assert b"['f3'] hold nulls" in dead["missing"]["arrowscore.error"]
-    assert b"field 'f5' is str 'not a number'; the other messages have double" in dead["wrong"]["arrowscore.error"]
+    assert b"column 'f5' is string, the model's signature wants double" in dead["wrong"]["arrowscore.error"]
     assert b"not an object" in dead["array"]["arrowscore.error"]
     assert dead["missing"]["trace"] == b"missing"  # the original headers travel along
     out = {m.key().decode(): json.loads(m.value()) for m in _consume_all(kafka, topic + "-out", 10)}
@@ -237,3 +238,173 @@ def test_spark_structured_streaming_from_kafka_to_kafka(kafka, spark, xgb_case, 
     out = {m.key().decode(): json.loads(m.value())["prediction"] for m in _consume_all(kafka, topic + "-out", len(rows))}
     assert sorted(out) == sorted(keys)
     np.testing.assert_allclose([out[k] for k in keys], expected, rtol=1e-6)
+
+
+def _ipc(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return sink.getvalue()
+
+
+def _dead_run(kafka, case, topic, values, keys, **options):
+    """Stream ``values`` with a dead-letter topic: (report, {key: output}, {key: dead-letter headers})."""
+    _topics(kafka, topic, topic + "-out", topic + "-dead")
+    _produce(kafka, topic, values, keys)
+    report = stream(case.uris["path"], bootstrap_servers=kafka, input_topic=topic, output_topic=topic + "-out",
+                    group_id=f"g-{topic}", dead_letter_topic=topic + "-dead", max_messages=len(values), **options)
+    out = _consume_all(kafka, topic + "-out", len(values) - report.dead_lettered)
+    dead = _consume_all(kafka, topic + "-dead", report.dead_lettered)
+    assert len(out) + len(dead) == len(values), "a message was lost or doubled"
+    return report, {m.key().decode(): m.value() for m in out}, {m.key().decode(): dict(m.headers()) for m in dead}
+
+
+def test_a_first_message_lacking_a_field_is_dead_lettered_alone(kafka, xgb_case):
+    case, rows, expected = xgb_case
+    lacking = {k: v for k, v in rows[0].items() if k != "f3"}
+    values = [json.dumps(lacking).encode()] + [json.dumps(r).encode() for r in rows[1:10]]
+    keys = [f"k{i}" for i in range(10)]
+    report, out, dead = _dead_run(kafka, case, f"lack-{uuid.uuid4().hex[:8]}", values, keys)
+    assert sorted(dead) == ["k0"] and b"'f3'" in dead["k0"]["arrowscore.error"]
+    assert sorted(out) == keys[1:] and report.rows == 9
+    for i in range(1, 10):
+        np.testing.assert_allclose(json.loads(out[f"k{i}"])["prediction"], expected[i], rtol=1e-6)
+
+
+def test_a_bad_first_message_does_not_reject_the_good_ones(kafka, xgb_case):
+    """Types that cannot share a column: the model's signature decides, not the first message."""
+    case, rows, expected = xgb_case
+    values = [json.dumps({**rows[0], "f5": "not a number"}).encode()] + [json.dumps(r).encode() for r in rows[1:10]]
+    keys = [f"k{i}" for i in range(10)]
+    report, out, dead = _dead_run(kafka, case, f"first-{uuid.uuid4().hex[:8]}", values, keys)
+    assert sorted(dead) == ["k0"] and b"f5" in dead["k0"]["arrowscore.error"]
+    assert sorted(out) == keys[1:] and report.rows == 9 and report.dead_lettered == 1
+
+
+@pytest.mark.parametrize("name, at", [("_key", 0), ("_key", 5), ("_offset", 9), ("_msg", 3)])
+def test_a_field_named_like_a_pass_through_column_is_dead_lettered_alone(kafka, xgb_case, name, at):
+    case, rows, _ = xgb_case
+    values = [json.dumps({**r, name: "x"} if i == at else r).encode() for i, r in enumerate(rows[:10])]
+    keys = [f"k{i}" for i in range(10)]
+    report, out, dead = _dead_run(kafka, case, f"pass-{uuid.uuid4().hex[:8]}", values, keys)
+    assert sorted(dead) == [f"k{at}"]
+    assert f"field '{name}' is named like a column arrowscore adds".encode() in dead[f"k{at}"]["arrowscore.error"]
+    assert sorted(out) == sorted(set(keys) - {f"k{at}"}) and report.rows == 9
+    assert all(json.loads(v)["_key"] == k for k, v in out.items())  # the real key, never the field
+
+
+def test_a_pass_through_named_field_without_dead_letter_topic_stops_the_stream(kafka, xgb_case):
+    case, rows, _ = xgb_case
+    topic = f"stop-pass-{uuid.uuid4().hex[:8]}"
+    _topics(kafka, topic, topic + "-out")
+    _produce(kafka, topic, [json.dumps(rows[0]).encode(), json.dumps({**rows[1], "_key": "x"}).encode()], ["a", "b"])
+    with pytest.raises(engine.ConnectorError, match=r"message stop-pass-\w+/0/1 cannot be scored \(field '_key' is "
+                                                    r"named like a column arrowscore adds.*no --dead-letter-topic"):
+        stream(case.uris["path"], bootstrap_servers=kafka, input_topic=topic, output_topic=topic + "-out",
+               group_id=f"g-{topic}", max_messages=2)
+    assert _consume_all(kafka, topic + "-out", 0, timeout_s=1) == []  # nothing produced for the batch either
+
+
+def test_arrow_messages_that_do_not_combine_are_scored_apart(kafka, xgb_case):
+    """Per message: an odd schema or one bad row dead-letters that message alone; every other message gets
+    exactly one output holding all its rows, and the report counts rows, not messages."""
+    case, rows, expected = xgb_case
+    table = case.arrow_input
+    values = [_ipc(table.slice(s, 5)) for s in range(0, 40, 5)]  # 8 messages of 5 rows
+    odd = table.slice(10, 5).set_column(3, "f3", pa.array(["a"] * 5))  # f3 as strings: no common schema
+    values[2] = _ipc(odd)
+    holed = table.slice(25, 5).to_pylist()
+    holed[2]["f7"] = None  # one row the signature refuses
+    values[5] = _ipc(pa.Table.from_pylist(holed, table.schema))
+    keys = [f"m{i}" for i in range(8)]
+    report, out, dead = _dead_run(kafka, case, f"arrow-odd-{uuid.uuid4().hex[:8]}", values, keys,
+                                  value_format="arrow")
+    assert sorted(dead) == ["m2", "m5"]
+    assert b"f3" in dead["m2"]["arrowscore.error"] and b"f7" in dead["m5"]["arrowscore.error"]
+    assert sorted(out) == sorted(set(keys) - {"m2", "m5"})
+    for key, value in out.items():
+        start = int(key[1:]) * 5
+        np.testing.assert_allclose(pa.ipc.open_stream(value).read_all().column("prediction").to_numpy(),
+                                   expected[start:start + 5], rtol=1e-6)
+    assert (report.messages, report.rows, report.dead_lettered) == (8, 30, 2)
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens there once the socket is closed
+
+
+def _stream_cli(model, bootstrap, topic, *extra):
+    return [sys.executable, "-m", "engine", "stream", model, "--bootstrap-servers", bootstrap, "--input-topic", topic,
+            "--output-topic", topic + "-out", "--group-id", f"g-{topic}", *extra]
+
+
+def _one_error_line(err: str, bootstrap: str) -> None:
+    """librdkafka's own lines (about 22 a second while brokers are down) stay out; one error line says it all."""
+    assert "rdkafka" not in err and "FAIL" not in err, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"arrowscore: ConnectorError: the Kafka brokers at {bootstrap} could not be reached for "), last
+    assert "--broker-timeout-s" in last and "Connection refused" in last, last
+    assert err.count("ConnectorError") == 1 and "Traceback" not in err, err[-3000:]
+
+
+@pytest.mark.parametrize("guarantee", ["at-least-once", "exactly-once"])
+def test_unreachable_brokers_fail_after_the_broker_timeout(xgb_case, guarantee):
+    """Once the stream retried forever, logging client errors and 'lag 0 messages'."""
+    case, _, _ = xgb_case
+    bootstrap = f"127.0.0.1:{_closed_port()}"
+    proc = subprocess.Popen(_stream_cli(case.uris["path"], bootstrap, "nowhere", "--guarantee", guarantee,
+                                        "--broker-timeout-s", "3", "--stats-every-s", "1"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=120)  # 3 s plus start-up: generous
+    finally:
+        proc.kill()
+    assert proc.returncode == 2 and out == "", err[-3000:]
+    _one_error_line(err, bootstrap)
+    assert "lag 0 messages" not in err
+
+
+def _free_port_pair() -> int:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts" / "kafka"))
+    import broker
+
+    for _ in range(50):
+        port = _closed_port()
+        if port < 65535 and broker._free(port) and broker._free(port + 1):
+            return port
+    pytest.skip("no two free neighbouring ports on 127.0.0.1 for a second broker")
+
+
+def test_a_broker_gone_mid_stream_fails_after_the_broker_timeout(kafka, xgb_case, tmp_path):
+    """A broker of this test's own (the session's one stays up): scored, then stopped under the stream."""
+    import broker  # on sys.path through the kafka fixture
+
+    case, rows, _ = xgb_case
+    info = broker.start(tmp_path / "kafka", port=_free_port_pair())
+    try:
+        own, topic = info["bootstrap"], "gone"
+        _topics(own, topic, topic + "-out")
+        _produce(own, topic, [json.dumps(r).encode() for r in rows], [f"k{i}" for i in range(len(rows))])
+        proc = subprocess.Popen(_stream_cli(case.uris["path"], own, topic, "--broker-timeout-s", "4"),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline, done = time.time() + 120, -1
+            while time.time() < deadline and done < len(rows):
+                time.sleep(0.5)
+                try:
+                    done = _committed(own, f"g-{topic}", topic)
+                except ck.KafkaException:  # the new broker's group coordinator is still loading
+                    pass
+            assert done == len(rows)
+            broker.stop(Path(info["dir"]))
+            out, err = proc.communicate(timeout=120)
+        finally:
+            proc.kill()
+    finally:
+        broker.stop(Path(info["dir"]))
+    assert proc.returncode == 2 and out == "", err[-3000:]
+    _one_error_line(err, own)

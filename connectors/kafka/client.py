@@ -5,32 +5,128 @@ producer that delivers them, acknowledged (at-least-once) or in transactions (ex
     sink = KafkaSink({"bootstrap.servers": "127.0.0.1:19092"}, transactional_id="scorer-0")
     msgs = source.consume(10_000, max_wait_ms=100)
     sink.begin(); sink.produce("scores", b"...", msgs[0].key()); sink.commit(source, msgs)
+
+Brokers that do not answer for ``broker_timeout_s`` (at start, or once librdkafka reports them all
+down) raise one ConnectorError; librdkafka's own log lines, which repeat many times a second while
+brokers are down, go to the ``arrowscore.kafka`` logger at debug level.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from contextlib import contextmanager
 
 from engine.errors import ConnectorError, require
 
 __all__ = ["KafkaSource", "KafkaSink"]
 
+log = logging.getLogger("arrowscore.kafka")
+
+
+class _Quiet:
+    """librdkafka's ``logger``: its lines at debug level (``-v`` shows them)."""
+
+    def log(self, level, msg, *args):
+        log.debug(msg, *args)
+
+
+@contextmanager
+def _failing(ck, what: str):
+    """A KafkaException as one ConnectorError line."""
+    try:
+        yield
+    except ck.KafkaException as exc:
+        err = exc.args[0] if exc.args else exc
+        raise ConnectorError(f"{what} failed: {err.str() if hasattr(err, 'str') else err}") from None
+
+
+class _Brokers:
+    """Whether the brokers answer: librdkafka's error_cb says when all are down; a metadata request
+    says they are back; past ``timeout_s`` down, ``check`` raises."""
+
+    def __init__(self, ck, servers: str, timeout_s: float):
+        self.ck, self.servers, self.timeout_s = ck, servers, timeout_s
+        self.down_since: float | None = None
+        self.reason = ""
+
+    def on_error(self, err) -> None:  # error_cb: librdkafka calls it from consume/poll, on this thread
+        if err.code() == self.ck.KafkaError._ALL_BROKERS_DOWN:
+            self.down()
+        else:  # the cause ("Connect to ... failed: Connection refused") comes as its own error
+            self.reason = err.str()
+        log.debug("Kafka client error: %s", err.str())
+
+    def down(self) -> None:
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+            log.warning("the Kafka brokers at %s do not answer%s; retrying for up to %g s", self.servers,
+                        f" ({self.reason})" if self.reason else "", self.timeout_s)
+
+    def up(self) -> None:
+        if self.down_since is not None:
+            log.info("the Kafka brokers at %s answer again", self.servers)
+        self.down_since = None
+
+    def check(self, probe) -> None:
+        """While brokers are down: ask them (``probe``, true when they answer); past the timeout, raise."""
+        if self.down_since is None:
+            return
+        if probe(min(1.0, self.timeout_s)):
+            self.up()
+        elif time.monotonic() - self.down_since >= self.timeout_s:
+            raise self.error()
+
+    def error(self) -> ConnectorError:
+        why = f" (last error: {self.reason})" if self.reason else ""
+        return ConnectorError(f"the Kafka brokers at {self.servers} could not be reached for {self.timeout_s:g} s{why}; "
+                              "check --bootstrap-servers and that the brokers are up, or wait longer with "
+                              "--broker-timeout-s")
+
 
 class KafkaSource:
     """A consumer of one topic in a group; offsets are committed only when told."""
 
-    def __init__(self, config: dict, topic: str):
+    def __init__(self, config: dict, topic: str, broker_timeout_s: float = 60.0):
         self.ck = require("confluent_kafka", "kafka", "streaming over Kafka")
         self.topic = topic
+        self.brokers = _Brokers(self.ck, config.get("bootstrap.servers", "?"), broker_timeout_s)
         self.consumer = self.ck.Consumer({"enable.auto.commit": False, "auto.offset.reset": "earliest",
-                                          "isolation.level": "read_committed", **config})
+                                          "isolation.level": "read_committed", "logger": _Quiet(), **config,
+                                          "error_cb": self.brokers.on_error})
+        self._wait_for_brokers()
         self.consumer.subscribe([topic])
 
+    def _wait_for_brokers(self) -> None:
+        deadline = time.monotonic() + self.brokers.timeout_s
+        while not self._answers(max(min(1.0, deadline - time.monotonic()), 0.01)):
+            self.consumer.poll(0)  # serves error_cb (the reason); nothing to consume before subscribe
+            self.brokers.down()
+            if time.monotonic() >= deadline:
+                self.consumer.close()
+                raise self.brokers.error()
+        self.brokers.up()
+
+    def _answers(self, timeout_s: float) -> bool:
+        try:
+            self.consumer.list_topics(self.topic, timeout=timeout_s)
+            return True
+        except self.ck.KafkaException as exc:
+            self.brokers.reason = self.brokers.reason or exc.args[0].str()
+            return False
+
+    @property
+    def reachable(self) -> bool:
+        return self.brokers.down_since is None
+
     def consume(self, max_messages: int, max_wait_ms: int, stop=None) -> list:
-        """Up to ``max_messages``: wait (up to 0.5 s) for the first, then at most ``max_wait_ms`` more."""
+        """Up to ``max_messages``: wait (up to 0.5 s) for the first, then at most ``max_wait_ms`` more.
+        Raises ConnectorError once the brokers have been down for ``broker_timeout_s``."""
         msgs = self._checked(self.consumer.consume(1, 0.5))
         if not msgs:
+            self.brokers.check(self._answers)
             return []
+        self.brokers.up()
         deadline = time.monotonic() + max_wait_ms / 1000
         while len(msgs) < max_messages and not (stop is not None and stop.is_set()):
             left = deadline - time.monotonic()
@@ -58,7 +154,8 @@ class KafkaSource:
         return [self.ck.TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
 
     def commit(self, msgs: list) -> None:
-        self.consumer.commit(offsets=self.offsets(msgs), asynchronous=False)
+        with _failing(self.ck, f"committing the offsets consumed from {self.topic!r}"):
+            self.consumer.commit(offsets=self.offsets(msgs), asynchronous=False)
 
     def group_metadata(self):
         return self.consumer.consumer_group_metadata()
@@ -66,8 +163,9 @@ class KafkaSource:
     def rewind(self, msgs: list) -> None:
         """Consume ``msgs`` again: seek their partitions back to the last committed offsets."""
         partitions = [self.ck.TopicPartition(t, p) for t, p in {(m.topic(), m.partition()) for m in msgs}]
-        for tp in self.consumer.committed(partitions, 30):
-            self.consumer.seek(self.ck.TopicPartition(tp.topic, tp.partition, max(tp.offset, 0)))
+        with _failing(self.ck, f"rewinding {self.topic!r} to its committed offsets"):
+            for tp in self.consumer.committed(partitions, min(30.0, self.brokers.timeout_s)):
+                self.consumer.seek(self.ck.TopicPartition(tp.topic, tp.partition, max(tp.offset, 0)))
 
     def lag(self) -> int:
         lag = 0
@@ -84,15 +182,19 @@ class KafkaSource:
 class KafkaSink:
     """An idempotent producer; with ``transactional_id``, every batch is one transaction."""
 
-    def __init__(self, config: dict, transactional_id: str | None = None):
+    def __init__(self, config: dict, transactional_id: str | None = None, broker_timeout_s: float = 60.0):
         self.ck = require("confluent_kafka", "kafka", "streaming over Kafka")
-        settings = {"acks": "all", "enable.idempotence": True, "linger.ms": 5, **config}
+        self.timeout_s = broker_timeout_s
+        self.brokers = _Brokers(self.ck, config.get("bootstrap.servers", "?"), broker_timeout_s)
+        settings = {"acks": "all", "enable.idempotence": True, "linger.ms": 5, "logger": _Quiet(), **config,
+                    "error_cb": self.brokers.on_error}
         if transactional_id:
             settings["transactional.id"] = transactional_id
         self.producer = self.ck.Producer(settings)
         self.transactional = bool(transactional_id)
         if self.transactional:
-            self.producer.init_transactions(60)
+            with _failing(self.ck, f"starting transactions as {transactional_id!r}"):
+                self.producer.init_transactions(self.timeout_s)
         self._failed: list = []
 
     def _deliver(self, err, msg) -> None:
@@ -101,7 +203,8 @@ class KafkaSink:
 
     def begin(self) -> None:
         if self.transactional:
-            self.producer.begin_transaction()
+            with _failing(self.ck, "beginning a transaction"):
+                self.producer.begin_transaction()
 
     def produce(self, topic: str, value: bytes, key, headers=None) -> None:
         while True:
@@ -114,18 +217,21 @@ class KafkaSink:
     def commit(self, source: KafkaSource, msgs: list) -> None:
         """Outputs delivered, then the consumed offsets: in the transaction, or acknowledged then committed."""
         if self.transactional:
-            self.producer.send_offsets_to_transaction(source.offsets(msgs), source.group_metadata(), 60)
-            self.producer.commit_transaction(60)
+            with _failing(self.ck, "committing the transaction (outputs, dead letters and offsets)"):
+                self.producer.send_offsets_to_transaction(source.offsets(msgs), source.group_metadata(), self.timeout_s)
+                self.producer.commit_transaction(self.timeout_s)
             return
-        self.producer.flush(60)
+        self.producer.flush(self.timeout_s)
         if self._failed or len(self.producer):
-            raise ConnectorError(f"the broker did not acknowledge every output ({self._failed[:3]}); "
+            why = self._failed[:3] or f"none within {self.timeout_s:g} s, last error: {self.brokers.reason or 'none'}"
+            raise ConnectorError(f"the broker did not acknowledge every output ({why}); "
                                  "offsets were not committed, so the batch will be consumed again")
         source.commit(msgs)
 
     def abort(self) -> None:
         if self.transactional:
-            self.producer.abort_transaction(60)
+            with _failing(self.ck, "aborting the transaction"):
+                self.producer.abort_transaction(self.timeout_s)
 
     def close(self) -> None:
-        self.producer.flush(30)
+        self.producer.flush(min(30.0, self.timeout_s))

@@ -6,9 +6,13 @@ Two value formats:
 Every decoded row carries ``_msg`` (its message's index in the micro-batch) and the pass-through
 columns ``_key``, ``_partition``, ``_offset``, ``_timestamp`` (ms since the epoch).
 
-    batch, bad = decode(messages, "json")   # confluent_kafka Messages -> one RecordBatch (+ _msg, _key, ...)
-    bad                                     # [(index, reason), ...] for the undecodable ones
+    batches, bad = decode(messages, "json")   # confluent_kafka Messages -> RecordBatches (+ _msg, _key, ...)
+    bad                                       # [(index, reason), ...] for the undecodable ones
     for index, value in encode(scored, "json"): ...   # one output value per input message
+
+A micro-batch decodes to one batch. Messages whose values cannot share one Arrow schema (a number
+here, a string there; Arrow schemas that do not unify) decode to one batch per set that can, so the
+model's signature, not the first message, decides which of them are scored.
 """
 
 from __future__ import annotations
@@ -24,13 +28,15 @@ from engine.errors import ConfigError
 from engine.model.convert import records_table
 from engine.model.payload import jsonable
 
-__all__ = ["decode", "encode", "FORMATS", "PASS_THROUGH"]
+__all__ = ["decode", "encode", "FORMATS", "PASS_THROUGH", "RESERVED"]
 
 FORMATS = ("json", "arrow")
 PASS_THROUGH = ("_key", "_partition", "_offset", "_timestamp")
+RESERVED = ("_msg", *PASS_THROUGH)  # the columns decode adds: a message field of one of these names is refused
+_ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError)
 
 
-def _meta_columns(msgs: list, index: list[int], keep) -> dict:
+def _meta_columns(msgs: list, index, keep) -> dict:
     """_msg and the kept pass-through columns; computed once per message, then repeated for its rows."""
     ids = np.asarray(index, np.int32)
     if len(ids) and (np.diff(ids) == 0).any():  # several rows per message (Arrow IPC values)
@@ -53,6 +59,11 @@ def _meta_columns(msgs: list, index: list[int], keep) -> dict:
     return out
 
 
+def _reserved(name: str) -> str:
+    return (f"field {name!r} is named like a column arrowscore adds to every row ({', '.join(RESERVED)}); "
+            "rename it in the producer")
+
+
 def _json_rows(msgs: list) -> tuple[list, list, list]:
     rows, index, bad = [], [], []
     for i, m in enumerate(msgs):
@@ -69,8 +80,98 @@ def _json_rows(msgs: list) -> tuple[list, list, list]:
     return rows, index, bad
 
 
-def _arrow_rows(msgs: list) -> tuple[list, list, list]:
-    tables, index, bad = [], [], []
+def _json_tables(rows: list, index: list, bad: list) -> list[tuple[pa.Table, list]]:
+    """[(table, message index per row)]: one table from every row in the usual case, built at C level."""
+    try:
+        data = records_table(rows)
+    except _ARROW_ERRORS:
+        data = None
+    if data is not None and not set(RESERVED).intersection(data.column_names):
+        return [(data, index)]
+    kept = []
+    for r, row in enumerate(rows):
+        clash = [n for n in RESERVED if n in row]
+        if clash:
+            bad.append((index[r], _reserved(clash[0])))
+        else:
+            kept.append(r)
+    return _json_groups([rows[r] for r in kept], [index[r] for r in kept], bad)
+
+
+def _json_groups(rows: list, index: list, bad: list) -> list[tuple[pa.Table, list]]:
+    """Rows whose values cannot share one column (a number here, a string there) go to separate tables,
+    each value joining the first table whose column type it fits or widens (int to double, more struct
+    fields); a null fits any. Values Arrow cannot hold at all are rejected with the reason."""
+    if not rows:
+        return []
+    try:
+        return [(records_table(rows), index)]
+    except _ARROW_ERRORS:
+        pass
+    mixed = []
+    for name in dict.fromkeys(k for row in rows for k in row):
+        try:
+            pa.array([row.get(name) for row in rows])
+        except _ARROW_ERRORS:
+            mixed.append(name)
+    groups: list[tuple[dict, list]] = []  # (column types so far, row positions)
+    for r, row in enumerate(rows):
+        types = _value_types(row, mixed, index[r], bad)
+        if types is None:
+            continue
+        for have, members in groups:
+            merged = _merged(have, types)
+            if merged is not None:
+                have.update(merged)
+                members.append(r)
+                break
+        else:
+            groups.append((types, [r]))
+    out = []
+    for _, members in groups:
+        try:
+            out.append((records_table([rows[r] for r in members]), [index[r] for r in members]))
+        except _ARROW_ERRORS:  # types that agree one by one but not in one column: one table per message
+            out.extend((records_table([rows[r]]), [index[r]]) for r in members)
+    return out
+
+
+def _value_types(row: dict, names: list, i: int, bad: list) -> dict | None:
+    """{name: Arrow type of the row's value} for the non-null ``names``; None (and a reason) if Arrow cannot hold one."""
+    types = {}
+    for name in names:
+        value = row.get(name)
+        if value is None:
+            continue
+        try:
+            types[name] = pa.array([value]).type
+        except _ARROW_ERRORS as exc:
+            bad.append((i, f"field {name!r} is {type(value).__name__} {value!r}, which Arrow cannot hold: {exc}"))
+            return None
+    return types
+
+
+def _merged(have: dict, types: dict) -> dict | None:
+    """``types`` widened to fit ``have`` where both name a column, or None where one cannot hold the other."""
+    out = {}
+    for name, t in types.items():
+        if name in have:
+            try:
+                t = _promote(have[name], t)
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                return None
+        out[name] = t
+    return out
+
+
+def _promote(a: pa.DataType, b: pa.DataType) -> pa.DataType:
+    """The type both ``a`` and ``b`` values fit, as concat_tables(promote_options="permissive") finds it."""
+    return pa.unify_schemas([pa.schema([("v", a)]), pa.schema([("v", b)])],
+                            promote_options="permissive").field("v").type
+
+
+def _arrow_tables(msgs: list) -> tuple[list, list, list]:
+    tables, ids, bad = [], [], []
     for i, m in enumerate(msgs):
         if m.value() is None:
             bad.append((i, "value is null (a tombstone), not an Arrow IPC stream"))
@@ -80,86 +181,67 @@ def _arrow_rows(msgs: list) -> tuple[list, list, list]:
         except (pa.ArrowInvalid, TypeError, OSError) as exc:
             bad.append((i, f"value is not an Arrow IPC stream: {exc}"))
             continue
+        clash = [n for n in RESERVED if n in table.column_names]
+        if clash:
+            bad.append((i, _reserved(clash[0])))
+            continue
         tables.append(table)
-        index.extend([i] * table.num_rows)
-    return tables, index, bad
+        ids.append(i)
+    return tables, ids, bad
 
 
-def decode(msgs: list, fmt: str, keep=PASS_THROUGH) -> tuple[pa.RecordBatch | None, list]:
-    """(rows of every decodable message with _msg and the ``keep`` pass-through columns, [(index, reason)]
-    of the rest). A message field named like any pass-through column is refused."""
+def _arrow_groups(tables: list, ids: list) -> list[tuple[pa.Table, np.ndarray]]:
+    """[(table, message index per row)]: one table in the usual case; else each message joins the first
+    table whose schema its own unifies with (permissive promotion), or starts one."""
+    try:
+        return [(pa.concat_tables(tables, promote_options="permissive"), _row_ids(tables, ids))]
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        pass
+    groups: list[list] = []  # [schema so far, tables, message indexes]
+    for table, i in zip(tables, ids):
+        for group in groups:
+            try:
+                group[0] = pa.unify_schemas([group[0], table.schema], promote_options="permissive")
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                continue
+            group[1].append(table)
+            group[2].append(i)
+            break
+        else:
+            groups.append([table.schema, [table], [i]])
+    return [(pa.concat_tables(members, promote_options="permissive"), _row_ids(members, member_ids))
+            for _, members, member_ids in groups]
+
+
+def _row_ids(tables: list, ids: list) -> np.ndarray:
+    return np.repeat(np.asarray(ids, np.int32), [t.num_rows for t in tables])
+
+
+def decode(msgs: list, fmt: str, keep=PASS_THROUGH) -> tuple[list[pa.RecordBatch], list]:
+    """([batch, ...] of the decodable messages' rows with _msg and the ``keep`` pass-through columns,
+    [(index, reason)] of the rest, by index). One batch unless values cannot share one schema. A message
+    with a field named like a column decode adds (``RESERVED``) is one of the rest."""
     if fmt == "json":
         rows, index, bad = _json_rows(msgs)
-        if not rows:
-            return None, bad
-        try:
-            data = records_table(rows)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-            data, index, bad = _json_one_by_one(rows, index, bad)
-            if data is None:
-                return None, bad
+        parts = _json_tables(rows, index, bad) if rows else []
     elif fmt == "arrow":
-        tables, index, bad = _arrow_rows(msgs)
-        if not tables:
-            return None, bad
-        try:
-            data = pa.concat_tables(tables, promote_options="permissive")
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-            raise ConfigError(f"Arrow messages in one micro-batch have schemas that cannot be combined: {exc}") from None
+        tables, ids, bad = _arrow_tables(msgs)
+        parts = _arrow_groups(tables, ids) if tables else []
     else:
         raise ConfigError(f"value format {fmt!r} is not one of {FORMATS}")
-    data = data.combine_chunks()
-    for name in ("_msg", *PASS_THROUGH):
-        if name in data.column_names:
-            raise ConfigError(f"message field {name!r} clashes with arrowscore's pass-through column of that name")
-    for name, column in _meta_columns(msgs, index, keep).items():
-        data = data.append_column(name, column)
-    batches = data.to_batches()
-    return (batches[0] if batches else None), bad
-
-
-def _json_one_by_one(rows, index, bad):
-    """Rows whose types cannot share one column (e.g. a number here, a list there): in each such column
-    the first value's type wins, widened as Arrow's permissive promotion allows (int to double, more
-    struct fields); the rows whose value cannot join it are rejected with the reason."""
-    rejected, fields = {}, []
-    for name in dict.fromkeys(k for row in rows for k in row):
-        values = [row.get(name) for row in rows]
-        try:
-            fields.append(pa.field(name, pa.array(values).type))
+    batches = []
+    for data, index in parts:
+        if not data.num_rows:
             continue
-        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-            pass
-        kind = None
-        for r, value in enumerate(values):
-            if value is None or r in rejected:
-                continue
-            what = f"field {name!r} is {type(value).__name__} {value!r}"
-            try:
-                t = pa.array([value]).type
-            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
-                rejected[r] = f"{what}, which Arrow cannot hold: {exc}"
-                continue
-            try:
-                kind = t if kind is None else _promote(kind, t)
-            except (pa.ArrowInvalid, pa.ArrowTypeError):
-                rejected[r] = f"{what}; the other messages have {kind}"
-        fields.append(pa.field(name, kind or pa.null()))
-    bad.extend((index[r], reason) for r, reason in rejected.items())
-    keep = [r for r in range(len(rows)) if r not in rejected]
-    if not keep:
-        return None, [], bad
-    return pa.Table.from_pylist([rows[r] for r in keep], schema=pa.schema(fields)), [index[r] for r in keep], bad
+        data = data.combine_chunks()
+        for name, column in _meta_columns(msgs, index, keep).items():
+            data = data.append_column(name, column)
+        batches.append(data.to_batches()[0])
+    return batches, sorted(bad)
 
 
-def _promote(a: pa.DataType, b: pa.DataType) -> pa.DataType:
-    """The type both ``a`` and ``b`` values fit, as concat_tables(promote_options="permissive") finds it."""
-    return pa.unify_schemas([pa.schema([("v", a)]), pa.schema([("v", b)])],
-                            promote_options="permissive").field("v").type
-
-
-def encode(out: pa.RecordBatch, fmt: str) -> Iterable[tuple[int, bytes]]:
-    """(message index, value) per input message, from an output batch that carries ``_msg``."""
+def encode(out: pa.RecordBatch | pa.Table, fmt: str) -> Iterable[tuple[int, bytes]]:
+    """(message index, value) per input message, from output rows that carry ``_msg`` (a message's rows together)."""
     data = out.drop_columns(["_msg"])
     if fmt == "json":
         msg = out.column("_msg").to_pylist()
@@ -173,5 +255,5 @@ def encode(out: pa.RecordBatch, fmt: str) -> Iterable[tuple[int, bytes]]:
     for start, end in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
         sink = io.BytesIO()
         with pa.ipc.new_stream(sink, data.schema) as writer:
-            writer.write_batch(data.slice(start, end - start))
+            writer.write(data.slice(start, end - start))
         yield int(ids[start]), sink.getvalue()

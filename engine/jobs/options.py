@@ -229,6 +229,7 @@ class StreamOptions:
     stats_every_s: float = _opt(10.0, "seconds between progress log lines")
     max_messages: int | None = _opt(None, "stop after this many input messages (tests, backfills)", cli=False)
     idle_timeout_s: float | None = _opt(None, "stop after this long without messages", cli=False)
+    broker_timeout_s: float = _opt(60.0, "fail when no Kafka broker has answered for this long, at start or later")
 
     def __post_init__(self):
         from connectors.kafka import FORMATS
@@ -240,6 +241,8 @@ class StreamOptions:
             raise ConfigError(f"value format {self.value_format!r} is not one of {FORMATS}")
         if self.max_batch_rows < 1 or self.max_wait_ms < 0:
             raise ConfigError("max_batch_rows must be >= 1 and max_wait_ms >= 0")
+        if not self.broker_timeout_s > 0:
+            raise ConfigError(f"broker_timeout_s must be above 0, got {self.broker_timeout_s}")
         for name in ("bootstrap_servers", "input_topic", "output_topic", "group_id"):
             if not getattr(self, name):
                 raise ConfigError(f"{name} is required (--{name.replace('_', '-')})")
@@ -247,6 +250,9 @@ class StreamOptions:
 
 @dataclass
 class StreamReport:
+    """What a stream did: input messages, rows scored (an Arrow IPC message holds many), messages
+    dead-lettered (each whole: a message with one rejected row is dead-lettered, not partly scored)."""
+
     messages: int = 0
     rows: int = 0
     dead_lettered: int = 0
@@ -256,5 +262,5 @@ class StreamReport:
 
     def __str__(self) -> str:
         rate = self.messages / self.seconds if self.seconds else 0.0
-        return (f"streamed {self.messages:,} messages ({self.rows:,} rows) in {self.batches:,} batches, "
-                f"{self.dead_lettered:,} dead-lettered, {self.seconds:.1f} s ({rate:,.0f} msg/s)")
+        return (f"streamed {self.messages:,} messages in {self.batches:,} batches: {self.rows:,} rows scored, "
+                f"{self.dead_lettered:,} messages dead-lettered; {self.seconds:.1f} s ({rate:,.0f} msg/s)")

@@ -8,9 +8,11 @@ them to one RecordBatch, scores it with ``JobScorer`` -> ``Model.score_batch`` a
 message per input message (same key, same headers). Then:
 - at-least-once: wait until the broker acknowledged every output, then commit the consumed offsets;
 - exactly-once: outputs, dead letters and the consumed offsets go in one Kafka transaction.
-Messages that cannot be decoded or fail the signature go to the dead-letter topic with the reason in
-the ``arrowscore.error`` header; without a dead-letter topic the stream stops on them, so nothing
-vanishes. SIGTERM/SIGINT finish the current batch, commit, and close.
+Messages that cannot be decoded or fail the signature go to the dead-letter topic, each alone, with
+the reason in the ``arrowscore.error`` header, and the others are scored; without a dead-letter topic
+the stream stops on the first of them before producing anything of its batch, so nothing vanishes.
+SIGTERM/SIGINT finish the current batch, commit, and close. Brokers that do not answer for
+``broker_timeout_s`` (at start or later) stop the stream with one ConnectorError.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ import logging
 import signal
 import threading
 import time
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from connectors.kafka import PASS_THROUGH, KafkaSink, KafkaSource, decode, encode
 
@@ -45,32 +50,42 @@ class _Loop:
         transactional = None
         if opts.guarantee == "exactly-once":
             transactional = opts.transactional_id or f"arrowscore-{opts.group_id}-{opts.input_topic}"
-        self.sink = KafkaSink(common, transactional)
-        self.source = KafkaSource({**common, "group.id": opts.group_id}, opts.input_topic)
+        # the source first: it waits for the brokers (broker_timeout_s) before anything else talks to them
+        self.source = KafkaSource({**common, "group.id": opts.group_id}, opts.input_topic, opts.broker_timeout_s)
+        try:
+            self.sink = KafkaSink(common, transactional, opts.broker_timeout_s)
+        except BaseException:
+            self.source.close()
+            raise
         self.report = StreamReport()
         self.first_at = None
         self.latency = 0.0
 
-    def _score(self, msgs: list) -> tuple[list, list]:
-        """([(message index, output value)], [(message index, reason)])."""
-        batch, bad = decode(msgs, self.opts.value_format, keep=self.opts.keep_columns)
-        outputs = []
-        if batch is not None:
+    def _score(self, msgs: list) -> tuple[list, list, int]:
+        """([(message index, output value)] in message order, [(message index, reason)], rows scored).
+        A message with any rejected row is rejected whole; every other one gets one output value."""
+        batches, bad = decode(msgs, self.opts.value_format, keep=self.opts.keep_columns)
+        outputs, rows = [], 0
+        for batch in batches:  # one, unless the messages' values could not share one schema
             good, rejected = self.job.score(batch, Where(self.opts.input_topic, 0))
             dead = {}
             if rejected is not None:
                 for i, reason in zip(rejected.column("_msg").to_pylist(), rejected.column("_error").to_pylist()):
                     dead.setdefault(i, reason)
                 bad.extend(dead.items())
-            for out in good:
-                outputs.extend((i, v) for i, v in encode(out, self.opts.value_format) if i not in dead)
-        return outputs, bad
+            if not good:
+                continue
+            # bisection may cut a message's rows (Arrow IPC values) into several batches: join them again
+            out = pa.concat_tables([pa.Table.from_batches([b]) for b in good], promote_options="permissive")
+            if dead:
+                out = out.filter(pc.invert(pc.is_in(out.column("_msg"), pa.array(list(dead), pa.int32()))))
+            rows += out.num_rows
+            outputs.extend(encode(out.combine_chunks(), self.opts.value_format))
+        if len(batches) > 1:
+            outputs.sort(key=lambda o: o[0])
+        return outputs, sorted(bad), rows
 
     def _dead_letter(self, src, reason: str) -> None:
-        if not self.opts.dead_letter_topic:
-            raise ConnectorError(
-                f"message {src.topic()}/{src.partition()}/{src.offset()} cannot be scored ({reason}); no "
-                "--dead-letter-topic is set, so the stream stops here with that message unconsumed")
         headers = list(src.headers() or []) + [
             ("arrowscore.error", reason.encode()), ("arrowscore.source", f"{src.topic()}/{src.partition()}/{src.offset()}".encode())]
         self.sink.produce(self.opts.dead_letter_topic, src.value(), src.key(), headers)
@@ -82,12 +97,17 @@ class _Loop:
         if self.first_at is None:
             self.first_at = time.perf_counter()
         started = time.perf_counter()
-        outputs, bad = self._score(msgs)
+        outputs, bad, rows = self._score(msgs)
+        if bad and not self.opts.dead_letter_topic:  # before producing anything of this batch
+            src, reason = msgs[bad[0][0]], bad[0][1]
+            raise ConnectorError(
+                f"message {src.topic()}/{src.partition()}/{src.offset()} cannot be scored ({reason}); no "
+                "--dead-letter-topic is set, so the stream stops here with that message unconsumed")
         self.sink.begin()
         try:
             for i, value in outputs:
                 self.sink.produce(self.opts.output_topic, value, msgs[i].key(), msgs[i].headers())
-            for i, reason in sorted(bad):
+            for i, reason in bad:
                 self._dead_letter(msgs[i], reason)
             self.sink.commit(self.source, msgs)
         except BaseException:
@@ -98,7 +118,7 @@ class _Loop:
                     self.source.rewind(msgs)
             raise
         self.report.messages += len(msgs)
-        self.report.rows += len(outputs)
+        self.report.rows += rows
         self.report.dead_lettered += len(bad)
         self.report.batches += 1
         self.latency = time.perf_counter() - started
@@ -117,7 +137,7 @@ class _Loop:
                     break
                 if self.opts.max_messages is not None and self.report.messages >= self.opts.max_messages:
                     break
-                if now - last >= self.opts.stats_every_s:
+                if now - last >= self.opts.stats_every_s and self.source.reachable:  # no lag to tell while down
                     last = now
                     log.info("%s msg/s over the run, lag %d messages, last batch %.1f ms",
                              f"{self.report.messages / (now - start):,.0f}", self.source.lag(), self.latency * 1000)
