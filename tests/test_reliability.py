@@ -387,26 +387,26 @@ def test_object_store_outputs_are_locked_by_owner_files_with_a_heartbeat(tmp_pat
         _, port = server.get_host_and_port()
         fs = pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http", region="us-east-1",
                                allow_bucket_creation=True)
-        fs.create_dir("data")
-        first = ParquetSink("data/out", filesystem=fs)
+        fs.create_dir("locks")  # moto keeps buckets per process: not the other tests' "data"
+        first = ParquetSink("locks/out", filesystem=fs)
         first.open()
         first.write(0, pa.record_batch({"prediction": [1.0]}))
-        second = ParquetSink("data/out", mode="overwrite", filesystem=fs)
+        second = ParquetSink("locks/out", mode="overwrite", filesystem=fs)
         with pytest.raises(ConnectorError, match=f"is in use by job {first.job}"):
             second.open()
         first.commit()
-        assert pq.read_table("data/out", filesystem=fs).num_rows == 1
+        assert pq.read_table("locks/out", filesystem=fs).num_rows == 1
         # a dead job: its owner file beat long ago, and its staging is still there
-        with fs.open_output_stream("data/out/_temporary/deadjob/_owner.json") as out:
+        with fs.open_output_stream("locks/out/_temporary/deadjob/_owner.json") as out:
             out.write(json.dumps({"job": "deadjob", "beat": time.time() - lock.STALE_S - 1}).encode())
-        with fs.open_output_stream("data/out/_temporary/deadjob/part-00000.parquet") as out:
+        with fs.open_output_stream("locks/out/_temporary/deadjob/part-00000.parquet") as out:
             out.write(b"half a file")
-        third = ParquetSink("data/out", mode="overwrite", filesystem=fs)
+        third = ParquetSink("locks/out", mode="overwrite", filesystem=fs)
         third.open()
         third.write(0, pa.record_batch({"prediction": [2.0, 3.0]}))
         third.commit()
-        names = sorted(i.path for i in fs.get_file_info(pafs.FileSelector("data/out", recursive=True)))
-        assert names == ["data/out/_SUCCESS", "data/out/part-00000.parquet"]
-        assert pq.read_table("data/out", filesystem=fs).column("prediction").to_pylist() == [2.0, 3.0]
+        names = sorted(i.path for i in fs.get_file_info(pafs.FileSelector("locks/out", recursive=True)))
+        assert names == ["locks/out/_SUCCESS", "locks/out/part-00000.parquet"]
+        assert pq.read_table("locks/out", filesystem=fs).column("prediction").to_pylist() == [2.0, 3.0]
     finally:
         server.stop()

@@ -171,6 +171,9 @@ class ParquetSource:
             return [path], posixpath.dirname(path)
         infos = self.fs.get_file_info(pafs.FileSelector(path, recursive=True))
         files = sorted(i.path for i in infos if i.type == pafs.FileType.File and not hidden(i.path, path))
+        if not files:
+            raise ConnectorError(f"input {self.uri!r} holds no files (hidden ones, starting with '.' or '_', "
+                                 "are not read)")
         return files, path
 
     def parts(self) -> list[Part]:
