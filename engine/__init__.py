@@ -8,6 +8,7 @@ The packages, lowest layer first; a layer imports only the ones before it (tests
     connectors          parquet (source, sink, dead letters) and kafka (codec, clients)
     engine.jobs         options and reports, JobScorer (per-batch rules), the ends of a Parquet job
     engine.runners      the modes over data: local, ray, spark, stream (Kafka); RUNNERS lists them
+    engine.server       the HTTP mode: ``arrowscore serve`` (protocols, dynamic batching, metrics)
     engine.cli          the ``arrowscore`` command
 
 A new flavor goes in ``flavors/``, a new source or sink in ``connectors/``, a new batch runner in
@@ -26,6 +27,7 @@ from .errors import (ConfigError, ConnectorError, EngineError, FlavorNotFound, M
 from .jobs.options import RayOptions, ScoreOptions, ScoreReport, SparkOptions, StreamOptions, StreamReport
 from .model import Model, Signature, load_model, save_model
 from .runners import score
+from .server.options import ServeOptions
 
 
 def stream(model_uri, **options) -> StreamReport:
@@ -35,8 +37,16 @@ def stream(model_uri, **options) -> StreamReport:
     return run_stream(model_uri, **options)
 
 
+def serve(models=None, **options) -> None:
+    """Serve models over HTTP until SIGTERM/SIGINT: a URI, ``NAME=URI`` strings, a list or a {name: uri}
+    dict; options: see ``engine.ServeOptions``."""
+    from .server import serve as run_server
+
+    run_server(models, **options)
+
+
 __all__ = [
-    "load_model", "Model", "save_model", "Signature", "score", "stream", "ScoreOptions", "ScoreReport",
+    "load_model", "Model", "save_model", "Signature", "score", "stream", "serve", "ServeOptions", "ScoreOptions", "ScoreReport",
     "RayOptions", "SparkOptions", "StreamOptions", "StreamReport",
     "EngineError", "ConfigError", "ModelLoadError", "FlavorNotFound", "MissingDependency",
     "SchemaError", "SchemaMismatch", "ScoringError", "ConnectorError",

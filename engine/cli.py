@@ -285,12 +285,33 @@ def _add_stream(sub) -> None:
     p.set_defaults(run=_stream)
 
 
+# ---- serve ---------------------------------------------------------------------------------------
+def _serve(args) -> int:
+    from .server import ServeOptions, serve
+
+    options = values(args, ServeOptions)
+    serve(args.models, ServeOptions(flavor=args.flavor, cache_dir=args.cache_dir, **options))
+    return 0
+
+
+def _add_serve(sub) -> None:
+    from .server import ServeOptions
+
+    p = sub.add_parser("serve", help="serve models over HTTP (MLflow's protocol, Arrow, Parquet, Open Inference v2)")
+    p.add_argument("models", nargs="*", metavar="MODEL",
+                   help="model URI, or NAME=URI (several allowed); none: /opt/ml/model under SageMaker, "
+                        "AIP_STORAGE_URI under Vertex AI, else ARROWSCORE_MODEL")
+    _load_flags(p)
+    add_flags(p, ServeOptions)
+    p.set_defaults(run=_serve)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="arrowscore", description="Score MLflow models fast, on Arrow batches.",
                                 epilog=EXIT, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (_add_info, _add_predict, _add_score, _add_stream):
+    for add in (_add_info, _add_predict, _add_score, _add_stream, _add_serve):
         add(sub)
     return p
 

@@ -21,7 +21,7 @@ import pyarrow as pa
 from . import convert
 from ..errors import ConfigError
 
-__all__ = ["decode_json", "read_input", "encode_json", "write_output", "check_output", "jsonable"]
+__all__ = ["decode_json", "decode_doc", "read_input", "encode_json", "write_output", "check_output", "jsonable"]
 
 KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 
@@ -54,6 +54,11 @@ def decode_json(body: bytes | str, names: list[str] | None = None) -> tuple[pa.T
         doc = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"the input is not valid JSON ({exc})") from None
+    return decode_doc(doc, names)
+
+
+def decode_doc(doc, names: list[str] | None = None) -> tuple[pa.Table, dict | None]:
+    """(table, params) from a parsed JSON request."""
     if not isinstance(doc, dict):
         raise ConfigError(f"the JSON input must be an object with one of the keys {list(KEYS)}")
     found = [k for k in KEYS if k in doc]

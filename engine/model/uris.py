@@ -27,7 +27,7 @@ from urllib.parse import unquote, urlparse
 
 from ..errors import ConfigError, MissingDependency, ModelLoadError, require
 
-__all__ = ["resolve", "default_cache_dir", "cache_key"]
+__all__ = ["resolve", "default_cache_dir", "cache_key", "registry_version"]
 
 _MODEL_ID = re.compile(r"^m-[0-9a-f]{32}$")
 _TRACKED = ("runs:/", "models:/")
@@ -93,6 +93,38 @@ def _content_digest(mlflow, client, version) -> str:
     return hashlib.sha256(text).hexdigest()[:16]
 
 
+def registry_version(uri: str):
+    """The registry's ModelVersion a ``models:/name/version`` or ``models:/name@alias`` URI names now
+    (None for any other URI, ``models:/m-<id>`` included)."""
+    if not uri.startswith("models:/"):
+        return None
+    mlflow = require("mlflow", "mlflow", f"the model URI {uri!r}")
+    body = uri[len("models:/"):].strip("/")
+    _check_path(uri, body)
+    if _MODEL_ID.match(body):
+        return None
+    _check_tracking(uri)
+    client = mlflow.MlflowClient()
+    try:
+        if "@" in body:
+            name, alias = body.split("@", 1)
+            return client.get_model_version_by_alias(name, alias)
+        parts = body.split("/")
+        if len(parts) != 2:
+            raise ConfigError(f"model URI {uri!r} is not models:/<name>/<version>, models:/<name>@<alias> "
+                              "or models:/m-<id>")
+        name, ver = parts
+        if ver.isdigit():
+            return client.get_model_version(name, ver)
+        stages = None if ver.lower() == "latest" else [ver]  # 'latest' or a (deprecated) stage
+        found = client.get_latest_versions(name, stages)
+        if not found:
+            raise ModelLoadError(f"registered model {name!r} has no version for {ver!r}")
+        return max(found, key=lambda v: int(v.version))
+    except mlflow.exceptions.MlflowException as exc:
+        raise ModelLoadError(f"cannot resolve {uri!r} in the model registry: {exc.message}") from exc
+
+
 def cache_key(uri: str) -> tuple[str, str]:
     """(content key, URI to download) for a remote model URI; resolves aliases and versions."""
     mlflow = require("mlflow", "mlflow", f"the model URI {uri!r}")
@@ -100,36 +132,14 @@ def cache_key(uri: str) -> tuple[str, str]:
         _check_path(uri, uri[len("runs:/"):])
         return uri[len("runs:/"):].strip("/"), uri
     if uri.startswith("models:/"):
-        body = uri[len("models:/"):].strip("/")
-        _check_path(uri, body)
-        if _MODEL_ID.match(body):
-            return body, uri
-        _check_tracking(uri)
-        client = mlflow.MlflowClient()
-        try:
-            if "@" in body:
-                name, alias = body.split("@", 1)
-                version = client.get_model_version_by_alias(name, alias)
-            else:
-                parts = body.split("/")
-                if len(parts) != 2:
-                    raise ConfigError(f"model URI {uri!r} is not models:/<name>/<version>, models:/<name>@<alias> "
-                                      "or models:/m-<id>")
-                name, ver = parts
-                if ver.isdigit():
-                    version = client.get_model_version(name, ver)
-                else:  # 'latest' or a (deprecated) stage
-                    stages = None if ver.lower() == "latest" else [ver]
-                    found = client.get_latest_versions(name, stages)
-                    if not found:
-                        raise ModelLoadError(f"registered model {name!r} has no version for {ver!r}")
-                    version = max(found, key=lambda v: int(v.version))
-        except mlflow.exceptions.MlflowException as exc:
-            raise ModelLoadError(f"cannot resolve {uri!r} in the model registry: {exc.message}") from exc
+        version = registry_version(uri)
+        if version is None:  # models:/m-<id>
+            return uri[len("models:/"):].strip("/"), uri
         model_id = getattr(version, "model_id", None)
         if model_id:  # a logged model's id names one content for good
             return model_id, f"models:/{model_id}"
         # name/version alone comes back after the model is deleted and another registered under its name
+        client = mlflow.MlflowClient()
         key = f"{version.name}/{version.version}/{_content_digest(mlflow, client, version)}"
         return key, f"models:/{version.name}/{version.version}"
     _check_web(uri)

@@ -1,0 +1,172 @@
+"""``arrowscore serve``: any logged model as a REST service in one command.
+
+    arrowscore serve models:/fraud@champion --port 8080 [--workers 2] [--reload-every-s 30]
+    arrowscore serve fraud=models:/fraud@champion churn=runs:/<id>/model     # several models
+
+``engine.serve(models, **options)`` is the same from Python. Models are resolved once (registry,
+cache) in the parent process, loaded once per worker, and every request goes through that model's
+``Batcher`` into ``Model.score_batch``. The protocols are in ``app`` (MLflow's, Arrow, Parquet, Open
+Inference v2), the platform contracts below:
+
+- SageMaker: ``serve`` with no model serves ``/opt/ml/model`` (or ``ARROWSCORE_MODEL``) on
+  ``SAGEMAKER_BIND_TO_PORT`` (default 8080), bound to 0.0.0.0; ``/ping`` and ``/invocations``.
+- Vertex AI: with ``AIP_HTTP_PORT`` set, the port, ``AIP_HEALTH_ROUTE`` and ``AIP_PREDICT_ROUTE`` come
+  from the environment, the model from ``AIP_STORAGE_URI`` when none is given; bound to 0.0.0.0.
+- Elsewhere: 127.0.0.1:8080 unless ``--host`` / ``--port`` say otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, replace
+
+from ..errors import ConfigError, require
+from .app import App, Routes, load_entries
+from .options import ServeOptions
+
+__all__ = ["serve", "ServeOptions", "platform", "model_specs", "build_app"]
+
+log = logging.getLogger("arrowscore.serve")
+SAGEMAKER_MODEL = "/opt/ml/model"
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_CONFIG = "ARROWSCORE_SERVE_CONFIG"  # how worker processes get their models and options
+
+
+@dataclass(frozen=True)
+class Platform:
+    """Where the server runs, read from the environment: which host, port, extra routes and model."""
+
+    name: str = "local"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    routes: Routes = Routes()
+    model: str | None = None
+
+
+def _port(environ, key: str) -> int:
+    try:
+        return int(environ[key])
+    except ValueError:
+        raise ConfigError(f"{key}={environ[key]!r} is not a port number") from None
+
+
+def platform(environ=None) -> Platform:
+    """The platform contract the environment asks for (Vertex AI, SageMaker, or none)."""
+    environ = os.environ if environ is None else environ
+    if "AIP_HTTP_PORT" in environ or "AIP_PREDICT_ROUTE" in environ:
+        routes = Routes(health=tuple(r for r in [environ.get("AIP_HEALTH_ROUTE")] if r),
+                        predict=tuple(r for r in [environ.get("AIP_PREDICT_ROUTE")] if r))
+        port = _port(environ, "AIP_HTTP_PORT") if "AIP_HTTP_PORT" in environ else 8080
+        return Platform("vertex", "0.0.0.0", port, routes, environ.get("AIP_STORAGE_URI") or environ.get("ARROWSCORE_MODEL"))
+    sagemaker_model = environ.get("ARROWSCORE_MODEL") or SAGEMAKER_MODEL
+    if "SAGEMAKER_BIND_TO_PORT" in environ or (os.path.isdir(SAGEMAKER_MODEL) and "ARROWSCORE_MODEL" not in environ):
+        port = _port(environ, "SAGEMAKER_BIND_TO_PORT") if "SAGEMAKER_BIND_TO_PORT" in environ else 8080
+        return Platform("sagemaker", "0.0.0.0", port, Routes(), sagemaker_model)
+    return Platform(model=environ.get("ARROWSCORE_MODEL"))
+
+
+def _name_of(uri: str) -> str:
+    if uri.startswith("models:/"):
+        return re.split(r"[/@]", uri[len("models:/"):].strip("/"))[0]
+    base = os.path.basename(os.path.normpath(uri)) if "://" not in uri else ""
+    return base if base and _NAME.match(base) else "model"
+
+
+def model_specs(models, where: Platform) -> list[tuple[str, str]]:
+    """[(name, uri)] from a URI, ``NAME=URI`` strings, a list of them, or a {name: uri} dict."""
+    if models is None or models == [] or models == ():
+        if not where.model:
+            raise ConfigError("name a model to serve: arrowscore serve MODEL_URI (or NAME=URI ...); under "
+                              "SageMaker the model is /opt/ml/model, under Vertex AI AIP_STORAGE_URI")
+        models = [where.model]
+    if isinstance(models, (str, os.PathLike)):
+        models = [os.fspath(models)]
+    pairs = []
+    if isinstance(models, dict):
+        pairs = [(str(k), os.fspath(v)) for k, v in models.items()]
+    else:
+        for item in models:
+            item = os.fspath(item)
+            name, sep, uri = item.partition("=")
+            if sep and _NAME.match(name) and uri:
+                pairs.append((name, uri))
+            else:
+                pairs.append((_name_of(item), item))
+    names = [n for n, _ in pairs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"two models would be named {twice}; name them: arrowscore serve NAME=URI NAME2=URI2")
+    bad = [n for n in names if not _NAME.match(n)]
+    if bad:
+        raise ConfigError(f"model names {bad} may hold only letters, digits, '_', '.' and '-'")
+    return pairs
+
+
+def _resolve(pairs, options: ServeOptions) -> list[tuple]:
+    """(name, uri, local path, registry version): each model fetched once, before any worker starts."""
+    from ..model import uris
+
+    specs = []
+    for name, uri in pairs:
+        version = uris.registry_version(uri)
+        # an alias moves: pin the version found now, so every worker loads the same one
+        fetch = f"models:/{version.name}/{version.version}" if version is not None else uri
+        path = uris.resolve(fetch, options.cache_dir)
+        specs.append((name, uri, str(path), None if version is None else str(version.version)))
+    return specs
+
+
+def build_app(specs: list[tuple], options: ServeOptions, routes: Routes = Routes(), auth_token: str | None = None) -> App:
+    """The ASGI app for resolved models (what each worker runs)."""
+    return App(lambda: load_entries(specs, options), options, routes, auth_token)
+
+
+def _worker_app() -> App:
+    """uvicorn's app factory in a worker process: the models and options the parent resolved."""
+    config = json.loads(os.environ[_CONFIG])
+    options = ServeOptions(**config["options"])
+    return build_app([tuple(s) for s in config["specs"]], options, Routes(**{k: tuple(v) for k, v in config["routes"].items()}),
+                     config.get("token"))
+
+
+def serve(models=None, options: ServeOptions | None = None, **kwargs) -> None:
+    """Serve ``models`` (a URI, ``NAME=URI`` strings, a list, or a {name: uri} dict) until SIGTERM or
+    SIGINT, which stop accepting, finish the requests in flight, then return."""
+    uvicorn = require("uvicorn", "serve", "arrowscore serve")
+    options = replace(options or ServeOptions(), **kwargs) if kwargs else (options or ServeOptions())
+    where = platform()
+    pairs = model_specs(models, where)
+    specs = _resolve(pairs, options)
+    host = options.host or where.host
+    port = options.port if options.port is not None else where.port
+    token = options.auth_token or os.environ.get("ARROWSCORE_AUTH_TOKEN") or None
+    if host not in ("127.0.0.1", "localhost", "::1") and not token:
+        log.warning("serving on %s without a token: anyone who can reach this port can score (set "
+                    "ARROWSCORE_AUTH_TOKEN or --auth-token)", host)
+    speed = {"loop": "uvloop" if _has("uvloop") else "asyncio", "http": "httptools" if _has("httptools") else "h11"}
+    common = dict(host=host, port=port, lifespan="on", access_log=False, log_level="warning",
+                  timeout_graceful_shutdown=max(options.timeout_s, 1) + 5, **speed)
+    log.info("arrowscore serve: %s on http://%s:%d (%s, %d worker%s)", ", ".join(f"{n}={u}" for n, u in pairs),
+             host, port, where.name, options.workers, "" if options.workers == 1 else "s")
+    if options.workers == 1:
+        uvicorn.run(build_app(specs, options, where.routes, token), **common)
+        return
+    metrics_dir = tempfile.mkdtemp(prefix="arrowscore-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    os.environ[_CONFIG] = json.dumps({"specs": specs, "options": asdict(options), "routes": asdict(where.routes),
+                                      "token": token})
+    try:
+        uvicorn.run("engine.server:_worker_app", factory=True, workers=options.workers, **common)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None

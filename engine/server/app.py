@@ -1,0 +1,359 @@
+"""The ASGI application: routes, protocols, errors, auth, metrics; every request ends in its model's
+``Batcher`` and so in ``Model.score_batch``.
+
+Routes (``NAME`` is a served model's name; ``/invocations`` serves the first model):
+
+    GET  /ping  /health                       200 when every model is loaded (also AIP_HEALTH_ROUTE)
+    GET  /version                             arrowscore's version and each model's URI and version
+    GET  /metrics                             Prometheus text
+    POST /invocations  /models/NAME/invocations   MLflow's protocol, Arrow IPC, Parquet (also AIP_PREDICT_ROUTE)
+    GET  /v2  /v2/health/live  /v2/health/ready   Open Inference Protocol v2
+    GET  /v2/models/NAME[/versions/V][/ready]
+    POST /v2/models/NAME[/versions/V]/infer
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import orjson
+
+from ..errors import ConfigError, EngineError, ModelLoadError, SchemaError, ScoringError
+from . import protocols
+from .batcher import Batcher, Overloaded
+from .options import ServeOptions
+
+__all__ = ["App", "Entry", "Routes"]
+
+log = logging.getLogger("arrowscore.serve")
+access = logging.getLogger("arrowscore.access")
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, message: str, code: str = "BAD_REQUEST", headers=(), v2: bool = False):
+        super().__init__(message)
+        self.status, self.code, self.headers, self.v2 = status, code, list(headers), v2
+
+    def body(self) -> bytes:
+        if self.v2:
+            return orjson.dumps({"error": str(self)})
+        return orjson.dumps({"error_code": self.code, "message": str(self)})
+
+
+@dataclass
+class Entry:
+    """One served model: what answers now (swapped whole on reload) and where it came from."""
+
+    name: str
+    uri: str
+    model: object
+    version: str | None = None
+    load_seconds: float = 0.0
+    batcher: Batcher | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Routes:
+    """Extra paths a cloud platform names (Vertex AI's AIP_HEALTH_ROUTE and AIP_PREDICT_ROUTE)."""
+
+    health: tuple = ()
+    predict: tuple = ()
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("arrowscore")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+class App:
+    """The server's ASGI callable; ``load`` gives it its models (in the worker process, at startup)."""
+
+    def __init__(self, load, options: ServeOptions, routes: Routes = Routes(), auth_token: str | None = None):
+        from .metrics import Metrics
+
+        self._load, self.options, self.routes = load, options, routes
+        self.token = auth_token.encode() if auth_token else None
+        self.entries: dict[str, Entry] = {}
+        self.metrics = Metrics()
+        self.ready = False
+        self._tasks: list[asyncio.Task] = []
+        self._max_body = int(options.max_body_mb * (1 << 20))
+
+    # ---- ASGI ----------------------------------------------------------------------------------
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive, send):
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:  # noqa: BLE001 - reported to the server, which exits
+                    log.error("cannot start: %s", exc)
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def startup(self) -> None:
+        loop = asyncio.get_running_loop()
+        entries = await loop.run_in_executor(None, self._load)
+        for entry in entries:
+            entry.batcher = Batcher(entry, self.options.max_batch_rows, self.options.max_delay_ms / 1000,
+                                    self.options.max_queue, self.metrics)
+            entry.batcher.start()
+            self.entries[entry.name] = entry
+            self.metrics.loaded(entry)
+        if self.options.reload_every_s:
+            from .reload import follow
+
+            for entry in self.entries.values():
+                if "@" in entry.uri and entry.uri.startswith("models:/"):
+                    self._tasks.append(loop.create_task(follow(entry, self.options, self.metrics)))
+        self.ready = True
+
+    async def shutdown(self) -> None:
+        self.ready = False
+        for task in self._tasks:
+            task.cancel()
+        for entry in self.entries.values():
+            await entry.batcher.stop()
+
+    # ---- HTTP ----------------------------------------------------------------------------------
+    async def _http(self, scope, receive, send):
+        started = time.perf_counter()
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        rid = headers.get("x-request-id") or uuid.uuid4().hex
+        route = _label(scope["path"], self.routes)
+        try:
+            status, body, ctype, extra = await self._route(scope, headers, receive)
+        except HTTPError as exc:
+            status, body, ctype, extra = exc.status, exc.body(), "application/json", exc.headers
+            if status >= 500 or status == 413:
+                log.warning("%s %s -> %d: %s (request %s)", scope["method"], scope["path"], status, exc, rid)
+            else:
+                log.info("%s %s -> %d: %s (request %s)", scope["method"], scope["path"], status, exc, rid)
+        except Exception as exc:  # a bug: one line in the log, a JSON 500, never a traceback to the client
+            log.error("%s %s -> 500: %s: %s (request %s)", scope["method"], scope["path"], type(exc).__name__, exc,
+                      rid, exc_info=log.isEnabledFor(logging.DEBUG))
+            status, ctype, extra = 500, "application/json", []
+            body = orjson.dumps({"error_code": "INTERNAL_ERROR", "message": f"{type(exc).__name__}: {exc}"})
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", ctype.encode()), (b"x-request-id", rid.encode()),
+                                *((k.encode(), v.encode()) for k, v in extra)]})
+        await send({"type": "http.response.body", "body": body})
+        seconds = time.perf_counter() - started
+        self.metrics.request(route, status, seconds)
+        if self.options.access_log:
+            access.info('%s "%s %s" %d %.1f ms %s', scope.get("client", ("-",))[0], scope["method"], scope["path"],
+                        status, seconds * 1000, rid)
+
+    async def _body(self, headers: dict, receive) -> bytes:
+        length = headers.get("content-length")
+        if length and length.isdigit() and int(length) > self._max_body:
+            raise HTTPError(413, f"the body is {int(length):,} bytes, over the limit of {self._max_body:,} "
+                                 "(--max-body-mb)", "REQUEST_TOO_LARGE")
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise HTTPError(499, "the client went away", "CLIENT_CLOSED")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self._max_body:
+                raise HTTPError(413, f"the body is over the limit of {self._max_body:,} bytes (--max-body-mb)",
+                                "REQUEST_TOO_LARGE")
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                return b"".join(chunks)
+
+    def _check_auth(self, path: str, headers: dict) -> None:
+        if self.token is None or path in ("/ping", "/health", "/v2/health/live", "/v2/health/ready") \
+                or path in self.routes.health:
+            return
+        given = headers.get("authorization", "")
+        if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), self.token)):
+            raise HTTPError(401, "this server needs 'Authorization: Bearer <token>'", "UNAUTHENTICATED",
+                            [("www-authenticate", "Bearer")])
+
+    async def _route(self, scope, headers, receive):
+        method, path = scope["method"], scope["path"]
+        self._check_auth(path, headers)
+        if method == "GET" and (path in ("/ping", "/health") or path in self.routes.health):
+            if not self.ready:
+                raise HTTPError(503, "the models are loading", "NOT_READY", [("retry-after", "1")])
+            return 200, b"\n", "application/json", []
+        if method == "POST" and (path == "/invocations" or path in self.routes.predict):
+            return await self._invocations(self._entry(None), headers, receive)
+        if path.startswith("/models/") and path.endswith("/invocations") and method == "POST":
+            name = path[len("/models/"):-len("/invocations")]
+            return await self._invocations(self._entry(name), headers, receive)
+        if path == "/version" and method == "GET":
+            doc = {"arrowscore": _version(),
+                   "models": {e.name: {"uri": e.uri, "version": e.version, "flavor": e.model.flavor}
+                              for e in self.entries.values()}}
+            return 200, orjson.dumps(doc), "application/json", []
+        if path == "/metrics" and method == "GET":
+            body, ctype = self.metrics.render()
+            return 200, body, ctype, []
+        if path == "/v2" or path.startswith("/v2/"):
+            return await self._v2(method, path, headers, receive)
+        if path in ("/ping", "/health", "/invocations", "/version", "/metrics"):
+            raise HTTPError(405, f"{method} is not allowed on {path}", "METHOD_NOT_ALLOWED")
+        raise HTTPError(404, f"no route {path}; see /v2 and /invocations", "NOT_FOUND")
+
+    def _entry(self, name: str | None, v2: bool = False) -> Entry:
+        if not self.ready:
+            raise HTTPError(503, "the models are loading", "NOT_READY", [("retry-after", "1")], v2=v2)
+        if name is None:
+            return next(iter(self.entries.values()))
+        entry = self.entries.get(name)
+        if entry is None:
+            raise HTTPError(404, f"no model {name!r}; this server has {list(self.entries)}", "NOT_FOUND", v2=v2)
+        return entry
+
+    async def _score(self, entry: Entry, batch, params, v2: bool = False):
+        try:
+            params = entry.model.check_params(params)
+            return await entry.batcher.submit(batch, params, self.options.timeout_s)
+        except Overloaded:
+            self.metrics.rejected.labels(entry.name, "overloaded").inc()
+            raise HTTPError(503, f"model {entry.name!r} has {self.options.max_queue} requests waiting (--max-queue); "
+                                 "retry later", "OVERLOADED", [("retry-after", "1")], v2=v2) from None
+        except asyncio.TimeoutError:
+            self.metrics.rejected.labels(entry.name, "timeout").inc()
+            raise HTTPError(504, f"no answer within {self.options.timeout_s} s (--timeout-s)", "TIMEOUT",
+                            v2=v2) from None
+        except (ConfigError, SchemaError) as exc:
+            raise HTTPError(400, str(exc), "INVALID_PARAMETER_VALUE", v2=v2) from None
+        except ScoringError as exc:  # the model raised on these rows: as MLflow, a 400 naming the error
+            raise HTTPError(400, str(exc), "BAD_REQUEST", v2=v2) from None
+        except (EngineError, ValueError, TypeError) as exc:
+            raise HTTPError(400, f"{type(exc).__name__}: {exc}", "BAD_REQUEST", v2=v2) from None
+
+    async def _invocations(self, entry: Entry, headers, receive):
+        body = await self._body(headers, receive)
+        try:
+            batch, params = protocols.decode(headers.get("content-type"), body, _input_names(entry.model))
+        except protocols.Unsupported as exc:
+            raise HTTPError(415, str(exc), "UNSUPPORTED_MEDIA_TYPE") from None
+        except ConfigError as exc:
+            raise HTTPError(400, str(exc), "BAD_REQUEST") from None
+        out = await self._score(entry, batch, params)
+        import pyarrow as pa
+
+        try:
+            body, ctype = protocols.encode_mlflow(pa.Table.from_batches([out]), headers.get("accept"))
+        except protocols.Unsupported as exc:
+            raise HTTPError(406, str(exc), "NOT_ACCEPTABLE") from None
+        return 200, body, ctype, []
+
+    # ---- Open Inference Protocol v2 --------------------------------------------------------------
+    async def _v2(self, method, path, headers, receive):
+        parts = path.rstrip("/").split("/")[2:]  # after "/v2"
+        if method == "GET" and not parts:
+            doc = {"name": "arrowscore", "version": _version(), "extensions": []}
+            return 200, orjson.dumps(doc), "application/json", []
+        if method == "GET" and parts in (["health", "live"], ["health", "ready"]):
+            if parts[1] == "ready" and not self.ready:
+                raise HTTPError(503, "the models are loading", "NOT_READY", v2=True)
+            return 200, b"", "application/json", []
+        if len(parts) >= 2 and parts[0] == "models":
+            name, rest = parts[1], parts[2:]
+            entry = self._entry(name, v2=True)
+            if len(rest) >= 2 and rest[0] == "versions":
+                if entry.version is None or rest[1] != str(entry.version):
+                    raise HTTPError(404, f"model {name!r} has no version {rest[1]!r} here (it serves "
+                                         f"{entry.version!r})", v2=True)
+                rest = rest[2:]
+            if method == "GET" and not rest:
+                return 200, orjson.dumps(_v2_metadata(entry)), "application/json", []
+            if method == "GET" and rest == ["ready"]:
+                return 200, b"", "application/json", []
+            if method == "POST" and rest == ["infer"]:
+                body = await self._body(headers, receive)
+                try:
+                    batch, params, rid = protocols.decode_v2(body)
+                except ConfigError as exc:
+                    raise HTTPError(400, str(exc), v2=True) from None
+                out = await self._score(entry, batch, params, v2=True)
+                import pyarrow as pa
+
+                return 200, protocols.encode_v2(pa.Table.from_batches([out]), entry.name, entry.version, rid), \
+                    "application/json", []
+        raise HTTPError(404, f"no route {path} in the v2 protocol", "NOT_FOUND", v2=True)
+
+
+def _label(path: str, routes: Routes) -> str:
+    """The route label of a path in the metrics (bounded: never the raw path)."""
+    if path in ("/ping", "/health") or path in routes.health or path.startswith("/v2/health"):
+        return "health"
+    if path == "/invocations" or path in routes.predict or (path.startswith("/models/") and path.endswith("/invocations")):
+        return "invocations"
+    if path.endswith("/infer"):
+        return "v2_infer"
+    if path.startswith("/v2"):
+        return "v2_metadata"
+    return path[1:] if path in ("/version", "/metrics") else "other"
+
+
+def _input_names(model) -> list[str] | None:
+    return [f.name for f in model.input_schema] if model.input_schema else None
+
+
+def _v2_metadata(entry: Entry) -> dict:
+    def tensors(schema):
+        out = []
+        for f in schema or []:
+            shape, kind = [-1], f.type
+            while pa_is_list(kind):
+                shape.append(kind.list_size if hasattr(kind, "list_size") and kind.list_size > 0 else -1)
+                kind = kind.value_type
+            out.append({"name": f.name, "datatype": protocols.v2_type(f.type), "shape": shape})
+        return out
+
+    model = entry.model
+    return {"name": entry.name, "versions": [str(entry.version)] if entry.version is not None else [],
+            "platform": f"mlflow_{model.flavor}", "inputs": tensors(model.input_schema),
+            "outputs": tensors(model.output_schema)}
+
+
+def pa_is_list(kind) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_list(kind) or pa.types.is_fixed_size_list(kind) or pa.types.is_large_list(kind)
+
+
+def load_entries(specs: list[tuple], options: ServeOptions) -> list[Entry]:
+    """Load each (name, uri, local path, registry version) once; a model that cannot load stops the
+    server with its name."""
+    from ..model import load_model
+
+    entries = []
+    for name, uri, path, version in specs:
+        started = time.perf_counter()
+        try:
+            model = load_model(path, flavor=options.flavor, model_config=options.model_config,
+                               cache_dir=options.cache_dir)
+        except ModelLoadError as exc:
+            raise ModelLoadError(f"model {name!r} ({uri}): {exc}") from exc
+        entries.append(Entry(name, uri, model, version, time.perf_counter() - started))
+        log.info("serving %s (%s, flavor %s, version %s) loaded in %.2f s", name, uri, model.flavor, version,
+                 entries[-1].load_seconds)
+    return entries

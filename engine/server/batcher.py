@@ -1,0 +1,146 @@
+"""Dynamic batching: concurrent requests to one model merged by rows into one ``Model.score_batch``.
+
+One task per model takes requests off a bounded queue in arrival order and hands them to one scoring
+thread (the model libraries release the GIL; the event loop keeps reading requests meanwhile). A
+request alone on an idle scorer goes at once; requests that queued while the scorer was busy go
+together, up to ``max_rows`` rows, and when several were queued the batch waits up to ``max_delay``
+for more. Only requests with equal params and the same columns share a batch. A merged batch that
+fails is scored again request by request, so one bad request fails only itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+__all__ = ["Batcher", "Overloaded"]
+
+
+class Overloaded(Exception):
+    """The queue is full: the caller answers 503 with Retry-After."""
+
+
+@dataclass
+class _Item:
+    batch: pa.RecordBatch
+    params: dict | None
+    key: tuple
+    future: asyncio.Future = field(repr=False)
+
+    @property
+    def rows(self) -> int:
+        return self.batch.num_rows
+
+
+class Batcher:
+    """Requests to one model, merged. ``entry.model`` is read per batch, so a reload swaps it between batches."""
+
+    def __init__(self, entry, max_rows: int, max_delay_s: float, max_queue: int, metrics=None):
+        self.entry, self.max_rows, self.max_delay, self.max_queue = entry, max_rows, max_delay_s, max_queue
+        self.metrics = metrics
+        self.items: collections.deque[_Item] = collections.deque()
+        self._ready = asyncio.Event()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"arrowscore-{entry.name}")
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.entry.name}")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._pool.shutdown(wait=False)
+
+    async def submit(self, batch: pa.RecordBatch, params: dict | None, timeout: float) -> pa.RecordBatch:
+        """The model's output for this batch; raises Overloaded, asyncio.TimeoutError or the scoring error."""
+        if len(self.items) >= self.max_queue:
+            raise Overloaded()
+        key = (json.dumps(params, sort_keys=True, default=str) if params else "", batch.schema)
+        item = _Item(batch, params, key, asyncio.get_running_loop().create_future())
+        self.items.append(item)
+        self._ready.set()
+        self._depth()
+        return await asyncio.wait_for(item.future, timeout)  # a timed-out item is skipped when its turn comes
+
+    def _depth(self) -> None:
+        if self.metrics:
+            self.metrics.queue_depth.labels(self.entry.name).set(len(self.items))
+
+    def _take(self, group: list, rows: int) -> int:
+        """Move the queued items that fit the group (same key, within max_rows) into it, keeping the rest in order."""
+        key, rest = group[0].key, collections.deque()
+        while self.items:
+            item = self.items.popleft()
+            if item.future.done():
+                continue
+            if item.key == key and rows + item.rows <= self.max_rows:
+                group.append(item)
+                rows += item.rows
+            else:
+                rest.append(item)
+        self.items.extendleft(reversed(rest))
+        return rows
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self.items:
+                self._ready.clear()
+                await self._ready.wait()
+            first = self.items.popleft()
+            if first.future.done():  # timed out while queued
+                continue
+            group = [first]
+            waiting = bool(self.items)
+            rows = self._take(group, first.rows)
+            if waiting and self.max_delay > 0 and rows < self.max_rows:
+                await asyncio.sleep(self.max_delay)  # others are coming in: let them join
+                rows = self._take(group, rows)
+            self._depth()
+            started = time.perf_counter()
+            results = await loop.run_in_executor(self._pool, _score, self.entry.model, group)
+            if self.metrics:
+                self.metrics.batch_rows.labels(self.entry.name).observe(rows)
+                self.metrics.batch_seconds.labels(self.entry.name).observe(time.perf_counter() - started)
+            for item, result in zip(group, results):
+                if item.future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    item.future.set_exception(result)
+                else:
+                    item.future.set_result(result)
+
+
+def _score(model, group: list[_Item]) -> list:
+    """Outputs (or errors) of the group's requests: one model call, or one per request if that fails."""
+    params = group[0].params
+    if len(group) > 1:
+        try:
+            merged = pa.Table.from_batches([i.batch for i in group]).combine_chunks()
+            out = model.score_batch(merged.to_batches()[0] if merged.num_rows else group[0].batch, params)
+            if out.num_rows != merged.num_rows:
+                raise ValueError("the model's output does not have one row per input row")
+            results, offset = [], 0
+            for item in group:
+                results.append(out.slice(offset, item.rows))
+                offset += item.rows
+            return results
+        except Exception:  # someone's rows failed the batch: each request alone, so only theirs fail
+            pass
+    results = []
+    for item in group:
+        try:
+            results.append(model.score_batch(item.batch, params))
+        except Exception as exc:
+            results.append(exc)
+    return results

@@ -1,0 +1,201 @@
+"""Request and response bodies: MLflow's scoring protocol (JSON, CSV), Arrow IPC and Parquet bodies,
+and the Open Inference Protocol v2 (KServe, Triton clients), to and from Arrow record batches.
+
+>>> batch, params = decode("application/json", b'{"dataframe_split": {"columns": ["x"], "data": [[1.5]]}}', None)
+>>> batch.to_pydict(), params
+({'x': [1.5]}, None)
+>>> encode_mlflow(pa.table({"prediction": [3.0]}), "application/json")
+(b'{"predictions":[3.0]}', 'application/json')
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pyarrow as pa
+
+from ..errors import ConfigError
+from ..model import convert, payload
+
+try:
+    import orjson
+
+    def _loads(body: bytes):
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return json.loads(body)  # NaN and Infinity, which orjson refuses and MLflow's clients send
+
+    def _dumps(doc) -> bytes:
+        return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+except ImportError:  # pragma: no cover - orjson is in the serve extra
+    _loads = json.loads
+
+    def _dumps(doc) -> bytes:
+        return json.dumps(doc).encode()
+
+__all__ = ["decode", "encode_mlflow", "decode_v2", "encode_v2", "ARROW", "PARQUET", "JSON", "CSV", "Unsupported"]
+
+JSON, CSV = "application/json", "text/csv"
+ARROW = "application/vnd.apache.arrow.stream"
+PARQUET = ("application/vnd.apache.parquet", "application/x-parquet", "application/parquet")
+
+
+class Unsupported(ConfigError):
+    """A content type no protocol here reads (415)."""
+
+
+def media_type(header: str | None) -> str:
+    """The media type of a Content-Type / Accept value; a charset other than utf-8 is refused."""
+    if not header:
+        return JSON
+    media, *params = [p.strip() for p in header.split(";")]
+    for param in params:
+        name, _, value = param.partition("=")
+        if name.lower() == "charset" and value.strip('"').lower() not in ("utf-8", "utf8"):
+            raise Unsupported(f"charset {value!r} is not supported; send utf-8")
+    return media.lower()
+
+
+def _batch(table: pa.Table) -> pa.RecordBatch:
+    table = table.combine_chunks()
+    batches = table.to_batches()
+    return batches[0] if batches else pa.RecordBatch.from_pylist([], table.schema)
+
+
+def decode(content_type: str | None, body: bytes, names: list[str] | None) -> tuple[pa.RecordBatch, dict | None]:
+    """(batch, params) from a body in MLflow's protocol, Arrow IPC stream or Parquet."""
+    media = media_type(content_type)
+    if media == JSON:
+        try:
+            doc = _loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"the body is not valid JSON ({exc})") from None
+        if isinstance(doc, dict) and "parameters" in doc and "params" not in doc:  # Vertex AI's name
+            doc = {**doc, "params": doc.pop("parameters")}
+        table, params = payload.decode_doc(doc, names)
+        if params is not None and not isinstance(params, dict):
+            raise ConfigError(f"'params' must be an object, got {type(params).__name__}")
+        return _batch(table), params
+    if media == CSV:
+        import pyarrow.csv as pcsv
+
+        if not body.strip():
+            raise ConfigError("the CSV body is empty; send a header line and one line per row")
+        try:
+            return _batch(pcsv.read_csv(io.BytesIO(body))), None
+        except pa.ArrowInvalid as exc:
+            raise ConfigError(f"the body cannot be read as CSV ({exc})") from None
+    if media == ARROW:
+        try:
+            return _batch(pa.ipc.open_stream(body).read_all()), None
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise ConfigError(f"the body is not an Arrow IPC stream ({exc})") from None
+    if media in PARQUET:
+        import pyarrow.parquet as pq
+
+        try:
+            return _batch(pq.read_table(io.BytesIO(body))), None
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise ConfigError(f"the body is not a Parquet file ({exc})") from None
+    raise Unsupported(f"content type {media!r} is not supported; send {JSON}, {CSV}, {ARROW} or {PARQUET[0]}")
+
+
+def _predictions(table: pa.Table):
+    """What MLflow answers in ``predictions``: one column's values, else one record per row."""
+    if table.num_columns == 1:
+        col = table.column(0)
+        kind = col.type
+        if (pa.types.is_floating(kind) or pa.types.is_integer(kind)) and col.null_count == 0:
+            values = col.to_numpy()  # fast path: numbers straight to JSON
+            return values.astype(np.float64) if values.dtype == np.float32 else values
+    return json.loads(payload.encode_json(table))["predictions"]
+
+
+def encode_mlflow(table: pa.Table, accept: str | None) -> tuple[bytes, str]:
+    """(body, content type) for the predictions, as the Accept header asks (JSON by default)."""
+    media = media_type(accept) if accept and accept != "*/*" else JSON
+    if media == ARROW:
+        sink = io.BytesIO()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        return sink.getvalue(), ARROW
+    if media in PARQUET:
+        import pyarrow.parquet as pq
+
+        sink = io.BytesIO()
+        pq.write_table(table, sink)
+        return sink.getvalue(), PARQUET[0]
+    return _dumps({"predictions": _predictions(table)}), JSON
+
+
+# ---- Open Inference Protocol v2 -----------------------------------------------------------------------
+_V2_TYPES = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
+             "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64, "FP16": np.float16,
+             "FP32": np.float32, "FP64": np.float64, "BYTES": object}
+_V2_NAMES = {np.dtype(v).name: k for k, v in _V2_TYPES.items() if v is not object}
+
+
+def v2_type(arrow_type: pa.DataType) -> str:
+    while pa.types.is_list(arrow_type) or pa.types.is_fixed_size_list(arrow_type) or \
+            pa.types.is_large_list(arrow_type):
+        arrow_type = arrow_type.value_type
+    try:
+        return _V2_NAMES.get(np.dtype(arrow_type.to_pandas_dtype()).name, "BYTES")
+    except (NotImplementedError, TypeError):
+        return "BYTES"
+
+
+def decode_v2(body: bytes) -> tuple[pa.RecordBatch, dict | None, str | None]:
+    """(batch, params, request id) from an OIP v2 JSON infer request: each input tensor a column
+    (shape [n] or [n, 1] a plain column, [n, ...] a tensor column)."""
+    try:
+        doc = _loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"the body is not valid JSON ({exc})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
+        raise ConfigError("an infer request needs 'inputs': a list of {name, shape, datatype, data}")
+    columns = {}
+    for i, tensor in enumerate(doc["inputs"]):
+        if not isinstance(tensor, dict) or not {"name", "shape", "datatype", "data"} <= set(tensor):
+            raise ConfigError(f"input {i} needs 'name', 'shape', 'datatype' and 'data'")
+        name, shape, kind = tensor["name"], tensor["shape"], str(tensor["datatype"]).upper()
+        if kind not in _V2_TYPES:
+            raise ConfigError(f"input {name!r}: datatype {kind!r} is not one of {sorted(_V2_TYPES)}")
+        if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise ConfigError(f"input {name!r}: shape must be a list of sizes, the first the number of rows")
+        try:
+            arr = np.asarray(tensor["data"], dtype=_V2_TYPES[kind]).reshape(shape)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"input {name!r}: the data does not fit shape {shape} as {kind} ({exc})") from None
+        if kind == "BYTES":
+            arr = arr.astype(str)
+        columns[name] = convert.to_arrow(arr)
+    rows = {len(c) for c in columns.values()}
+    if len(rows) != 1:
+        raise ConfigError(f"the inputs have different numbers of rows (first dimensions {sorted(rows)})")
+    params = doc.get("parameters")
+    if params is not None and not isinstance(params, dict):
+        raise ConfigError("'parameters' must be an object")
+    return pa.RecordBatch.from_pydict(columns), params, doc.get("id")
+
+
+def encode_v2(table: pa.Table, model: str, version: str | None, request_id: str | None) -> bytes:
+    outputs = []
+    for name, col in zip(table.column_names, table.columns):
+        col = col.combine_chunks()
+        if pa.types.is_list(col.type) or pa.types.is_fixed_size_list(col.type) or pa.types.is_large_list(col.type):
+            arr = convert.list_tensor(col, name)
+        else:
+            arr = col.to_numpy(zero_copy_only=False)
+        kind = v2_type(col.type)
+        data = arr.astype(str).ravel().tolist() if kind == "BYTES" else arr.ravel()
+        outputs.append({"name": name, "datatype": kind, "shape": list(arr.shape), "data": data})
+    doc = {"model_name": model, "outputs": outputs}
+    if version is not None:
+        doc["model_version"] = str(version)
+    if request_id is not None:
+        doc["id"] = request_id
+    return _dumps(doc)
