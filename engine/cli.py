@@ -21,7 +21,7 @@ EXIT = """exit status:
   1    the job failed while running: the model raised (ScoringError), an I/O error, or a bug (a traceback)
   2    arrowscore refused the command or what it names: usage, options, model, input, paths
        (ConfigError, SchemaError, ModelLoadError, ConnectorError, a path that does not exist or cannot be opened)
-  130  interrupted (Ctrl-C, SIGINT); a local score job removes its staged output first and leaves a previous
+  130  interrupted (Ctrl-C / SIGINT, or SIGTERM); a local score job removes its staged output first and leaves a previous
        output as it was"""
 
 
@@ -177,11 +177,14 @@ def _add_info(sub) -> None:
 
 # ---- predict -------------------------------------------------------------------------------------
 def _predict(args) -> int:
+    from .errors import ConfigError
     from .model import load_model, payload
 
     extra = _json_object(args.params) if args.params else {}
     if args.output:
         payload.check_output(args.output)  # before the model runs, not after
+        if os.path.realpath(args.output) == os.path.realpath(args.input):
+            raise ConfigError(f"output {args.output!r} is the input; write the predictions to another file")
     model = load_model(args.model_uri, flavor=args.flavor, cache_dir=args.cache_dir)
     names = [f.name for f in model.input_schema] if model.input_schema else None
     table, params = payload.read_input(args.input, names)
@@ -332,6 +335,11 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     from .errors import EngineError, ScoringError
 
+    if args.command in ("score", "predict"):
+        import signal
+
+        # SIGTERM (a scheduler's stop) cleans up as Ctrl-C does, instead of leaving staging behind
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         return args.run(args)
     except KeyboardInterrupt:  # the job has cleaned up on its way out

@@ -98,8 +98,10 @@ def _slower_double(df):
     return df["x"] * 2.0
 
 
-def test_sigint_stops_cleanly(tmp_path):
-    """Ctrl-C mid-job: one line, exit 130, staging removed, the previous output untouched."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_sigint_stops_cleanly(tmp_path, sig):
+    """Ctrl-C (or a scheduler's SIGTERM) mid-job: one line, exit 130, staging removed, the previous output
+    untouched (SIGTERM used to kill the job where it stood, leaving staging and locks behind)."""
     model = engine.save_model(tmp_path / "model", _slower_double,
                               signature=pa.schema([pa.field("x", pa.float64(), False)]))
     (tmp_path / "in").mkdir()
@@ -119,7 +121,7 @@ def test_sigint_stops_cleanly(tmp_path):
     while not any(p.name.startswith(".out.arrowscore") and any(p.glob("*.parquet")) for p in tmp_path.iterdir()):
         assert proc.poll() is None and time.monotonic() < deadline, "the job ended before it wrote a part file"
         time.sleep(0.02)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr

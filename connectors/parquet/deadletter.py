@@ -8,6 +8,7 @@ Rejected rows of input files whose schemas differ go to one file too (see ``_mer
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 import uuid
 
@@ -32,9 +33,12 @@ class DeadLetterFile:
         self.rows = 0
         self._writers: dict[pa.Schema, pq.ParquetWriter] = {}
         self._staged: list[str] = []
+        self._order: list[tuple[int, int]] = []  # (staged file, rows) per write, to merge in input order
         self.job = uuid.uuid4().hex[:12]
         if path:
             self.fs, self._target = filesystem_for(path, filesystem)
+            if is_local(self.fs):  # a symlink to a dead-letter file is that file: its lock, its replacement
+                self._target = os.path.realpath(self._target)
             self.lock = PathLock(path, filesystem, self.job, what="dead-letter file")
 
     def open(self) -> None:
@@ -75,6 +79,7 @@ class DeadLetterFile:
             self._writers[batch.schema] = writer
             self._staged.append(staging)
         writer.write_batch(batch)
+        self._order.append((list(self._writers).index(batch.schema), batch.num_rows))
         self.rows += batch.num_rows
 
     def commit(self) -> None:
@@ -121,12 +126,32 @@ class DeadLetterFile:
                 types.setdefault(f.name, []).append(f.type)
         target = pa.schema([(n, t[0] if all(x == t[0] for x in t) else pa.string()) for n, t in types.items()])
         merged = f"{self._staged[0]}.merged"
+        readers = [_rows(pq.ParquetFile(path, filesystem=self.fs)) for path in self._staged]
         with pq.ParquetWriter(merged, target, filesystem=self.fs, write_page_checksum=True) as out:
-            for path in self._staged:
-                for batch in pq.ParquetFile(path, filesystem=self.fs).iter_batches():
-                    out.write_batch(_conform(batch, target))
+            for index, rows in self._order:  # in the order the rows were rejected: input order
+                out.write_batch(_conform(readers[index](rows), target))
         self._staged.append(merged)
         return merged
+
+
+def _rows(parquet: pq.ParquetFile):
+    """A function returning the file's next ``n`` rows as one batch, reading it in order."""
+    batches = parquet.iter_batches(batch_size=1 << 16)
+    pending: list = []
+
+    def take(n: int) -> pa.RecordBatch:
+        nonlocal pending
+        have = sum(b.num_rows for b in pending)
+        while have < n:
+            batch = next(batches)
+            pending.append(batch)
+            have += batch.num_rows
+        table = pa.Table.from_batches(pending).combine_chunks()
+        rest = table.slice(n)
+        pending = rest.to_batches() if rest.num_rows else []
+        return table.slice(0, n).to_batches()[0]
+
+    return take
 
 
 def _conform(batch: pa.RecordBatch, target: pa.Schema) -> pa.RecordBatch:

@@ -68,6 +68,8 @@ class PathLock:
         self.uri, self.job, self.what = os.fspath(uri), job, what
         self.fs, self.path = filesystem_for(self.uri, filesystem)
         self.path = self.path.rstrip("/")
+        if is_local(self.fs):  # a symlink names the same output: one lock
+            self.path = os.path.realpath(self.path)
         self._fd: int | None = None
         self._file: str | None = None
         self._beat: threading.Event | None = None

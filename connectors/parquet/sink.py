@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import posixpath
 import uuid
+from urllib.parse import quote
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -75,6 +76,8 @@ class ParquetSink:
         self.uri = os.fspath(path)
         self.fs, self.path = filesystem_for(self.uri, filesystem)
         self.path = self.path.rstrip("/")
+        if is_local(self.fs):  # a symlink to the output is the output: its lock, its swap
+            self.path = os.path.realpath(self.path)
         self.mode, self.compression, self.partition_by = mode, compression, partition_by
         self.row_group_rows = row_group_rows
         self.job = uuid.uuid4().hex[:12]
@@ -82,6 +85,7 @@ class ParquetSink:
         self._writers: dict[str, _PartFile] = {}
         self._files: list[str] = []
         self._staging = None
+        self._existing: pa.Schema | None = None  # append: the schema of the parts already there
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def check(self) -> None:
@@ -109,6 +113,9 @@ class ParquetSink:
             if is_local(self.fs):
                 self.lock.clean_stale()  # first: an output a killed job had moved aside comes back
             self.check()  # again under the lock: the job that held it may have committed meanwhile
+            if self.mode == "append":
+                parts = sorted(p for p in self._visible_files() if p.endswith(".parquet"))
+                self._existing = pq.read_schema(parts[0], filesystem=self.fs) if parts else None
             self.fs.create_dir(self._staging, recursive=True)
         except BaseException:
             self.abort()
@@ -127,7 +134,8 @@ class ParquetSink:
         for value in pc.unique(keys).to_pylist():
             mask = pc.is_null(keys) if value is None else pc.equal(keys, pa.scalar(value, keys.type))
             chunk = rest.filter(mask)
-            subdir = f"{self.partition_by}={'__HIVE_DEFAULT_PARTITION__' if value is None else value}"
+            # escaped as hive readers decode it: a value never names another directory ('/', '..')
+            subdir = f"{self.partition_by}={'__HIVE_DEFAULT_PARTITION__' if value is None else quote(str(value), safe='')}"
             self._writer(subdir, part, chunk.schema).add(chunk)
 
     def close_part(self, part: int) -> None:
@@ -169,6 +177,9 @@ class ParquetSink:
         key = f"{subdir}/part-{part:05d}"
         writer = self._writers.get(key)
         if writer is None:
+            if self._existing is not None and not schema.equals(self._existing, check_metadata=False):
+                raise ConnectorError(f"output {self.uri!r} holds parts of another schema ({self._existing}); append "
+                                     f"would add parts of {schema}: write elsewhere, or pass mode 'overwrite'")
             name = f"part-{part:05d}-{self.job}.parquet" if self.mode == "append" else f"part-{part:05d}.parquet"
             rel = f"{subdir}/{name}" if subdir else name
             target = f"{self._staging}/{rel}"

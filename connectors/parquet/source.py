@@ -128,6 +128,17 @@ def _rebatch(parquet: pq.ParquetFile, columns: list[str], rows: int, groups=None
         yield pa.concat_tables(pending).combine_chunks()
 
 
+def _hive_keys(files: list[str], base: str) -> list[str]:
+    """The hive partition keys (``key=value`` directories) under ``base``, in path order."""
+    keys: dict[str, None] = {}
+    for path in files:
+        for segment in posixpath.relpath(posixpath.dirname(path), base).split("/"):
+            key, sep, _ = segment.partition("=")
+            if sep and key:
+                keys.setdefault(key)
+    return list(keys)
+
+
 class ParquetSource:
     """A Parquet file, directory (hive partitions included), or glob, read column-projected."""
 
@@ -140,13 +151,20 @@ class ParquetSource:
         self.batch_rows = batch_rows
         self.required = list(required)  # columns every file must hold (pass-through columns)
         files, base = self._files()
+        keys = _hive_keys(files, base)
+        # partition values stay strings, as written ('02134' is no number; one directory's name must not
+        # change another file's column type)
+        partitioning = ds.partitioning(pa.schema([(k, pa.string()) for k in keys]), flavor="hive")
         try:
-            self.dataset = ds.dataset(files, format="parquet", filesystem=self.fs, partitioning="hive",
+            self.dataset = ds.dataset(files, format="parquet", filesystem=self.fs, partitioning=partitioning,
                                       partition_base_dir=base)
         except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
-            hint = ("; a column named like a hive partition directory (name=value) must be renamed in the files "
-                    "or the directories" if "Unable to merge" in str(exc) else "")
-            raise ConnectorError(f"cannot read Parquet input {self.uri!r}: {exc}{hint}") from None
+            clash = [k for k in keys if f"Field {k} has incompatible types" in str(exc)]
+            if clash:
+                raise ConnectorError(f"the input {self.uri!r} holds column(s) {clash} that its directory names also "
+                                     "give as hive partition values; rename the column in the files or the partition "
+                                     "directories") from None
+            raise ConnectorError(f"cannot read Parquet input {self.uri!r}: {exc}") from None
         self.schema = self.dataset.schema
         absent = [c for c in self.required if c not in self.schema.names]
         if absent:

@@ -11,15 +11,16 @@ import pyarrow as pa
 from ..errors import ConfigError
 from .scoring import JobScorer
 
-__all__ = ["check_paths", "open_parquet_job", "commit_parquet_job", "dead_letters"]
+__all__ = ["check_paths", "open_parquet_job", "commit_parquet_job", "dead_letters", "check_dead_letter_columns"]
 
 log = logging.getLogger("arrowscore.job")
 
 
-def check_paths(input: str, output: str, options, filesystem=None) -> None:
+def check_paths(input: str, output: str, options, filesystem=None, model_path=None) -> None:
     """Refuse, before anything is read or written, an output or dead-letter path that is the input,
     holds it or lies inside it, and a dead-letter path inside the output: a job would read its own
-    output back, or replace the data it reads, or bury its rejects in its output."""
+    output back, or replace the data it reads, or bury its rejects in its output. Neither may touch
+    the model's own directory."""
     from connectors.parquet.files import filesystem_for, glob_root, is_local
 
     dead_letter = options.dead_letter if options.on_error == "dead-letter" else None
@@ -40,6 +41,10 @@ def check_paths(input: str, output: str, options, filesystem=None) -> None:
     if dead_letter and overlap(dead_letter, input):
         raise ConfigError(f"dead-letter path {dead_letter!r} and input {input!r} overlap; put the rejected rows "
                           "somewhere else")
+    for path, what in ((output, "output"), (dead_letter, "dead-letter path")):
+        if path and model_path and overlap(path, os.fspath(model_path)):
+            raise ConfigError(f"{what} {path!r} and the model directory {os.fspath(model_path)!r} overlap; write "
+                              "somewhere else")
     if dead_letter and overlap(dead_letter, output):
         raise ConfigError(f"dead-letter path {dead_letter!r} and output {output!r} overlap (the output directory is "
                           "replaced at commit); put the rejected rows beside the output, not in it")
@@ -54,11 +59,12 @@ def open_parquet_job(model, input: str, output: str, options, filesystem=None):
     """
     from connectors.parquet import ParquetSink, ParquetSource
 
-    check_paths(input, output, options, filesystem)
+    check_paths(input, output, options, filesystem, model.path)
     needed = model.input_columns
     columns = None if needed is None else list(dict.fromkeys([*needed, *options.keep_columns]))
     source = ParquetSource(input, columns=columns, batch_rows=options.batch_rows, filesystem=filesystem,
                            required=options.keep_columns)
+    check_dead_letter_columns(columns or source.schema.names, options)
     parts = source.parts()
     sink = ParquetSink(output, mode=options.mode, compression=options.compression,
                        row_group_rows=options.row_group_rows, partition_by=options.partition_by, filesystem=filesystem)
@@ -70,6 +76,17 @@ def open_parquet_job(model, input: str, output: str, options, filesystem=None):
         dead.abort()
         raise
     return source, parts, sum(p.num_rows for p in parts), sink, dead
+
+
+def check_dead_letter_columns(columns, options) -> None:
+    """Rejected rows carry their input columns plus DEAD_LETTER_COLUMNS: an input column of one of those
+    names would be written twice (and one of them lost to readers)."""
+    from .scoring import DEAD_LETTER_COLUMNS
+
+    clash = sorted(set(columns) & set(DEAD_LETTER_COLUMNS))
+    if clash and options.on_error == "dead-letter":
+        raise ConfigError(f"input columns {clash} have the names of the dead-letter columns {list(DEAD_LETTER_COLUMNS)}; "
+                          "rename them in the input, or leave them out of keep_columns")
 
 
 def dead_letters(options, filesystem=None):

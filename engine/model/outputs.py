@@ -28,11 +28,15 @@ class OutputPlan:
         self._single = [single]
 
     def build(self, raw, rows: int) -> pa.RecordBatch:
-        if isinstance(raw, np.ndarray):  # the common case first: one array
-            col = pa.array(raw) if raw.ndim == 1 and raw.dtype != object else convert.to_arrow(raw)
-            batch = pa.RecordBatch.from_arrays([col], self._single)
-        else:
-            batch = self._other(raw)
+        try:
+            if isinstance(raw, np.ndarray):  # the common case first: one array
+                col = pa.array(raw) if raw.ndim == 1 and raw.dtype != object else convert.to_arrow(raw)
+                batch = pa.RecordBatch.from_arrays([col], self._single)
+            else:
+                batch = self._other(raw)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, ValueError) as exc:
+            raise ScoringError(f"the model's output cannot become Arrow columns ({type(exc).__name__}: {exc}); "
+                               "a model must return values of one type per output") from exc
         if batch.num_rows != rows:
             raise ScoringError(f"the model returned {batch.num_rows} rows for {rows} input rows; "
                                "a model must return one prediction per row")

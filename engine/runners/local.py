@@ -157,19 +157,21 @@ def run_local(model_uri, input: str, output: str, options: ScoreOptions,
 
 @contextlib.contextmanager
 def _sigint_deferred():
-    """Hold a Ctrl-C until the block ends, then raise it: the commit moves the old output aside before the new
+    """Hold a Ctrl-C (or a SIGTERM) until the block ends, then raise it: the commit moves the old output aside before the new
     one takes its place, and stopping between the two would leave neither. Only Python's own handler is held,
     and only in the main thread (the only one that gets signals)."""
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
+    # SIGTERM too, where the CLI made it a KeyboardInterrupt as well
+    held = [n for n in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(n) is signal.default_int_handler]
     caught = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    previous = {n: signal.signal(n, lambda signum, frame: caught.append(signum)) for n in held}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for n, handler in previous.items():
+            signal.signal(n, handler)
     if caught:
         raise KeyboardInterrupt
 

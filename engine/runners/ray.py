@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from ..errors import ConfigError, require
+from ..errors import ConfigError, EngineError, require
 from ..jobs.options import RayOptions, ScoreOptions, ScoreReport
 from ..jobs.progress import Progress
 
@@ -202,9 +202,12 @@ def run_ray(model_uri, input: str, output: str, options: ScoreOptions, ray_opts:
         if seen != total:
             raise RuntimeError(f"row accounting failed: {total} input rows, {seen} came back from the actors")
         files = commit_parquet_job(job, source.schema, sink, dead, scored, total)
-    except BaseException:
+    except BaseException as exc:
         sink.abort()
         dead.abort()
+        cause = getattr(exc, "cause", None)  # a RayTaskError around our own error (a read task's): raise ours
+        if isinstance(cause, EngineError):
+            raise cause.with_traceback(None) from None
         raise
     finally:
         progress.close()

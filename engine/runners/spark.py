@@ -75,6 +75,7 @@ def _run(model_uri, input, output, options: ScoreOptions, spark_opts: SparkOptio
 
     from connectors.parquet import SUCCESS
 
+    from ..jobs.parquet import check_paths
     from ..jobs.scoring import DEAD_LETTER_COLUMNS, JobScorer
     from ..model import Model, load_model
     from . import spark_udf
@@ -99,6 +100,7 @@ def _run(model_uri, input, output, options: ScoreOptions, spark_opts: SparkOptio
     model = load_model(path, **options.load_kwargs())
     start = time.perf_counter()
     job = JobScorer.from_options(model, options)  # clashes and renames fail before Spark reads anything
+    check_paths(input, output, options, model_path=model.path)
     _check_files(input, model, options)
     df = spark.read.parquet(input)
     rows = df.count()  # from the Parquet footers
@@ -162,6 +164,7 @@ def _check_files(input: str, model, options: ScoreOptions) -> None:
     from connectors.parquet import ParquetSource
 
     from ..errors import SchemaError
+    from ..jobs.parquet import check_dead_letter_columns
 
     needed = model.input_columns
     keep = list(options.keep_columns)
@@ -169,6 +172,7 @@ def _check_files(input: str, model, options: ScoreOptions) -> None:
     schema = model.input_schema
     required = [c for c in needed or [] if schema is None or c not in schema.names or not schema.field(c).nullable]
     used = list(dict.fromkeys([*(needed or source.schema.names), *keep]))
+    check_dead_letter_columns(used, options)
     first = None
     for part in source.parts():
         physical = part.fragment.physical_schema
