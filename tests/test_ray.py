@@ -254,3 +254,21 @@ def test_files_with_their_own_types_and_columns(ray_head, tmp_path):
     dead = pq.read_table(tmp_path / "rejected.parquet")
     assert dead.column("_source_file").to_pylist()[0].endswith("c.parquet")
     assert "needs columns ['y']" in dead.column("_error").to_pylist()[0]
+
+
+def test_a_read_error_is_our_one_line(ray_head, tmp_path):
+    """A corrupt input file fails a Ray read task: the error is ours (ConnectorError naming the file, one
+    line), not Ray's RayTaskError with a remote traceback."""
+    signature = pa.schema([pa.field("x", pa.float64(), False), pa.field("y", pa.float64(), False)])
+    model = engine.save_model(tmp_path / "model", _plus, signature=signature)
+    (tmp_path / "in").mkdir()
+    from test_reliability import _corrupt_a_page
+
+    pq.write_table(pa.table({"x": [1.0], "y": [1.0]}), tmp_path / "in" / "a.parquet")
+    rows = np.arange(2_000, dtype=np.float64)
+    pq.write_table(pa.table({"x": rows, "y": rows}), tmp_path / "in" / "b.parquet", write_page_checksum=True)
+    assert _corrupt_a_page(tmp_path / "in" / "b.parquet")  # the footer reads; a page does not
+    with pytest.raises(engine.ConnectorError) as caught:
+        engine.score(model, tmp_path / "in", tmp_path / "out", runner="ray")
+    assert type(caught.value) is engine.ConnectorError and "b.parquet" in str(caught.value)
+    assert "\n" not in str(caught.value)

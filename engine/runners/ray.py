@@ -206,8 +206,8 @@ def run_ray(model_uri, input: str, output: str, options: ScoreOptions, ray_opts:
         sink.abort()
         dead.abort()
         cause = getattr(exc, "cause", None)  # a RayTaskError around our own error (a read task's): raise ours
-        if isinstance(cause, EngineError):
-            raise cause.with_traceback(None) from None
+        if isinstance(cause, EngineError):  # (Ray Data appends its retry advice to the message: not ours)
+            raise type(cause)(str(cause).splitlines()[0]) from None
         raise
     finally:
         progress.close()
