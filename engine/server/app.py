@@ -352,7 +352,9 @@ def load_entries(specs: list[tuple], options: ServeOptions) -> list[Entry]:
             model = load_model(path, flavor=options.flavor, model_config=options.model_config,
                                cache_dir=options.cache_dir)
         except ModelLoadError as exc:
-            raise ModelLoadError(f"model {name!r} ({uri}): {exc}") from exc
+            raise type(exc)(f"model {name!r} ({uri}): {exc}") from exc
+        except Exception as exc:  # the model's own loading code raised (a corrupt pickle, a load_context bug)
+            raise ModelLoadError(f"model {name!r} ({uri}) did not load: {type(exc).__name__}: {exc}") from exc
         entries.append(Entry(name, uri, model, version, time.perf_counter() - started))
         log.info("serving %s (%s, flavor %s, version %s) loaded in %.2f s", name, uri, model.flavor, version,
                  entries[-1].load_seconds)
