@@ -562,7 +562,7 @@ def test_an_alias_moved_while_requests_flow(serve, tmp_path):
     assert set(map(tuple, predictions)) == {(2.0, 4.0), (3.0, 6.0)}
     first_new = predictions.index([3.0, 6.0])
     assert all(p == [3.0, 6.0] for p in predictions[first_new:])  # never the old version after the swap
-    assert "did not load or score a sample; still serving version 2" in server.stop()
+    assert "version 3 of models:/doubler@live did not load or score a sample; still serving version 2" in server.stop()
 
 
 # ---- several workers ---------------------------------------------------------------------------
