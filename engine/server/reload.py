@@ -1,9 +1,9 @@
 """Following a registry alias without downtime: check ``models:/name@alias`` every ``reload_every_s``;
 a new version is loaded in the background, must score a sample built from its signature, and only
 then replaces the model answering (one reference swap: a batch runs wholly on the old or the new
-model). Any failure keeps the old model and is logged; a version that fails to load or score is counted
-and not tried again until the alias names another (loading a broken model every check costs CPU and
-memory while serving)."""
+model). Any failure keeps the old model and is logged. A version that downloads but fails to load or
+score is counted as refused and not tried again until the alias names another (loading a broken model
+every check costs CPU and memory while serving); a registry or download failure is tried again."""
 
 from __future__ import annotations
 
@@ -46,12 +46,11 @@ def sample(model, rows: int = 2) -> pa.RecordBatch | None:
     return pa.RecordBatch.from_arrays([_zeros(f.type, rows) for f in schema], names=schema.names)
 
 
-def _load(name: str, version: str, options):
-    """(model, seconds) for a registered version that loads and scores a sample; else an error."""
-    from ..model import load_model, uris
+def _load(path, version: str, options):
+    """(model, seconds) for a downloaded version that loads and scores a sample; else an error."""
+    from ..model import load_model
 
     started = time.perf_counter()
-    path = uris.resolve(f"models:/{name}/{version}", options.cache_dir)
     model = load_model(path, flavor=options.flavor, model_config=options.model_config, cache_dir=options.cache_dir)
     probe = sample(model)
     if probe is not None:
@@ -70,7 +69,7 @@ async def follow(entry, options, metrics) -> None:
         await asyncio.sleep(options.reload_every_s)
         try:
             found = await loop.run_in_executor(None, uris.registry_version, entry.uri)
-        except Exception as exc:  # noqa: BLE001 - the registry is unreachable: ask again next time
+        except Exception as exc:  # noqa: BLE001 - the registry cannot be reached: ask again next time
             log.warning("model %s: cannot look %s up in the registry; still serving version %s (%s: %s)",
                         entry.name, entry.uri, entry.version, type(exc).__name__, exc)
             continue
@@ -78,7 +77,13 @@ async def follow(entry, options, metrics) -> None:
         if version is None or version in (str(entry.version), refused):
             continue
         try:
-            model, seconds = await loop.run_in_executor(None, _load, found.name, version, options)
+            path = await loop.run_in_executor(None, uris.resolve, f"models:/{found.name}/{version}", options.cache_dir)
+        except Exception as exc:  # noqa: BLE001 - a download that failed may work next time
+            log.warning("model %s: cannot download version %s of %s; still serving version %s (%s: %s)",
+                        entry.name, version, entry.uri, entry.version, type(exc).__name__, exc)
+            continue
+        try:
+            model, seconds = await loop.run_in_executor(None, _load, path, version, options)
         except Exception as exc:  # noqa: BLE001 - any failure keeps the old model
             refused = version
             log.error("model %s: version %s of %s did not load or score a sample; still serving version %s, and "
