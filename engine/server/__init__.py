@@ -17,15 +17,18 @@ Inference v2), the platform contracts below:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import shutil
+import signal
 import tempfile
+import threading
 from dataclasses import asdict, dataclass, replace
 
-from ..errors import ConfigError, require
+from ..errors import ConfigError, EngineError, ModelLoadError, require
 from .app import App, Routes, load_entries
 from .options import ServeOptions
 
@@ -113,10 +116,13 @@ def _resolve(pairs, options: ServeOptions) -> list[tuple]:
 
     specs = []
     for name, uri in pairs:
-        version = uris.registry_version(uri)
-        # an alias moves: pin the version found now, so every worker loads the same one
-        fetch = f"models:/{version.name}/{version.version}" if version is not None else uri
-        path = uris.resolve(fetch, options.cache_dir)
+        try:
+            version = uris.registry_version(uri)
+            # an alias moves: pin the version found now, so every worker loads the same one
+            fetch = f"models:/{version.name}/{version.version}" if version is not None else uri
+            path = uris.resolve(fetch, options.cache_dir)
+        except EngineError as exc:
+            raise type(exc)(f"model {name!r} ({uri}): {exc}") from exc
         specs.append((name, uri, str(path), None if version is None else str(version.version)))
     return specs
 
@@ -130,8 +136,17 @@ def _worker_app() -> App:
     """uvicorn's app factory in a worker process: the models and options the parent resolved."""
     config = json.loads(os.environ[_CONFIG])
     options = ServeOptions(**config["options"])
-    return build_app([tuple(s) for s in config["specs"]], options, Routes(**{k: tuple(v) for k, v in config["routes"].items()}),
-                     config.get("token"))
+    specs = [tuple(s) for s in config["specs"]]
+
+    def load():
+        try:
+            return load_entries(specs, options)
+        except Exception as exc:  # the parent exits with this message once uvicorn has stopped the workers
+            with contextlib.suppress(FileExistsError), open(config["failed"], "x") as fh:
+                fh.write(str(exc))
+            raise
+
+    return App(load, options, Routes(**{k: tuple(v) for k, v in config["routes"].items()}), config.get("token"))
 
 
 def serve(models=None, options: ServeOptions | None = None, **kwargs) -> None:
@@ -142,6 +157,8 @@ def serve(models=None, options: ServeOptions | None = None, **kwargs) -> None:
     where = platform()
     pairs = model_specs(models, where)
     specs = _resolve(pairs, options)
+    # one worker: the models load here, so one that cannot load ends the command with its name (exit 2)
+    entries = load_entries(specs, options) if options.workers == 1 else None
     host = options.host or where.host
     port = options.port if options.port is not None else where.port
     token = options.auth_token or os.environ.get("ARROWSCORE_AUTH_TOKEN") or None
@@ -153,17 +170,38 @@ def serve(models=None, options: ServeOptions | None = None, **kwargs) -> None:
                   timeout_graceful_shutdown=max(options.timeout_s, 1) + 5, **speed)
     log.info("arrowscore serve: %s on http://%s:%d (%s, %d worker%s)", ", ".join(f"{n}={u}" for n, u in pairs),
              host, port, where.name, options.workers, "" if options.workers == 1 else "s")
-    if options.workers == 1:
-        uvicorn.run(build_app(specs, options, where.routes, token), **common)
+    if entries is not None:
+        with _term_returns():
+            uvicorn.run(App(lambda: entries, options, where.routes, token), **common)
         return
-    metrics_dir = tempfile.mkdtemp(prefix="arrowscore-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    shared = tempfile.mkdtemp(prefix="arrowscore-serve-")
+    failed = os.path.join(shared, "startup-error")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.path.join(shared, "metrics")
+    os.mkdir(os.environ["PROMETHEUS_MULTIPROC_DIR"])
     os.environ[_CONFIG] = json.dumps({"specs": specs, "options": asdict(options), "routes": asdict(where.routes),
-                                      "token": token})
+                                      "token": token, "failed": failed})
     try:
-        uvicorn.run("engine.server:_worker_app", factory=True, workers=options.workers, **common)
+        with _term_returns():
+            uvicorn.run("engine.server:_worker_app", factory=True, workers=options.workers, **common)
+        if os.path.exists(failed):  # uvicorn stopped because a worker could not load its models: say which
+            with open(failed) as fh:
+                raise ModelLoadError(fh.read())
     finally:
-        shutil.rmtree(metrics_dir, ignore_errors=True)
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _term_returns():
+    """uvicorn drains on SIGTERM, then raises SIGTERM again under the handler it found: the default one
+    kills the process (status -15) after a clean drain. With this one found, serve() returns (status 0)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda sig, frame: None)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _has(module: str) -> bool:

@@ -4,7 +4,7 @@
 Routes (``NAME`` is a served model's name; ``/invocations`` serves the first model):
 
     GET  /ping  /health                       200 when every model is loaded (also AIP_HEALTH_ROUTE)
-    GET  /version                             arrowscore's version and each model's URI and version
+    GET  /version                             arrowscore's version, the worker's pid, each model's URI and version
     GET  /metrics                             Prometheus text
     POST /invocations  /models/NAME/invocations   MLflow's protocol, Arrow IPC, Parquet (also AIP_PREDICT_ROUTE)
     GET  /v2  /v2/health/live  /v2/health/ready   Open Inference Protocol v2
@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -205,7 +206,7 @@ class App:
             name = path[len("/models/"):-len("/invocations")]
             return await self._invocations(self._entry(name), headers, receive)
         if path == "/version" and method == "GET":
-            doc = {"arrowscore": _version(),
+            doc = {"arrowscore": _version(), "pid": os.getpid(),  # which worker answered
                    "models": {e.name: {"uri": e.uri, "version": e.version, "flavor": e.model.flavor}
                               for e in self.entries.values()}}
             return 200, orjson.dumps(doc), "application/json", []
@@ -352,7 +353,9 @@ def load_entries(specs: list[tuple], options: ServeOptions) -> list[Entry]:
             model = load_model(path, flavor=options.flavor, model_config=options.model_config,
                                cache_dir=options.cache_dir)
         except ModelLoadError as exc:
-            raise ModelLoadError(f"model {name!r} ({uri}): {exc}") from exc
+            raise type(exc)(f"model {name!r} ({uri}): {exc}") from exc
+        except Exception as exc:  # the model's own loading code raised (a corrupt pickle, a load_context bug)
+            raise ModelLoadError(f"model {name!r} ({uri}) did not load: {type(exc).__name__}: {exc}") from exc
         entries.append(Entry(name, uri, model, version, time.perf_counter() - started))
         log.info("serving %s (%s, flavor %s, version %s) loaded in %.2f s", name, uri, model.flavor, version,
                  entries[-1].load_seconds)

@@ -26,7 +26,7 @@ class Overloaded(Exception):
     """The queue is full: the caller answers 503 with Retry-After."""
 
 
-@dataclass
+@dataclass(eq=False)  # identity: a timed-out item is removed from the queue, never an equal one
 class _Item:
     batch: pa.RecordBatch
     params: dict | None
@@ -70,7 +70,16 @@ class Batcher:
         self.items.append(item)
         self._ready.set()
         self._depth()
-        return await asyncio.wait_for(item.future, timeout)  # a timed-out item is skipped when its turn comes
+        try:
+            return await asyncio.wait_for(item.future, timeout)
+        finally:
+            if item.future.cancelled():  # timed out (or its request was cancelled) while queued: free its place
+                try:
+                    self.items.remove(item)
+                except ValueError:  # already taken into a batch, whose answer is dropped
+                    pass
+                else:
+                    self._depth()
 
     def _depth(self) -> None:
         if self.metrics:

@@ -42,7 +42,8 @@ class Metrics:
         self._labels = {}
 
     def loaded(self, entry, previous=None) -> None:
-        if previous is not None:
+        if previous is not None:  # 0 first: in multiprocess mode remove() leaves the value in the worker's file
+            self.info.labels(*previous).set(0)
             self.info.remove(*previous)
         labels = (entry.name, entry.uri, str(entry.version), entry.model.flavor)
         self.info.labels(*labels).set(1)

@@ -1,7 +1,9 @@
 """Following a registry alias without downtime: check ``models:/name@alias`` every ``reload_every_s``;
 a new version is loaded in the background, must score a sample built from its signature, and only
 then replaces the model answering (one reference swap: a batch runs wholly on the old or the new
-model). Any failure keeps the old model and is logged and counted."""
+model). Any failure keeps the old model and is logged. A version that downloads but fails to load or
+score is counted as refused and not tried again until the alias names another (loading a broken model
+every check costs CPU and memory while serving); a registry or download failure is tried again."""
 
 from __future__ import annotations
 
@@ -44,39 +46,52 @@ def sample(model, rows: int = 2) -> pa.RecordBatch | None:
     return pa.RecordBatch.from_arrays([_zeros(f.type, rows) for f in schema], names=schema.names)
 
 
-def _check(entry, options):
-    """(new model, version) when the alias names another version that loads and scores; else None."""
-    from ..model import load_model, uris
+def _load(path, version: str, options):
+    """(model, seconds) for a downloaded version that loads and scores a sample; else an error."""
+    from ..model import load_model
 
-    found = uris.registry_version(entry.uri)
-    if found is None or str(found.version) == str(entry.version):
-        return None
-    version = str(found.version)
     started = time.perf_counter()
-    path = uris.resolve(f"models:/{found.name}/{version}", options.cache_dir)
     model = load_model(path, flavor=options.flavor, model_config=options.model_config, cache_dir=options.cache_dir)
     probe = sample(model)
     if probe is not None:
         out = model.score_batch(probe)
         if out.num_rows != probe.num_rows:
             raise EngineError(f"version {version} gave {out.num_rows} rows for {probe.num_rows}")
-    return model, version, time.perf_counter() - started
+    return model, time.perf_counter() - started
 
 
 async def follow(entry, options, metrics) -> None:
+    from ..model import uris
+
     loop = asyncio.get_running_loop()
+    refused = None  # a version that failed its check is not loaded again (each check) until the alias moves
     while True:
         await asyncio.sleep(options.reload_every_s)
         try:
-            found = await loop.run_in_executor(None, _check, entry, options)
+            found = await loop.run_in_executor(None, uris.registry_version, entry.uri)
+        except Exception as exc:  # noqa: BLE001 - the registry cannot be reached: ask again next time
+            log.warning("model %s: cannot look %s up in the registry; still serving version %s (%s: %s)",
+                        entry.name, entry.uri, entry.version, type(exc).__name__, exc)
+            continue
+        version = None if found is None else str(found.version)
+        if version is None or version in (str(entry.version), refused):
+            continue
+        try:
+            path = await loop.run_in_executor(None, uris.resolve, f"models:/{found.name}/{version}", options.cache_dir)
+        except Exception as exc:  # noqa: BLE001 - a download that failed may work next time
+            log.warning("model %s: cannot download version %s of %s; still serving version %s (%s: %s)",
+                        entry.name, version, entry.uri, entry.version, type(exc).__name__, exc)
+            continue
+        try:
+            model, seconds = await loop.run_in_executor(None, _load, path, version, options)
         except Exception as exc:  # noqa: BLE001 - any failure keeps the old model
-            log.error("model %s: a new version of %s did not load or score a sample; still serving version %s "
-                      "(%s: %s)", entry.name, entry.uri, entry.version, type(exc).__name__, exc)
+            refused = version
+            log.error("model %s: version %s of %s did not load or score a sample; still serving version %s, and "
+                      "version %s is not tried again until the alias moves (%s: %s)", entry.name, version, entry.uri,
+                      entry.version, version, type(exc).__name__, exc)
             metrics.reloads.labels(entry.name, "refused").inc()
             continue
-        if found is None:
-            continue
-        model, version, seconds = found
+        refused = None
         previous = metrics.labels_of(entry.name)
         old = entry.version
         entry.model, entry.version, entry.load_seconds = model, version, seconds  # the swap
