@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_spark.py
 	$(PY) benchmarks/bench_ray.py
 	$(PY) benchmarks/bench_stream.py --spark
+	$(PY) benchmarks/bench_serve.py
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache
