@@ -191,3 +191,23 @@ def test_write_output_into_a_missing_or_wrong_place(tmp_path):
     with pytest.raises(ConfigError, match=r"output '.*dir.json' is a directory; name a file"):
         write_output(pa.table({"p": [1]}), tmp_path / "dir.json")
     assert not (tmp_path / "no").exists()
+
+
+def test_json_numbers_take_the_signature_types():
+    """JSON has one number type: a float32 input gets float32 (it was refused as 'double' for every request
+    to a float32 model), ints become floats only when exact, and a null is never a NaN."""
+    import pyarrow as pa
+
+    from engine.model.payload import decode_doc
+
+    schema = pa.schema([("a", pa.float32()), ("b", pa.float64()), ("c", pa.int32())])
+    split = {"dataframe_split": {"columns": ["a", "b"], "data": [[0.1, 2.5], [1.0, 3.0]]}}
+    table, _ = decode_doc(split, schema=schema)
+    assert table.schema.types == [pa.float32(), pa.float64()] and table.column("b").to_pylist() == [2.5, 3.0]
+    records = {"dataframe_records": [{"a": 1.5, "b": 2, "c": 7}]}
+    table, _ = decode_doc(records, schema=schema)
+    assert table.schema.types == [pa.float32(), pa.float64(), pa.int32()]
+    big = {"dataframe_records": [{"b": 2**53 + 1}]}  # not exact as a double: left for the signature to refuse
+    assert decode_doc(big, schema=schema)[0].schema.field("b").type == pa.int64()
+    nulls = {"dataframe_split": {"columns": ["a", "b"], "data": [[None, 1.0]]}}
+    assert decode_doc(nulls, schema=schema)[0].column("a").null_count == 1

@@ -57,8 +57,11 @@ def decode_json(body: bytes | str, names: list[str] | None = None) -> tuple[pa.T
     return decode_doc(doc, names)
 
 
-def decode_doc(doc, names: list[str] | None = None) -> tuple[pa.Table, dict | None]:
-    """(table, params) from a parsed JSON request."""
+def decode_doc(doc, names: list[str] | None = None, schema: pa.Schema | None = None) -> tuple[pa.Table, dict | None]:
+    """(table, params) from a parsed JSON request; with the model's input ``schema``, JSON numbers take
+    the types it declares (JSON has one number type: a float32 input gets float32, as MLflow does)."""
+    if schema is not None and names is None:
+        names = schema.names
     if not isinstance(doc, dict):
         raise ConfigError(f"the JSON input must be an object with one of the keys {list(KEYS)}")
     found = [k for k in KEYS if k in doc]
@@ -66,10 +69,59 @@ def decode_doc(doc, names: list[str] | None = None) -> tuple[pa.Table, dict | No
         raise ConfigError(f"the JSON input must have exactly one of the keys {list(KEYS)}; it has {sorted(doc)}")
     key, value, params = found[0], doc[found[0]], doc.get("params")
     try:
-        return _table(key, value, names), params
+        if key == "dataframe_split" and schema is not None:
+            fast = _float_split(value, schema)
+            if fast is not None:
+                return fast, params
+        table = _table(key, value, names)
+        return (table if schema is None else _typed(table, schema)), params
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
         raise ConfigError(f"the {key!r} values cannot be read as typed columns ({exc}); "
                           "every column needs values of one type") from None
+
+
+def _float_split(value, schema: pa.Schema) -> pa.Table | None:
+    """``dataframe_split`` rows of plain numbers for float inputs, as one 2-D array (the serving hot
+    path: one conversion, not one per column); None when anything else is in it (nulls, strings, bools,
+    non-float inputs), for the general path to handle and name."""
+    if not isinstance(value, dict) or set(value) - {"columns", "data", "index"} or not value.get("columns"):
+        return None
+    columns, rows = value["columns"], value.get("data")
+    fields = [schema.field(c) if isinstance(c, str) and c in schema.names else None for c in columns]
+    if not rows or any(f is None or not pa.types.is_floating(f.type) for f in fields):
+        return None
+    try:
+        arr = np.asarray(rows)
+    except ValueError:  # ragged
+        return None
+    # ints go the general way, where int -> float must be exact
+    if arr.ndim != 2 or arr.shape[1] != len(columns) or arr.dtype.kind != "f" or len(set(columns)) != len(columns):
+        return None
+    cols = np.ascontiguousarray(arr.T)
+    return pa.Table.from_arrays([pa.array(cols[i].astype(f.type.to_pandas_dtype(), copy=False))
+                                 for i, f in enumerate(fields)], names=list(columns))
+
+
+def _typed(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """JSON's numbers in the types the signature declares: floats as its float width, ints as its int or
+    float type when every value fits exactly (anything else is left for the signature's own rules to
+    judge and name)."""
+    import pyarrow.compute as pc
+
+    for i, name in enumerate(table.column_names):
+        if name not in schema.names:
+            continue
+        want, have = schema.field(name).type, table.schema.field(i).type
+        if want == have:
+            continue
+        try:
+            if pa.types.is_floating(want) and pa.types.is_floating(have):
+                table = table.set_column(i, name, pc.cast(table.column(i), want, safe=False))
+            elif pa.types.is_integer(have) and (pa.types.is_integer(want) or pa.types.is_floating(want)):
+                table = table.set_column(i, name, pc.cast(table.column(i), want, safe=True))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
+    return table
 
 
 def _table(key: str, value, names) -> pa.Table:

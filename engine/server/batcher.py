@@ -48,6 +48,7 @@ class Batcher:
         self._ready = asyncio.Event()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"arrowscore-{entry.name}")
         self._task: asyncio.Task | None = None
+        self._gauge = metrics.queue_depth.labels(entry.name) if metrics else None
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.entry.name}")
@@ -65,25 +66,36 @@ class Batcher:
         """The model's output for this batch; raises Overloaded, asyncio.TimeoutError or the scoring error."""
         if len(self.items) >= self.max_queue:
             raise Overloaded()
+        loop = asyncio.get_running_loop()
         key = (json.dumps(params, sort_keys=True, default=str) if params else "", batch.schema)
-        item = _Item(batch, params, key, asyncio.get_running_loop().create_future())
+        item = _Item(batch, params, key, loop.create_future())
         self.items.append(item)
         self._ready.set()
         self._depth()
+        timer = loop.call_later(timeout, self._expire, item)  # (a timer handle: cheaper than wait_for's task)
         try:
-            return await asyncio.wait_for(item.future, timeout)
+            return await item.future
         finally:
-            if item.future.cancelled():  # timed out (or its request was cancelled) while queued: free its place
-                try:
-                    self.items.remove(item)
-                except ValueError:  # already taken into a batch, whose answer is dropped
-                    pass
-                else:
-                    self._depth()
+            timer.cancel()
+            if item.future.cancelled():  # its request was cancelled (client gone) while queued: free its place
+                self._forget(item)
+
+    def _expire(self, item: _Item) -> None:
+        """A request not answered in time: 504 now, and its place in the queue is freed at once."""
+        if not item.future.done():
+            item.future.set_exception(asyncio.TimeoutError())
+            self._forget(item)
+
+    def _forget(self, item: _Item) -> None:
+        try:
+            self.items.remove(item)
+        except ValueError:  # already taken into a batch, whose answer for it is dropped
+            return
+        self._depth()
 
     def _depth(self) -> None:
-        if self.metrics:
-            self.metrics.queue_depth.labels(self.entry.name).set(len(self.items))
+        if self._gauge is not None:
+            self._gauge.set(len(self.items))
 
     def _take(self, group: list, rows: int) -> int:
         """Move the queued items that fit the group (same key, within max_rows) into it, keeping the rest in order."""

@@ -60,12 +60,14 @@ def media_type(header: str | None) -> str:
 
 
 def _batch(table: pa.Table) -> pa.RecordBatch:
+    if all(c.num_chunks == 1 for c in table.columns):  # the usual case, without a copy
+        return pa.RecordBatch.from_arrays([c.chunk(0) for c in table.columns], schema=table.schema)
     table = table.combine_chunks()
     batches = table.to_batches()
     return batches[0] if batches else pa.RecordBatch.from_pylist([], table.schema)
 
 
-def decode(content_type: str | None, body: bytes, names: list[str] | None) -> tuple[pa.RecordBatch, dict | None]:
+def decode(content_type: str | None, body: bytes, schema: pa.Schema | None) -> tuple[pa.RecordBatch, dict | None]:
     """(batch, params) from a body in MLflow's protocol, Arrow IPC stream or Parquet."""
     media = media_type(content_type)
     if media == JSON:
@@ -75,7 +77,7 @@ def decode(content_type: str | None, body: bytes, names: list[str] | None) -> tu
             raise ConfigError(f"the body is not valid JSON ({exc})") from None
         if isinstance(doc, dict) and "parameters" in doc and "params" not in doc:  # Vertex AI's name
             doc = {**doc, "params": doc.pop("parameters")}
-        table, params = payload.decode_doc(doc, names)
+        table, params = payload.decode_doc(doc, schema=schema)
         if params is not None and not isinstance(params, dict):
             raise ConfigError(f"'params' must be an object, got {type(params).__name__}")
         return _batch(table), params

@@ -51,7 +51,8 @@ def _load(path, version: str, options):
     from ..model import load_model
 
     started = time.perf_counter()
-    model = load_model(path, flavor=options.flavor, model_config=options.model_config, cache_dir=options.cache_dir)
+    model = load_model(path, flavor=options.flavor, model_config=options.model_config, cache_dir=options.cache_dir,
+                       shared_cpu=True)
     probe = sample(model)
     if probe is not None:
         out = model.score_batch(probe)
