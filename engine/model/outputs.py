@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import convert
-from ..errors import ScoringError
+from ..errors import EngineError, ScoringError
 from .signature import Signature
 
 __all__ = ["OutputPlan", "PREDICTION", "schema_from_tensors"]
@@ -34,6 +34,8 @@ class OutputPlan:
                 batch = pa.RecordBatch.from_arrays([col], self._single)
             else:
                 batch = self._other(raw)
+        except EngineError:
+            raise
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, ValueError) as exc:
             raise ScoringError(f"the model's output cannot become Arrow columns ({type(exc).__name__}: {exc}); "
                                "a model must return values of one type per output") from exc
