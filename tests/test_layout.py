@@ -20,7 +20,7 @@ LAYERS = [
     ("engine.model", "flavors"),
     ("connectors",),
     ("engine.jobs",),
-    ("engine.runners", "engine.server"),  # the modes
+    ("engine.runners", "engine.server", "engine.scheduler"),  # the modes
     ("engine", "engine.cli", "engine.spark", "engine.spark_job", "engine.__main__"),  # the public face
 ]
 
