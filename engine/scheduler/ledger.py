@@ -97,18 +97,20 @@ class Ledger:
 
     def __init__(self, path: str, readonly: bool = False):
         self.path = path
-        if readonly and not os.path.exists(path):
-            self._db = sqlite3.connect(":memory:")
-        elif readonly:
-            self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+        if readonly:
+            self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) if os.path.exists(path) else None
+            # a ledger being created may not hold its tables yet: it reads as empty
+            if self._db is None or not self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'runs'").fetchone():
+                if self._db is not None:
+                    self._db.close()
+                self._db = sqlite3.connect(":memory:")
+                self._db.executescript(_SCHEMA)
         else:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             self._db = sqlite3.connect(path, timeout=30)
             self._db.execute("PRAGMA journal_mode=WAL")  # `arrowscore runs` reads while a run writes
+            self._db.executescript(f"BEGIN; {_SCHEMA} COMMIT;")
         self._db.row_factory = sqlite3.Row
-        if not readonly or not os.path.exists(path):
-            with self._db:
-                self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
         self._db.close()
