@@ -9,6 +9,7 @@ The packages, lowest layer first; a layer imports only the ones before it (tests
     engine.jobs         options and reports, JobScorer (per-batch rules), the ends of a Parquet job
     engine.runners      the modes over data: local, ray, spark, stream (Kafka); RUNNERS lists them
     engine.server       the HTTP mode: ``arrowscore serve`` (protocols, dynamic batching, metrics)
+    engine.scheduler    scheduled, incremental jobs: ``arrowscore run`` (job files, the ledger, cron)
     engine.cli          the ``arrowscore`` command
 
 A new flavor goes in ``flavors/``, a new source or sink in ``connectors/``, a new batch runner in
@@ -45,8 +46,17 @@ def serve(models=None, **options) -> None:
     run_server(models, **options)
 
 
+def run_job(job, once: bool = True, **options):
+    """Run a scheduled job (a job file's path or a mapping of its keys): ``once`` scores what it has not
+    scored yet and returns a ``RunReport``; else it runs on the job's schedule until stopped. options:
+    dry_run, stop, handle_signals, max_runs (see ``engine.scheduler.run_job``)."""
+    from .scheduler import run_job as run
+
+    return run(job, once=once, **options)
+
+
 __all__ = [
-    "load_model", "Model", "save_model", "Signature", "score", "stream", "serve", "ServeOptions", "ScoreOptions", "ScoreReport",
+    "load_model", "run_job", "Model", "save_model", "Signature", "score", "stream", "serve", "ServeOptions", "ScoreOptions", "ScoreReport",
     "RayOptions", "SparkOptions", "StreamOptions", "StreamReport",
     "EngineError", "ConfigError", "ModelLoadError", "FlavorNotFound", "MissingDependency",
     "SchemaError", "SchemaMismatch", "ScoringError", "ConnectorError",

@@ -309,12 +309,57 @@ def _add_serve(sub) -> None:
     p.set_defaults(run=_serve)
 
 
+# ---- run / runs ----------------------------------------------------------------------------------
+def _run(args) -> int:
+    from .scheduler import RunOptions, run_job
+
+    options = RunOptions(**values(args, RunOptions))
+    # the scheduled mode stops after its current run on SIGTERM; --once stops at once, like score
+    result = run_job(args.job, once=options.once, dry_run=options.dry_run,
+                     handle_signals=not (options.once or options.dry_run))
+    for report in result if isinstance(result, list) else [result]:
+        print(report)
+    return 0
+
+
+def _add_run(sub) -> None:
+    from .scheduler import RunOptions
+
+    p = sub.add_parser("run", help="run a job file: score the input files it has not scored, on its schedule or once")
+    p.add_argument("job", metavar="JOB.yaml", help="the job file (name, model, input, output, schedule, ...)")
+    add_flags(p, RunOptions)
+    p.set_defaults(run=_run)
+
+
+def _runs(args) -> int:
+    from .scheduler import run_history
+
+    history = run_history(args.job, args.limit)
+    if args.json:
+        print(json.dumps([dataclasses.asdict(r) for r in history], indent=2))
+        return 0
+    columns = ("run_id", "started", "ended", "model_version", "files", "rows", "dead_lettered", "status")
+    table = [columns] + [tuple("" if getattr(r, c) is None else str(getattr(r, c)) for c in columns) for r in history]
+    widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def _add_runs(sub) -> None:
+    p = sub.add_parser("runs", help="the run history of a job file")
+    p.add_argument("job", metavar="JOB.yaml", help="the job file")
+    p.add_argument("--limit", type=int, help="only the last N runs")
+    p.add_argument("--json", action="store_true", help="print JSON (every recorded field)")
+    p.set_defaults(run=_runs)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="arrowscore", description="Score MLflow models fast, on Arrow batches.",
                                 epilog=EXIT, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (_add_info, _add_predict, _add_score, _add_stream, _add_serve):
+    for add in (_add_info, _add_predict, _add_score, _add_stream, _add_serve, _add_run, _add_runs):
         add(sub)
     return p
 
@@ -335,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     from .errors import EngineError, ScoringError
 
-    if args.command in ("score", "predict"):
+    if args.command in ("score", "predict") or (args.command == "run" and (getattr(args, "once", False) or getattr(args, "dry_run", False))):
         import signal
 
         # SIGTERM (a scheduler's stop) cleans up as Ctrl-C does, instead of leaving staging behind

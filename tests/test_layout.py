@@ -20,7 +20,7 @@ LAYERS = [
     ("engine.model", "flavors"),
     ("connectors",),
     ("engine.jobs",),
-    ("engine.runners", "engine.server"),  # the modes
+    ("engine.runners", "engine.server", "engine.scheduler"),  # the modes
     ("engine", "engine.cli", "engine.spark", "engine.spark_job", "engine.__main__"),  # the public face
 ]
 
@@ -125,7 +125,7 @@ def test_import_engine_loads_no_runner_or_heavy_library():
     assert out.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("name", ["load_model", "Model", "save_model", "Signature", "score", "stream", "ScoreOptions",
+@pytest.mark.parametrize("name", ["load_model", "Model", "save_model", "Signature", "score", "stream", "run_job", "ScoreOptions",
                                   "ScoreReport", "RayOptions", "SparkOptions", "StreamOptions", "EngineError"])
 def test_public_names(name):
     import engine
@@ -139,6 +139,14 @@ def test_engine_stream_stays_the_function():
     import engine.runners.stream  # noqa: F401
 
     assert callable(engine.stream) and engine.stream.__module__ == "engine"
+
+
+def test_engine_run_job_stays_the_function():
+    """``engine.run_job`` is no module's name: importing the scheduler does not shadow it."""
+    import engine
+    import engine.scheduler  # noqa: F401
+
+    assert callable(engine.run_job) and engine.run_job.__module__ == "engine"
 
 
 def test_spark_names_and_entry_point():

@@ -26,7 +26,7 @@ from engine.errors import ConfigError, ConnectorError
 
 from .files import filesystem_for, glob_root, hidden
 
-__all__ = ["ParquetSource", "Part"]
+__all__ = ["ParquetSource", "Part", "list_files"]
 
 @dataclass(frozen=True)
 class Part:
@@ -139,18 +139,56 @@ def _hive_keys(files: list[str], base: str) -> list[str]:
     return list(keys)
 
 
+def list_files(uri: str, filesystem: pafs.FileSystem | None = None) -> tuple[list[pafs.FileInfo], str]:
+    """The input files ``uri`` names (a file, a directory without its hidden entries, or a glob), sorted
+    by path, each with its size and mtime from the listing (nothing is opened), and the directory hive
+    partitions are read under."""
+    fs, path = filesystem_for(os.fspath(uri), filesystem)
+    base = glob_root(path)
+    if base is not None:
+        infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+        files = sorted((i for i in infos if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, path)),
+                       key=lambda i: i.path)
+        if not files:
+            raise ConnectorError(f"no files match {uri!r}")
+        return files, base
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise ConnectorError(f"input {uri!r} does not exist")
+    if info.type == pafs.FileType.File:
+        return [info], posixpath.dirname(path)
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    files = sorted((i for i in infos if i.type == pafs.FileType.File and not hidden(i.path, path)),
+                   key=lambda i: i.path)
+    if not files:
+        raise ConnectorError(f"input {uri!r} holds no files (hidden ones, starting with '.' or '_', "
+                             "are not read)")
+    return files, path
+
+
 class ParquetSource:
-    """A Parquet file, directory (hive partitions included), or glob, read column-projected."""
+    """A Parquet file, directory (hive partitions included), or glob, read column-projected.
+
+    ``files``: read only these of the files ``path`` names (as ``list_files`` names them), with the
+    hive partition values of their place under ``path``; scheduled jobs read their new files so."""
 
     def __init__(self, path: str, columns: list[str] | None = None, batch_rows: int = 32_768,
-                 filesystem: pafs.FileSystem | None = None, required=()):
+                 filesystem: pafs.FileSystem | None = None, required=(), files=None):
         if batch_rows < 1:
             raise ConfigError(f"batch_rows must be at least 1, got {batch_rows}")
         self.uri = os.fspath(path)
         self.fs, self.path = filesystem_for(self.uri, filesystem)
         self.batch_rows = batch_rows
         self.required = list(required)  # columns every file must hold (pass-through columns)
-        files, base = self._files()
+        if files is None:
+            infos, base = list_files(self.uri, filesystem)
+            files = [i.path for i in infos]
+        else:  # the caller listed them: no second listing of a large input
+            files, base = list(files), self._base()
+            outside = [f for f in files if f != self.path and not f.startswith(base.rstrip("/") + "/")]
+            if outside or not files:
+                raise ConfigError(f"files {outside[:3]} are not in the input {self.uri!r}; pass files that "
+                                  "list_files names for it" if outside else "files is empty; pass at least one")
         keys = _hive_keys(files, base)
         # partition values stay strings, as written ('02134' is no number; one directory's name must not
         # change another file's column type)
@@ -173,26 +211,13 @@ class ParquetSource:
         self.columns = list(dict.fromkeys(columns)) if columns else None
         self._parts = None
 
-    def _files(self) -> tuple[list[str], str]:
-        path = self.path
-        base = glob_root(path)
+    def _base(self) -> str:
+        """The directory hive partitions are read under (as ``list_files`` returns it)."""
+        base = glob_root(self.path)
         if base is not None:
-            infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
-            files = sorted(i.path for i in infos if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, path))
-            if not files:
-                raise ConnectorError(f"no files match {self.uri!r}")
-            return files, base
-        info = self.fs.get_file_info(path)
-        if info.type == pafs.FileType.NotFound:
-            raise ConnectorError(f"input {self.uri!r} does not exist")
-        if info.type == pafs.FileType.File:
-            return [path], posixpath.dirname(path)
-        infos = self.fs.get_file_info(pafs.FileSelector(path, recursive=True))
-        files = sorted(i.path for i in infos if i.type == pafs.FileType.File and not hidden(i.path, path))
-        if not files:
-            raise ConnectorError(f"input {self.uri!r} holds no files (hidden ones, starting with '.' or '_', "
-                                 "are not read)")
-        return files, path
+            return base
+        info = self.fs.get_file_info(self.path)
+        return self.path if info.type == pafs.FileType.Directory else posixpath.dirname(self.path)
 
     def parts(self) -> list[Part]:
         """The input files in order, with row counts from their footers (nothing is decoded yet).

@@ -85,6 +85,8 @@ class ScoreOptions:
     model_config: dict | None = _opt(None, "overrides for a python_function model's model_config")
     flavor: str | None = _opt(None, "load with this flavor instead of the native one")
     cache_dir: str | None = _opt(None, "where downloaded models are cached")
+    input_files: tuple | None = _opt(None, "score only these of the input's files (as list_files names them): "
+                                           "scheduled jobs pass the new ones", cli=False)
 
     def __post_init__(self):
         from connectors.parquet import MODES
@@ -93,6 +95,8 @@ class ScoreOptions:
         object.__setattr__(self, "rename", dict(self.rename or {}))
         if self.feature_columns is not None:
             object.__setattr__(self, "feature_columns", _names(self.feature_columns, "feature_columns") or None)
+        if self.input_files is not None:
+            object.__setattr__(self, "input_files", _names(self.input_files, "input_files"))
         if self.params is not None and not isinstance(self.params, dict):
             raise ConfigError(f"params must be a mapping of name to value, got {type(self.params).__name__} "
                               f"{self.params!r}; decode JSON with json.loads first")

@@ -63,7 +63,7 @@ def open_parquet_job(model, input: str, output: str, options, filesystem=None):
     needed = model.input_columns
     columns = None if needed is None else list(dict.fromkeys([*needed, *options.keep_columns]))
     source = ParquetSource(input, columns=columns, batch_rows=options.batch_rows, filesystem=filesystem,
-                           required=options.keep_columns)
+                           required=options.keep_columns, files=options.input_files)
     check_dead_letter_columns(columns or source.schema.names, options)
     parts = source.parts()
     sink = ParquetSink(output, mode=options.mode, compression=options.compression,

@@ -44,6 +44,9 @@ def run_spark(model_uri, input: str, output: str, options: ScoreOptions,
 
     from ..jobs.parquet import check_paths, dead_letters
 
+    if options.input_files is not None:
+        raise ConfigError("the spark runner reads its whole input; input_files (a scheduled job's new files) is not "
+                          "supported by it yet: use the local or ray runner")
     if options.row_group_rows:
         raise ConfigError("the spark runner sizes row groups in bytes: set Spark's parquet.block.size instead of "
                           "row_group_rows")

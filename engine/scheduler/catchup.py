@@ -1,0 +1,300 @@
+"""One run of a job (``arrowscore run JOB.yaml --once``): catch up with the input, then stop.
+
+    hold the output's lock -> finish or undo what a killed run left -> resolve the model once
+    -> list the input -> the ledger says which files to score -> for each: the job's runner scores it
+    into staging -> its outputs are moved into place under names derived from the file's identity and
+    the model version -> the ledger records it
+
+Each file is scored by ``engine.runners.score`` on its own (``input_files``), so its output is the
+runner's own part file, renamed into the output directory; a file's rows are visible all at once or
+not at all, and a kill at any moment followed by another run leaves every row scored exactly once
+(see ``ledger``). A run holds the output's ``PathLock`` throughout: a second run of the job, or a
+``score`` into its output, is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from ..errors import EngineError
+from ..jobs.options import ScoreOptions
+from .jobfile import JobSpec
+from .ledger import FileRecord, Ledger, RunRecord
+
+__all__ = ["run_once", "RunReport", "Planned", "plan", "file_key", "resolve_model"]
+
+log = logging.getLogger("arrowscore.run")
+
+
+@dataclass(frozen=True)
+class Planned:
+    """An input file a run scores, and why."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    reason: str
+
+
+@dataclass
+class RunReport:
+    """What one run did (or, for a dry run, would do)."""
+
+    job: str
+    run_id: str | None
+    model_version: str
+    planned: list = field(default_factory=list)
+    files: int = 0
+    rows: int = 0
+    rows_scored: int = 0
+    dead_lettered: int = 0
+    seconds: float = 0.0
+    status: str = "succeeded"
+    changed: list = field(default_factory=list)  # files that changed while they were scored: left for the next run
+    dry_run: bool = False
+    input_files: int = 0
+
+    def __str__(self) -> str:
+        if self.dry_run:
+            head = (f"job {self.job!r} (model version {self.model_version}) would score {len(self.planned)} of "
+                    f"{self.input_files} input files")
+            return "\n".join([head, *(f"  {p.path}  ({p.reason})" for p in self.planned)])
+        text = (f"run {self.run_id} of job {self.job!r}: scored {self.files} of {self.input_files} input files "
+                f"({self.rows_scored:,} of {self.rows:,} rows) with model version {self.model_version} in "
+                f"{self.seconds:.2f} s")
+        if self.dead_lettered:
+            text += f"; {self.dead_lettered:,} rows rejected"
+        if self.changed:
+            text += f"; {len(self.changed)} files changed while being scored, left for the next run"
+        return text
+
+
+# ---- the model, once per run ------------------------------------------------------------------
+def resolve_model(uri: str, cache_dir=None) -> tuple[str, str]:
+    """(the URI that names this version for good, its version): a registry alias becomes
+    ``models:/name/N`` and N; any other model is versioned by a digest of its MLmodel file (which
+    records when it was saved)."""
+    from ..model import uris
+
+    version = uris.registry_version(uri)
+    if version is not None:
+        return f"models:/{version.name}/{version.version}", str(version.version)
+    path = uris.resolve(uri, cache_dir)
+    digest = hashlib.sha256((path / "MLmodel").read_bytes()).hexdigest()[:12]
+    return uri, f"mlmodel-{digest}"
+
+
+def file_key(path: str, size: int, mtime_ns: int, model_version: str) -> str:
+    """The name a file's outputs get: one input file, as it is now, scored by one model version."""
+    return hashlib.sha256(f"{path}\n{size}\n{mtime_ns}\n{model_version}".encode()).hexdigest()[:20]
+
+
+def plan(infos, records: dict, model_version: str, rescore: str) -> list[Planned]:
+    """The listed input files (``pyarrow.fs.FileInfo``) a run scores, with the reason for each."""
+    out = []
+    for info in infos:
+        had = records.get(info.path)
+        if had is None:
+            reason = "new"
+        elif (had.size, had.mtime_ns) != (info.size, info.mtime_ns):
+            reason = f"replaced in place (size {had.size} -> {info.size}, mtime changed)" \
+                if had.size != info.size else "replaced in place (mtime changed)"
+        elif rescore == "all":
+            reason = "rescore: all"
+        elif rescore == "on-model-change" and had.model_version != model_version:
+            reason = f"model changed (version {had.model_version} -> {model_version})"
+        else:
+            continue
+        out.append(Planned(info.path, info.size, info.mtime_ns, reason))
+    return out
+
+
+# ---- a run -------------------------------------------------------------------------------------
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _versions(model=None) -> dict:
+    import importlib.metadata as meta
+
+    import pyarrow
+
+    out = {"python": platform.python_version(), "pyarrow": pyarrow.__version__}
+    for dist in ("arrowscore", "mlflow-skinny", "mlflow"):
+        try:
+            out[dist] = meta.version(dist)
+        except meta.PackageNotFoundError:
+            pass
+    if model is not None:
+        out["flavor"] = model.flavor
+    return out
+
+
+def _delete(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def recover(ledger: Ledger) -> None:
+    """Finish or undo the files a killed run was moving into place (the caller holds the job's lock)."""
+    for path, record in ledger.pending().items():
+        if all(os.path.exists(p) for p in record.outputs):  # the part file, moved last, is visible
+            ledger.finish(path, _delete)
+            log.warning("recorded %s, whose outputs a killed run had made visible", path)
+        else:
+            kept = set(ledger.outputs(path))
+            for p in record.outputs:
+                if p not in kept:
+                    _delete(p)
+            ledger.abandon(path)
+            log.warning("removed what a killed run had moved into place for %s; it is scored again", path)
+
+
+def _paths(spec: JobSpec) -> tuple[str, str | None, str]:
+    """(output directory, dead-letter directory, staging directory beside the output), local paths."""
+    from connectors.parquet.files import staging_name
+
+    output = os.path.realpath(spec.output.removeprefix("file://"))
+    dead = spec.options.dead_letter if spec.options.on_error == "dead-letter" else None
+    dead = os.path.realpath(dead.removeprefix("file://")) if dead else None
+    parent, name = os.path.split(output)
+    return output, dead, os.path.join(parent, staging_name(name, "run"))
+
+
+def run_once(spec: JobSpec, *, dry_run: bool = False, scheduled_for: str | None = None) -> RunReport:
+    """Score the input files this job has not scored (per ``rescore``), each committed on its own."""
+    from connectors.parquet import list_files
+    from connectors.parquet.lock import PathLock
+
+    from ..jobs.parquet import check_paths
+
+    output, dead_dir, staging = _paths(spec)
+    check_paths(spec.input, output, dataclasses.replace(spec.options, dead_letter=dead_dir))
+    start = time.perf_counter()
+    if dry_run:
+        ledger = Ledger(spec.ledger_path, readonly=True)
+        try:
+            _, version = resolve_model(spec.model, spec.options.cache_dir)
+            infos, _ = list_files(spec.input)
+            todo = plan(infos, ledger.files(), version, spec.rescore)
+        finally:
+            ledger.close()
+        return RunReport(spec.name, None, version, todo, dry_run=True, input_files=len(infos),
+                         seconds=time.perf_counter() - start)
+
+    run_id = uuid.uuid4().hex[:12]
+    lock = PathLock(output, job=run_id, what=f"the output of job {spec.name!r}")
+    lock.acquire()
+    try:
+        ledger = Ledger(spec.ledger_path)
+        try:
+            ledger.claim(spec.name)
+            killed = ledger.mark_killed()
+            if killed:
+                log.warning("runs %s were killed before they ended", ", ".join(killed))
+            recover(ledger)
+            shutil.rmtree(staging, ignore_errors=True)  # what killed runs staged
+            return _run(spec, ledger, run_id, output, dead_dir, staging, scheduled_for, start)
+        finally:
+            ledger.close()
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        lock.release()
+
+
+def _run(spec, ledger: Ledger, run_id, output, dead_dir, staging, scheduled_for, start) -> RunReport:
+    from connectors.parquet import list_files
+
+    from ..model import load_model
+
+    run = RunRecord(run_id, _now(), model_uri=spec.model, job_hash=spec.digest, scheduled_for=scheduled_for,
+                    host=socket.gethostname(), pid=os.getpid(), versions=_versions())
+    run.arrowscore_version = run.versions.get("arrowscore")
+    ledger.start_run(run)
+    report = RunReport(spec.name, run_id, "")
+    try:
+        pinned, version = resolve_model(spec.model, spec.options.cache_dir)
+        report.model_version = version
+        ledger.update_run(run_id, model_version=version)
+        infos, _ = list_files(spec.input)
+        report.input_files = len(infos)
+        report.planned = plan(infos, ledger.files(), version, spec.rescore)
+        log.info("run %s of job %r: %d of %d input files to score with %s (version %s)", run_id, spec.name,
+                 len(report.planned), len(infos), spec.model, version)
+        if report.planned:
+            model = load_model(pinned, shared_cpu=True, **spec.options.load_kwargs())
+            ledger.update_run(run_id, versions=json.dumps(_versions(model)))
+            os.makedirs(output, exist_ok=True)
+            if dead_dir:
+                os.makedirs(dead_dir, exist_ok=True)
+        for item in report.planned:
+            done = _score_file(spec, ledger, model, item, version, run_id, output, dead_dir, staging)
+            if done is None:
+                report.changed.append(item.path)
+                continue
+            report.files += 1
+            report.rows += done.rows
+            report.rows_scored += done.rows_scored
+            report.dead_lettered += done.dead_lettered
+            ledger.update_run(run_id, files=report.files, rows=report.rows, dead_lettered=report.dead_lettered)
+    except BaseException as exc:
+        report.status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        error = str(exc) if isinstance(exc, EngineError) else f"{type(exc).__name__}: {exc}"
+        ledger.update_run(run_id, status=report.status, ended=_now(), error=error)
+        raise
+    report.seconds = time.perf_counter() - start
+    ledger.update_run(run_id, status="succeeded", ended=_now())
+    log.info("%s", report)
+    return report
+
+
+def _score_file(spec, ledger, model, item: Planned, version, run_id, output, dead_dir, staging):
+    """Score one input file into staging with the job's runner, move its outputs into place, record it.
+    None: the file changed while it was scored (nothing of it is kept)."""
+    import pyarrow.fs as pafs
+
+    from connectors.parquet import filesystem_for
+
+    from ..runners import score
+
+    key = file_key(item.path, item.size, item.mtime_ns, version)
+    stage = os.path.join(staging, key)
+    options = dataclasses.replace(spec.options, mode="error", progress=False, input_files=(item.path,),
+                                  dead_letter=os.path.join(stage, "rejected.parquet") if dead_dir else None)
+    kwargs = {f.name: getattr(options, f.name) for f in dataclasses.fields(ScoreOptions)}
+    log.info("scoring %s (%s)", item.path, item.reason)
+    done = score(model, spec.input, os.path.join(stage, "out"), runner=spec.runner,
+                 runner_options=spec.runner_options, **kwargs)
+    fs, _ = filesystem_for(spec.input)
+    now = fs.get_file_info(item.path)
+    if now.type != pafs.FileType.File or (now.size, now.mtime_ns) != (item.size, item.mtime_ns):
+        log.warning("%s changed while it was scored; it is left for the next run", item.path)
+        shutil.rmtree(stage, ignore_errors=True)
+        return None
+    if len(done.output_files) > 1:
+        raise RuntimeError(f"one input file gave {len(done.output_files)} output files; a run expects one")
+    moves = []  # dead letters first, the part file last: a visible part file means the file is done
+    if done.dead_lettered:
+        moves.append((os.path.join(stage, "rejected.parquet"), os.path.join(dead_dir, f"rejected-{key}.parquet")))
+    moves += [(staged, os.path.join(output, f"part-{key}.parquet")) for staged in done.output_files]
+    record = FileRecord(item.path, item.size, item.mtime_ns, spec.model, version, tuple(t for _, t in moves),
+                        done.rows, done.rows_scored, done.dead_lettered, run_id, _now())
+    ledger.begin(record)
+    for staged, target in moves:
+        os.replace(staged, target)
+    ledger.finish(item.path, _delete)
+    shutil.rmtree(stage, ignore_errors=True)
+    return record
