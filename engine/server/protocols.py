@@ -59,7 +59,9 @@ def media_type(header: str | None) -> str:
     return media.lower()
 
 
-def _batch(table: pa.Table) -> pa.RecordBatch:
+def _batch(table) -> pa.RecordBatch:
+    if isinstance(table, pa.RecordBatch):  # the JSON fast path builds one
+        return table
     if all(c.num_chunks == 1 for c in table.columns):  # the usual case, without a copy
         return pa.RecordBatch.from_arrays([c.chunk(0) for c in table.columns], schema=table.schema)
     table = table.combine_chunks()
