@@ -260,12 +260,46 @@ def _add_score(sub) -> None:
 
 
 # ---- stream --------------------------------------------------------------------------------------
+def _properties(path: str) -> dict:
+    """A Java-style properties file: KEY=VALUE lines, # or ! comments, blank lines."""
+    from .errors import ConfigError
+
+    try:
+        lines = open(path, encoding="utf-8").read().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"--kafka-config {path!r} cannot be read: {exc.strerror}") from None
+    out = {}
+    for n, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line[0] in "#!":
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not key.strip():  # the line is not echoed: it may hold a secret
+            raise ConfigError(f"{path}:{n} is not a KEY=VALUE line; --kafka-config takes KEY=VALUE lines and # comments")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _kafka_settings(args) -> dict:
+    """client_config, consumer_config, producer_config from --kafka-config then -X (the command line wins);
+    a ``consumer.`` or ``producer.`` prefix sends a setting to that client alone."""
+    given = {**(_properties(args.kafka_config) if args.kafka_config else {}), **_pairs(args.X, "-X")}
+    out = {"client_config": {}, "consumer_config": {}, "producer_config": {}}
+    for key, value in given.items():
+        role, _, rest = key.partition(".")
+        if role in ("consumer", "producer") and rest:
+            out[f"{role}_config"][rest] = value
+        else:
+            out["client_config"][key] = value
+    return out
+
+
 def _stream(args) -> int:
     from .jobs.options import StreamOptions
     from .runners.stream import stream
 
     options = values(args, StreamOptions, convert={"keep_columns": _csv})
-    report = stream(args.model_uri, handle_signals=True, client_config=_pairs(args.X, "-X"), **options)
+    report = stream(args.model_uri, handle_signals=True, **_kafka_settings(args), **options)
     print(report)
     return 0
 
@@ -284,7 +318,12 @@ def _add_stream(sub) -> None:
                             "help": "comma-separated input fields or pass-through columns (_key, _partition, "
                                     "_offset, _timestamp) to copy into each output (default _key)"},
               **required)
-    p.add_argument("-X", action="append", metavar="KEY=VALUE", help="extra Kafka client setting (repeatable)")
+    p.add_argument("-X", action="append", metavar="KEY=VALUE",
+                   help="a librdkafka setting (repeatable), over arrowscore's defaults; consumer.KEY=VALUE or "
+                        "producer.KEY=VALUE for one client only; settings a guarantee depends on are refused")
+    p.add_argument("--kafka-config", metavar="FILE",
+                   help="a properties file of such settings (KEY=VALUE lines, # comments), read before -X: "
+                        "keeps SASL secrets out of the command line")
     p.set_defaults(run=_stream)
 
 

@@ -9,6 +9,8 @@
      |    +-- SchemaMismatch         the batch's columns or types do not fit: every row fails alike
      +-- ScoringError                the user's model raised while predicting (carries the cause)
      +-- ConnectorError              a source or sink failed (files, Kafka, ...)
+          +-- TransactionAborted     a Kafka transaction had to be aborted (the group moved on under it);
+                                     the stream consumes its batch again and goes on
 
 Every message says what happened, the values involved, and what to do.
 No HTTP status codes here: servers map these types to statuses themselves.
@@ -26,6 +28,7 @@ __all__ = [
     "SchemaMismatch",
     "ScoringError",
     "ConnectorError",
+    "TransactionAborted",
     "require",
 ]
 
@@ -65,6 +68,11 @@ class ScoringError(EngineError):
 
 class ConnectorError(EngineError):
     """A source or sink failed."""
+
+
+class TransactionAborted(ConnectorError):
+    """A Kafka transaction was aborted on an abortable error (say the consumer group rebalanced under it,
+    so a newer member owns its partitions): nothing of it is visible; its batch is consumed again."""
 
 
 def require(module: str, extra: str, why: str):

@@ -156,3 +156,43 @@ def test_spark_names_and_entry_point():
     out = subprocess.run([sys.executable, "-m", "engine.spark_job", "--path"], capture_output=True, text=True,
                          timeout=60, cwd=ROOT)
     assert out.returncode == 0 and Path(out.stdout.strip()).name == "spark_job.py"
+
+
+def _public_modules() -> list[str]:
+    return [m for m in MODULES if not any(part.startswith("_") for part in m.split("."))]
+
+
+def test_no_public_function_shares_a_name_with_a_submodule():
+    """``package.name`` is a function until something imports ``package.name`` the module: then it is the
+    module, and calling it raises TypeError. So no package may have both."""
+    clashes = []
+    for module in _public_modules():
+        path = MODULES[module]
+        if path.name != "__init__.py":
+            continue
+        children = {p.stem for p in path.parent.glob("*.py") if p.stem != "__init__"}
+        children |= {p.name for p in path.parent.iterdir() if (p / "__init__.py").exists()}
+        tree = ast.parse(path.read_text())
+        defined = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+        imported = {a.asname or a.name for n in tree.body if isinstance(n, ast.ImportFrom) for a in n.names}
+        clashes += [f"{module}.{name}" for name in sorted((defined | imported) & children)
+                    if not (name in imported and f"{module}.{name}" in MODULES)]  # importing the submodule itself is fine
+    assert not clashes, f"functions or classes named like a submodule of their package: {clashes}"
+
+
+def test_engine_functions_stay_callable_after_every_submodule_is_imported():
+    """Import every public module of engine, connectors and flavors (the heavy ones whose library is
+    installed), then every function in ``engine.__all__`` is still that function."""
+    import engine
+
+    for module in _public_modules():
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:  # an optional library (ray, pyspark, ...) not installed here
+            if exc.name is None or exc.name.split(".")[0] in PACKAGES:
+                raise
+    functions = [n for n in engine.__all__ if not isinstance(getattr(engine, n), type)]
+    assert {"stream", "serve", "score", "run_job", "load_model", "save_model"} <= set(functions)
+    for name in functions:
+        value = getattr(engine, name)
+        assert callable(value) and not isinstance(value, type(engine)), f"engine.{name} is {value!r}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -408,3 +409,146 @@ def test_a_broker_gone_mid_stream_fails_after_the_broker_timeout(kafka, xgb_case
         broker.stop(Path(info["dir"]))
     assert proc.returncode == 2 and out == "", err[-3000:]
     _one_error_line(err, own)
+
+
+def _committed_total(kafka: str, group: str, topic: str, partitions: int) -> int:
+    c = ck.Consumer({"bootstrap.servers": kafka, "group.id": group})
+    try:
+        tps = c.committed([ck.TopicPartition(topic, p) for p in range(partitions)], 5)
+    except ck.KafkaException:  # offsets still pending in an open transaction
+        return -1
+    finally:
+        c.close()
+    return sum(max(tp.offset, 0) for tp in tps)
+
+
+def test_exactly_once_replicas_share_a_group_through_sigkills(kafka, xgb_case, tmp_path):
+    """Three replicas of one exactly-once stream on 6 partitions (issue 17 item 1): each is SIGKILLed in
+    turn and restarted while input flows. No replica fences another, every key is in the committed
+    output once, and more than one replica did the work."""
+    case, rows, expected = xgb_case
+    topic = f"replicas-{uuid.uuid4().hex[:6]}"
+    _topics(kafka, topic, topic + "-out", partitions=6)
+    total, group = 1200, f"g-{topic}"
+    keys = [f"k{i}" for i in range(total)]
+
+    def produce_slowly():
+        p = ck.Producer({"bootstrap.servers": kafka, "linger.ms": 1})
+        for i in range(total):
+            p.produce(topic, key=keys[i], value=json.dumps(rows[i % len(rows)]).encode(), partition=i % 6)
+            if i % 60 == 59:
+                p.flush(10)
+                time.sleep(0.6)
+        p.flush(30)
+
+    cli = _cli(kafka, case.uris["path"], topic, group, "exactly-once") + [
+        "-X", "consumer.session.timeout.ms=6000", "-X", "consumer.heartbeat.interval.ms=500"]
+
+    def start(name):
+        out, err = open(tmp_path / f"{name}.out", "w"), open(tmp_path / f"{name}.err", "w")
+        return subprocess.Popen(cli, stdout=out, stderr=err, text=True)
+
+    feeder = threading.Thread(target=produce_slowly)
+    feeder.start()
+    replicas = {f"r{i}": start(f"r{i}") for i in range(3)}
+    try:
+        time.sleep(7)  # start-up, then some batches
+        for i in range(3):
+            for name, proc in replicas.items():
+                assert proc.poll() is None, f"{name} died:\n{(tmp_path / f'{name}.err').read_text()[-3000:]}"
+            replicas[f"r{i}"].kill()
+            replicas[f"r{i}"].wait(30)
+            replicas[f"r{i}"] = start(f"r{i}-again")
+            time.sleep(3)
+        feeder.join()
+        deadline = time.time() + 60
+        while time.time() < deadline and _committed_total(kafka, group, topic, 6) < total:
+            time.sleep(0.5)
+        for name, proc in replicas.items():
+            assert proc.poll() is None, f"{name} died:\n{(tmp_path / f'{name}-again.err').read_text()[-3000:]}"
+            proc.send_signal(signal.SIGTERM)
+        for proc in replicas.values():
+            proc.wait(60)
+    finally:
+        for proc in replicas.values():
+            proc.kill()
+    errs = {n: (tmp_path / f"{n}-again.err").read_text() for n in replicas}
+    assert all(p.returncode == 0 for p in replicas.values()), errs
+    assert not any("fenced" in e.lower() for e in errs.values()), errs
+    out = _consume_all(kafka, topic + "-out", total)
+    seen = [m.key().decode() for m in out]
+    assert set(seen) == set(keys), f"{len(set(keys) - set(seen))} inputs lost"
+    assert len(seen) == total, f"{len(seen) - total} duplicates seen by a read_committed reader"
+    for m in out:
+        i = int(m.key()[1:])
+        np.testing.assert_allclose(json.loads(m.value())["prediction"], expected[i % len(rows)], rtol=1e-6)
+    counts = [int(re.search(r"streamed ([\d,]+) messages", (tmp_path / f"{n}-again.out").read_text())[1].replace(",", ""))
+              for n in replicas]
+    assert sum(c > 0 for c in counts) >= 2, f"the restarted replicas streamed {counts}: the work was not spread"
+
+
+@pytest.mark.parametrize("args, match", [
+    (["-X", "enable.auto.commit=true"], r"enable\.auto\.commit.*offsets are committed by arrowscore"),
+    (["-X", "consumer.enable.auto.commit=true"], r"enable\.auto\.commit"),
+    (["--guarantee", "exactly-once", "-X", "consumer.isolation.level=read_uncommitted"],
+     r"isolation\.level.*exactly-once.*read_committed"),
+    (["--guarantee", "exactly-once", "-X", "producer.enable.idempotence=false"], r"enable\.idempotence.*exactly-once"),
+    (["--guarantee", "exactly-once", "-X", "acks=1"], r"acks.*exactly-once"),
+    (["-X", "transactional.id=mine"], r"transactional\.id.*--transactional-id"),
+    (["-X", "group.id=other"], r"group\.id.*--group-id"),
+    (["-X", "linger.ms"], r"-X takes KEY=VALUE"),
+])
+def test_kafka_settings_a_guarantee_depends_on_are_refused(args, match, capsys):
+    from engine.cli import main
+
+    code = main(["stream", "no/such/model", "--bootstrap-servers", "127.0.0.1:1", "--input-topic", "a",
+                 "--output-topic", "b", "--group-id", "g", *args])
+    err = capsys.readouterr().err
+    assert code == 2 and re.search(match, err), err
+
+
+def test_a_kafka_config_file_with_a_bad_line_is_refused(tmp_path, capsys):
+    from engine.cli import main
+
+    props = tmp_path / "client.properties"
+    props.write_text("# SASL\nsasl.username=me\nnot a setting\n")
+    code = main(["stream", "no/such/model", "--bootstrap-servers", "127.0.0.1:1", "--input-topic", "a",
+                 "--output-topic", "b", "--group-id", "g", "--kafka-config", str(props)])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{props}:3" in err and "KEY=VALUE" in err, err
+
+
+def test_user_kafka_settings_win_over_the_defaults(kafka, xgb_case, tmp_path):
+    """``consumer.auto.offset.reset=latest`` from a properties file, ``acks=1`` from -X (at-least-once):
+    both take effect (the defaults are earliest and all, with idempotence)."""
+    case, rows, _ = xgb_case
+    topic = f"wins-{uuid.uuid4().hex[:8]}"
+    _topics(kafka, topic, topic + "-out")
+    _produce(kafka, topic, [json.dumps(r).encode() for r in rows[:10]], [f"early{i}" for i in range(10)])
+    props = tmp_path / "client.properties"
+    props.write_text("# read only what arrives from now on\n\nconsumer.auto.offset.reset = latest\n"
+                     "client.id=arrowscore-test\n")
+    err_path = tmp_path / "err"
+    proc = subprocess.Popen(_stream_cli(case.uris["path"], kafka, topic, "--kafka-config", str(props), "-X", "acks=1"),
+                            stdout=subprocess.PIPE, stderr=open(err_path, "w"), text=True)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and "partitions assigned" not in err_path.read_text() and proc.poll() is None:
+            time.sleep(0.3)
+        assert "partitions assigned" in err_path.read_text(), err_path.read_text()[-3000:]
+        # the reset to "latest" happens just after the assignment: produce until messages come out
+        late, out = 0, []
+        while not out and time.time() < deadline:
+            _produce(kafka, topic, [json.dumps(rows[10 + late % 20]).encode()], [f"late{late}"])
+            late += 1
+            out = _consume_all(kafka, topic + "-out", 1, timeout_s=1)
+        time.sleep(2)
+        out = _consume_all(kafka, topic + "-out", late, timeout_s=10)
+        proc.send_signal(signal.SIGTERM)
+        stdout, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err_path.read_text()[-3000:]
+    keys = [m.key().decode() for m in out]
+    assert keys and all(k.startswith("late") for k in keys), keys  # nothing from before the stream started
+    assert f"streamed {len(keys)} messages" in stdout

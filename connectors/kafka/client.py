@@ -17,7 +17,7 @@ import logging
 import time
 from contextlib import contextmanager
 
-from engine.errors import ConnectorError, require
+from engine.errors import ConnectorError, TransactionAborted, require
 
 __all__ = ["KafkaSource", "KafkaSink"]
 
@@ -95,7 +95,18 @@ class KafkaSource:
                                           "isolation.level": "read_committed", "logger": _Quiet(), **config,
                                           "error_cb": self.brokers.on_error})
         self._wait_for_brokers()
-        self.consumer.subscribe([topic])
+        self._revoked: set = set()
+        self.consumer.subscribe([topic], on_assign=self._assigned, on_revoke=self._revoked_cb, on_lost=self._revoked_cb)
+
+    # Rebalance callbacks run inside consume(), which the stream calls only between transactions: no
+    # transaction is open then. Messages already held from a revoked partition are dropped from the batch
+    # being gathered: the partition's next owner (maybe this consumer again) starts at its committed offset.
+    def _assigned(self, consumer, partitions) -> None:
+        log.info("partitions assigned: %s [%s]", self.topic, ", ".join(str(tp.partition) for tp in partitions))
+
+    def _revoked_cb(self, consumer, partitions) -> None:
+        self._revoked.update((tp.topic, tp.partition) for tp in partitions)
+        log.info("partitions revoked: %s [%s]", self.topic, ", ".join(str(tp.partition) for tp in partitions))
 
     def _wait_for_brokers(self) -> None:
         deadline = time.monotonic() + self.brokers.timeout_s
@@ -122,7 +133,8 @@ class KafkaSource:
     def consume(self, max_messages: int, max_wait_ms: int, stop=None) -> list:
         """Up to ``max_messages``: wait (up to 0.5 s) for the first, then at most ``max_wait_ms`` more.
         Raises ConnectorError once the brokers have been down for ``broker_timeout_s``."""
-        msgs = self._checked(self.consumer.consume(1, 0.5))
+        self._revoked.clear()
+        msgs = self._settled(self._checked(self.consumer.consume(1, 0.5)))
         if not msgs:
             self.brokers.check(self._answers)
             return []
@@ -133,8 +145,20 @@ class KafkaSource:
             if left <= 0:
                 break
             # consume(n, timeout) returns when n messages are in or the timeout passes, whichever is first
-            msgs.extend(self._checked(self.consumer.consume(max_messages - len(msgs), left)))
+            msgs = self._settled(msgs + self._checked(self.consumer.consume(max_messages - len(msgs), left)))
         return msgs
+
+    def _settled(self, msgs: list) -> list:
+        """After a rebalance inside consume(): without the messages of revoked partitions (one call may return
+        some from before the rebalance and some from after), those of them assigned again read anew from
+        their committed offsets."""
+        if not self._revoked:
+            return msgs
+        revoked, self._revoked = self._revoked, set()
+        dropped = [m for m in msgs if (m.topic(), m.partition()) in revoked]
+        if dropped:
+            self.rewind(dropped)
+        return [m for m in msgs if (m.topic(), m.partition()) not in revoked]
 
     def _checked(self, got: list) -> list:
         out = []
@@ -161,8 +185,11 @@ class KafkaSource:
         return self.consumer.consumer_group_metadata()
 
     def rewind(self, msgs: list) -> None:
-        """Consume ``msgs`` again: seek their partitions back to the last committed offsets."""
-        partitions = [self.ck.TopicPartition(t, p) for t, p in {(m.topic(), m.partition()) for m in msgs}]
+        """Consume ``msgs`` again: seek their partitions (those still assigned) back to the last committed offsets."""
+        owned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
+        partitions = [self.ck.TopicPartition(t, p) for t, p in {(m.topic(), m.partition()) for m in msgs} & owned]
+        if not partitions:
+            return
         with _failing(self.ck, f"rewinding {self.topic!r} to its committed offsets"):
             for tp in self.consumer.committed(partitions, min(30.0, self.brokers.timeout_s)):
                 self.consumer.seek(self.ck.TopicPartition(tp.topic, tp.partition, max(tp.offset, 0)))
@@ -180,14 +207,24 @@ class KafkaSource:
 
 
 class KafkaSink:
-    """An idempotent producer; with ``transactional_id``, every batch is one transaction."""
+    """An idempotent producer; with ``transactional_id``, every batch is one transaction.
+
+    Each replica of a stream has its own transactional id; the consumer's group metadata goes with the
+    offsets (KIP-447), so the group coordinator, not the id, fences a replica whose partitions moved on.
+    """
 
     def __init__(self, config: dict, transactional_id: str | None = None, broker_timeout_s: float = 60.0):
         self.ck = require("confluent_kafka", "kafka", "streaming over Kafka")
         self.timeout_s = broker_timeout_s
         self.brokers = _Brokers(self.ck, config.get("bootstrap.servers", "?"), broker_timeout_s)
-        settings = {"acks": "all", "enable.idempotence": True, "linger.ms": 5, "logger": _Quiet(), **config,
-                    "error_cb": self.brokers.on_error}
+        defaults = {"acks": "all", "enable.idempotence": True, "linger.ms": 5}
+        if str(config.get("acks", "all")).lower() not in ("all", "-1"):
+            defaults["enable.idempotence"] = False  # idempotence needs acks=all; the user chose fewer acks
+        if transactional_id:
+            # a replica killed mid-transaction holds back read_committed readers of its output partitions until
+            # the broker aborts it: 10 s as Kafka Streams does, not librdkafka's 60 s
+            defaults["transaction.timeout.ms"] = 10_000
+        settings = {**defaults, "logger": _Quiet(), **config, "error_cb": self.brokers.on_error}
         if transactional_id:
             settings["transactional.id"] = transactional_id
         self.producer = self.ck.Producer(settings)
@@ -217,9 +254,18 @@ class KafkaSink:
     def commit(self, source: KafkaSource, msgs: list) -> None:
         """Outputs delivered, then the consumed offsets: in the transaction, or acknowledged then committed."""
         if self.transactional:
-            with _failing(self.ck, "committing the transaction (outputs, dead letters and offsets)"):
+            what = "committing the transaction (outputs, dead letters and offsets)"
+            try:
                 self.producer.send_offsets_to_transaction(source.offsets(msgs), source.group_metadata(), self.timeout_s)
                 self.producer.commit_transaction(self.timeout_s)
+            except self.ck.KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                why = err.str() if hasattr(err, "str") else str(exc)
+                if hasattr(err, "txn_requires_abort") and err.txn_requires_abort():
+                    # e.g. the group rebalanced and this member's generation is gone: a zombie's commit never lands
+                    self.abort()
+                    raise TransactionAborted(f"{what} failed: {why}; the transaction was aborted") from None
+                raise ConnectorError(f"{what} failed: {why}") from None
             return
         self.producer.flush(self.timeout_s)
         if self._failed or len(self.producer):

@@ -27,12 +27,12 @@ ON_ERROR = ("fail", "dead-letter")
 GUARANTEES = ("at-least-once", "exactly-once")
 
 
-def _opt(default, help: str, cli: bool = True, **extra):
+def _opt(default, help: str, cli: bool = True, repr: bool = True, **extra):
     """A dataclass field with its CLI help; mutable defaults become factories."""
     meta = {"help": help, "cli": cli, **extra}
     if isinstance(default, (dict, list)):
-        return field(default_factory=lambda: type(default)(default), metadata=meta)
-    return field(default=default, metadata=meta)
+        return field(default_factory=lambda: type(default)(default), metadata=meta, repr=repr)
+    return field(default=default, metadata=meta, repr=repr)
 
 
 def _names(value, what: str) -> tuple:
@@ -228,8 +228,12 @@ class StreamOptions:
                                           "_timestamp) to copy into each output")
     max_batch_rows: int = _opt(10_000, "messages per micro-batch at most")
     max_wait_ms: int = _opt(100, "longest wait to fill a micro-batch once its first message arrived")
-    client_config: dict = _opt({}, "extra Kafka client settings", cli=False)
-    transactional_id: str | None = _opt(None, "exactly-once: the producer's transactional.id", cli=False)
+    # librdkafka settings, applied over arrowscore's defaults; not in repr: they may hold SASL secrets
+    client_config: dict = _opt({}, "Kafka settings for the consumer and the producer", cli=False, repr=False)
+    consumer_config: dict = _opt({}, "Kafka settings for the consumer only", cli=False, repr=False)
+    producer_config: dict = _opt({}, "Kafka settings for the producer only", cli=False, repr=False)
+    transactional_id: str | None = _opt(None, "exactly-once: this replica's transactional.id, unique per replica "
+                                              "(default arrowscore-GROUP-TOPIC-HOST-PID-RANDOM)")
     stats_every_s: float = _opt(10.0, "seconds between progress log lines")
     max_messages: int | None = _opt(None, "stop after this many input messages (tests, backfills)", cli=False)
     idle_timeout_s: float | None = _opt(None, "stop after this long without messages", cli=False)
@@ -250,6 +254,36 @@ class StreamOptions:
         for name in ("bootstrap_servers", "input_topic", "output_topic", "group_id"):
             if not getattr(self, name):
                 raise ConfigError(f"{name} is required (--{name.replace('_', '-')})")
+        _check_kafka_settings(self.guarantee, {**self.client_config, **self.consumer_config},
+                              {**self.client_config, **self.producer_config})
+
+
+# settings that have a flag of their own, or that arrowscore sets per replica
+_OWN = {"bootstrap.servers": "--bootstrap-servers", "group.id": "--group-id", "transactional.id": "--transactional-id"}
+
+
+def _check_kafka_settings(guarantee: str, consumer: dict, producer: dict) -> None:
+    """Refuse the user's Kafka settings that would break the stream's guarantee, saying why."""
+    for key, flag in _OWN.items():
+        if key in consumer or key in producer:
+            raise ConfigError(f"Kafka setting {key} is refused: arrowscore sets it from {flag}"
+                              f"{' (default: one per replica)' if key == 'transactional.id' else ''}; use that flag")
+    exactly = guarantee == "exactly-once"
+    rules = [  # (settings, key, allowed values, why)
+        (consumer, "enable.auto.commit", ("false",), "offsets are committed by arrowscore once a batch's outputs are "
+         "delivered (or in its transaction); auto-commit would commit messages not scored yet, and a crash would lose them"),
+        (consumer, "isolation.level", ("read_committed",) if exactly else None,
+         "exactly-once reads with read_committed, so that aborted upstream transactions are never scored"),
+        (producer, "enable.idempotence", ("true",) if exactly else None,
+         "exactly-once writes in transactions, which need the idempotent producer"),
+        (producer, "acks", ("all", "-1") if exactly else ("all", "-1", "1"),
+         "exactly-once writes in transactions, which need acks=all" if exactly else
+         "acks=0 means no acknowledgement, so offsets would be committed for outputs that may be lost"),
+    ]
+    for settings, key, allowed, why in rules:
+        if allowed and key in settings and str(settings[key]).strip().lower() not in allowed:
+            raise ConfigError(f"Kafka setting {key}={settings[key]} is refused under {guarantee}: {why}; "
+                              f"drop it from -X / --kafka-config")
 
 
 @dataclass

@@ -1,13 +1,16 @@
 """Streaming scoring over Kafka: micro-batches through the one scorer, at-least-once or exactly-once.
 
     arrowscore stream MODEL --bootstrap-servers 127.0.0.1:9092 --input-topic in --output-topic out \\
-        --group-id scorer [--guarantee exactly-once] [--dead-letter-topic dead] [-X linger.ms=5]
+        --group-id scorer [--guarantee exactly-once] [--dead-letter-topic dead] [-X producer.linger.ms=20] \\
+        [--kafka-config client.properties]
 
 Each loop turn consumes up to ``max_batch_rows`` messages (waiting at most ``max_wait_ms``), decodes
 them to one RecordBatch, scores it with ``JobScorer`` -> ``Model.score_batch`` and produces one output
 message per input message (same key, same headers). Then:
 - at-least-once: wait until the broker acknowledged every output, then commit the consumed offsets;
-- exactly-once: outputs, dead letters and the consumed offsets go in one Kafka transaction.
+- exactly-once: outputs, dead letters and the consumed offsets go in one Kafka transaction, under a
+  transactional id of this replica's own, with the consumer's group metadata (KIP-447): replicas in
+  one group run side by side, and a replica the group has moved on from cannot commit.
 Messages that cannot be decoded or fail the signature go to the dead-letter topic, each alone, with
 the reason in the ``arrowscore.error`` header, and the others are scored; without a dead-letter topic
 the stream stops on the first of them before producing anything of its batch, so nothing vanishes.
@@ -18,16 +21,19 @@ SIGTERM/SIGINT finish the current batch, commit, and close. Brokers that do not 
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 import threading
 import time
+import uuid
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from connectors.kafka import PASS_THROUGH, KafkaSink, KafkaSource, decode, encode
 
-from ..errors import ConfigError, ConnectorError
+from ..errors import ConfigError, ConnectorError, TransactionAborted
 from ..jobs.options import StreamOptions, StreamReport
 from ..jobs.scoring import JobScorer, Where
 
@@ -46,18 +52,25 @@ class _Loop:
         self.opts, self.stop = opts, stop
         # failing messages are isolated, then go to the dead-letter topic (or stop the stream)
         self.job = JobScorer(model, keep_columns=("_msg", *opts.keep_columns), isolate_rejects=True)
-        common = {"bootstrap.servers": opts.bootstrap_servers, "log_level": 3, **opts.client_config}
+        # the user's settings over the clients' defaults; those a guarantee needs were checked by StreamOptions
+        common = {"log_level": 3, **opts.client_config, "bootstrap.servers": opts.bootstrap_servers}
         transactional = None
         if opts.guarantee == "exactly-once":
-            transactional = opts.transactional_id or f"arrowscore-{opts.group_id}-{opts.input_topic}"
+            # one id per replica, so replicas do not fence each other; the group metadata sent with the offsets
+            # fences a replica whose partitions moved on (KIP-447)
+            transactional = opts.transactional_id or (f"arrowscore-{opts.group_id}-{opts.input_topic}-"
+                                                      f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+            log.info("exactly-once, transactional.id %s", transactional)
         # the source first: it waits for the brokers (broker_timeout_s) before anything else talks to them
-        self.source = KafkaSource({**common, "group.id": opts.group_id}, opts.input_topic, opts.broker_timeout_s)
+        self.source = KafkaSource({**common, **opts.consumer_config, "group.id": opts.group_id}, opts.input_topic,
+                                  opts.broker_timeout_s)
         try:
-            self.sink = KafkaSink(common, transactional, opts.broker_timeout_s)
+            self.sink = KafkaSink({**common, **opts.producer_config}, transactional, opts.broker_timeout_s)
         except BaseException:
             self.source.close()
             raise
         self.report = StreamReport()
+        self.aborted = 0  # transactions aborted in a row
         self.first_at = None
         self.latency = 0.0
 
@@ -110,6 +123,13 @@ class _Loop:
             for i, reason in bad:
                 self._dead_letter(msgs[i], reason)
             self.sink.commit(self.source, msgs)
+        except TransactionAborted as exc:  # already aborted: consume the batch again (if still ours) and go on
+            self.source.rewind(msgs)
+            self.aborted += 1
+            if self.aborted > 5:
+                raise ConnectorError(f"{self.aborted} transactions in a row were aborted, the last: {exc}") from None
+            log.warning("%s; its %d messages will be consumed again", exc, len(msgs))
+            return 0
         except BaseException:
             if self.sink.transactional:
                 try:
@@ -117,6 +137,7 @@ class _Loop:
                 finally:
                     self.source.rewind(msgs)
             raise
+        self.aborted = 0
         self.report.messages += len(msgs)
         self.report.rows += rows
         self.report.dead_lettered += len(bad)
