@@ -248,3 +248,26 @@ def spark():
     session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    """A real S3 API: moto's server on 127.0.0.1, as (pyarrow S3FileSystem, port). moto keeps its
+    buckets per process, so each test creates and uses a bucket of its own name."""
+    import pyarrow.fs as pafs
+
+    need("moto", "the S3 tests")
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per S3 request otherwise
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        _, port = server.get_host_and_port()
+        yield pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http", region="us-east-1",
+                                allow_bucket_creation=True), port
+    finally:
+        server.stop()

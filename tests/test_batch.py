@@ -211,44 +211,30 @@ def test_progress_bar_on_a_terminal():
     assert "250/1,000 rows" in last and "25.0%" in last and "rows/s" in last
 
 
-def test_s3_paths_through_a_local_s3_server(logged_models, tmp_path, monkeypatch):
+def test_s3_paths_through_a_local_s3_server(logged_models, tmp_path, s3):
     """A real S3 API (moto's server on 127.0.0.1) for input, output and dead letters."""
-    import logging
-
     import pyarrow.fs as pafs
-    from moto.server import ThreadedMotoServer
 
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per S3 request otherwise
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(key, value)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        _, port = server.get_host_and_port()
-        fs = pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http", region="us-east-1",
-                               allow_bucket_creation=True)
-        fs.create_dir("data")
-        case = logged_models["onnx"]
-        table = write_input(case, tmp_path / "in")
-        for f in sorted((tmp_path / "in").iterdir()):
-            with fs.open_output_stream(f"data/in/{f.name}") as out:
-                out.write(f.read_bytes())
-        q = f"?endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
-        report = engine.score(case.uris["path"], f"s3://data/in{q}", f"s3://data/out{q}", keep_columns=["id"])
-        assert report.rows_scored == table.num_rows
-        names = sorted(i.path for i in fs.get_file_info(pafs.FileSelector("data/out", recursive=True)))
-        assert names == ["data/out/_SUCCESS", "data/out/part-00000.parquet", "data/out/part-00001.parquet"]
-        out = pq.read_table("data/out", filesystem=fs).sort_by("id")
-        assert_same_predictions(out.drop_columns(["id"]), case.expected)
-        with pytest.raises(ConnectorError, match="is not empty"):
-            engine.score(case.uris["path"], f"s3://data/in{q}", f"s3://data/out{q}")
-        engine.score(case.uris["path"], f"s3://data/in{q}", f"s3://data/out{q}", mode="overwrite", keep_columns=["id"])
-        assert pq.read_table("data/out", filesystem=fs).num_rows == table.num_rows
-        leftovers = fs.get_file_info(pafs.FileSelector("data/out", recursive=True))
-        assert not [i.path for i in leftovers if "_temporary" in i.path]
-    finally:
-        server.stop()
+    fs, port = s3
+    fs.create_dir("data")
+    case = logged_models["onnx"]
+    table = write_input(case, tmp_path / "in")
+    for f in sorted((tmp_path / "in").iterdir()):
+        with fs.open_output_stream(f"data/in/{f.name}") as out:
+            out.write(f.read_bytes())
+    q = f"?endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
+    report = engine.score(case.uris["path"], f"s3://data/in{q}", f"s3://data/out{q}", keep_columns=["id"])
+    assert report.rows_scored == table.num_rows
+    names = sorted(i.path for i in fs.get_file_info(pafs.FileSelector("data/out", recursive=True)))
+    assert names == ["data/out/_SUCCESS", "data/out/part-00000.parquet", "data/out/part-00001.parquet"]
+    out = pq.read_table("data/out", filesystem=fs).sort_by("id")
+    assert_same_predictions(out.drop_columns(["id"]), case.expected)
+    with pytest.raises(ConnectorError, match="is not empty"):
+        engine.score(case.uris["path"], f"s3://data/in{q}", f"s3://data/out{q}")
+    engine.score(case.uris["path"], f"s3://data/in{q}", f"s3://data/out{q}", mode="overwrite", keep_columns=["id"])
+    assert pq.read_table("data/out", filesystem=fs).num_rows == table.num_rows
+    leftovers = fs.get_file_info(pafs.FileSelector("data/out", recursive=True))
+    assert not [i.path for i in leftovers if "_temporary" in i.path]
 
 
 def test_cli_score(logged_models, tmp_path):

@@ -364,50 +364,37 @@ def test_every_file_is_scored_losslessly_or_refused_by_name(model, files):
             engine.score(loaded, root / "in", root / "fail", keep_columns=["id"], progress=False)
 
 
-def test_object_store_outputs_are_locked_by_owner_files_with_a_heartbeat(tmp_path, monkeypatch):
+def test_object_store_outputs_are_locked_by_owner_files_with_a_heartbeat(s3):
     """On a real S3 API (moto's server on 127.0.0.1): a second job on a busy output is refused; an
     owner file silent for longer than STALE_S is a dead job's, whose staging goes."""
     import json
-    import logging
 
     import pyarrow.fs as pafs
-    from moto.server import ThreadedMotoServer
 
     from connectors.parquet import lock
 
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(key, value)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        _, port = server.get_host_and_port()
-        fs = pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http", region="us-east-1",
-                               allow_bucket_creation=True)
-        fs.create_dir("locks")  # moto keeps buckets per process: not the other tests' "data"
-        first = ParquetSink("locks/out", filesystem=fs)
-        first.open()
-        first.write(0, pa.record_batch({"prediction": [1.0]}))
-        second = ParquetSink("locks/out", mode="overwrite", filesystem=fs)
-        with pytest.raises(ConnectorError, match=f"is in use by job {first.job}"):
-            second.open()
-        first.commit()
-        assert pq.read_table("locks/out", filesystem=fs).num_rows == 1
-        # a dead job: its owner file beat long ago, and its staging is still there
-        with fs.open_output_stream("locks/out/_temporary/deadjob/_owner.json") as out:
-            out.write(json.dumps({"job": "deadjob", "beat": time.time() - lock.STALE_S - 1}).encode())
-        with fs.open_output_stream("locks/out/_temporary/deadjob/part-00000.parquet") as out:
-            out.write(b"half a file")
-        third = ParquetSink("locks/out", mode="overwrite", filesystem=fs)
-        third.open()
-        third.write(0, pa.record_batch({"prediction": [2.0, 3.0]}))
-        third.commit()
-        names = sorted(i.path for i in fs.get_file_info(pafs.FileSelector("locks/out", recursive=True)))
-        assert names == ["locks/out/_SUCCESS", "locks/out/part-00000.parquet"]
-        assert pq.read_table("locks/out", filesystem=fs).column("prediction").to_pylist() == [2.0, 3.0]
-    finally:
-        server.stop()
+    fs, _ = s3
+    fs.create_dir("locks")
+    first = ParquetSink("locks/out", filesystem=fs)
+    first.open()
+    first.write(0, pa.record_batch({"prediction": [1.0]}))
+    second = ParquetSink("locks/out", mode="overwrite", filesystem=fs)
+    with pytest.raises(ConnectorError, match=f"is in use by job {first.job}"):
+        second.open()
+    first.commit()
+    assert pq.read_table("locks/out", filesystem=fs).num_rows == 1
+    # a dead job: its owner file beat long ago, and its staging is still there
+    with fs.open_output_stream("locks/out/_temporary/deadjob/_owner.json") as out:
+        out.write(json.dumps({"job": "deadjob", "beat": time.time() - lock.STALE_S - 1}).encode())
+    with fs.open_output_stream("locks/out/_temporary/deadjob/part-00000.parquet") as out:
+        out.write(b"half a file")
+    third = ParquetSink("locks/out", mode="overwrite", filesystem=fs)
+    third.open()
+    third.write(0, pa.record_batch({"prediction": [2.0, 3.0]}))
+    third.commit()
+    names = sorted(i.path for i in fs.get_file_info(pafs.FileSelector("locks/out", recursive=True)))
+    assert names == ["locks/out/_SUCCESS", "locks/out/part-00000.parquet"]
+    assert pq.read_table("locks/out", filesystem=fs).column("prediction").to_pylist() == [2.0, 3.0]
 
 
 # ---- found by a stranger's test -------------------------------------------------------------------------
