@@ -454,7 +454,11 @@ def test_sigterm_drains_requests_in_flight_then_exits_0(serve, slow_model):
     server = serve([slow_model], env={"SLOW_MODEL_S": "1"})
     n = 4
     with ThreadPoolExecutor(n) as pool:
-        futures = [pool.submit(server, "POST", "/invocations", _split([float(i)])) for i in range(n)]
+        # the first alone, so that it is being scored (1 s) when the others come and must queue behind it
+        # (sent together, the batcher could take all four into one batch and nothing would stay queued)
+        futures = [pool.submit(server, "POST", "/invocations", _split([0.0]))]
+        time.sleep(0.5)
+        futures += [pool.submit(server, "POST", "/invocations", _split([float(i)])) for i in range(1, n)]
         deadline = time.monotonic() + 30
         while _metric(server.metrics(), "arrowscore_queue_depth", model="slow") < n - 1:  # one scoring, the rest queued
             assert time.monotonic() < deadline, "the requests never queued"

@@ -377,7 +377,7 @@ def _free_port_pair() -> int:
         port = _closed_port()
         if port < 65535 and broker._free(port) and broker._free(port + 1):
             return port
-    pytest.skip("no two free neighbouring ports on 127.0.0.1 for a second broker")
+    raise RuntimeError("no two free neighbouring ports on 127.0.0.1 for a second broker in 50 tries")
 
 
 def test_a_broker_gone_mid_stream_fails_after_the_broker_timeout(kafka, xgb_case, tmp_path):

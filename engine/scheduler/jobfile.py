@@ -39,24 +39,20 @@ _NOT_KEYS = {"mode", "progress", "input_files", "partition_by"}  # ScoreOptions 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
-def _key(default, help: str):
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass(frozen=True)
 class JobSpec:
     """One scheduled, incremental scoring job (``arrowscore run JOB.yaml``)."""
 
-    name: str = _key("", "the job's name, recorded in its ledger (letters, digits, . _ -)")
-    model: str = _key("", "model URI; an alias (models:/fraud@champion) is resolved once per run")
-    input: str = _key("", "what score reads: a Parquet file, directory (hive partitions too), glob, or s3://...")
-    output: str = _key("", "local output directory; one part file per input file")
-    runner: str = _key("local", "the runner that scores a run's new files")
-    schedule: str | None = _key(None, "cron expression (5 fields, or 6 with seconds first) for `arrowscore run`")
-    timezone: str = _key("UTC", "the schedule's time zone (IANA name)")
-    rescore: str = _key("new-files", "new-files | on-model-change | all")
-    state: str | None = _key(None, "the ledger's SQLite file (default: beside the output)")
-    runner_options: object = _key(None, "the runner's options (a mapping)")
+    name: str = _options._opt("", "the job's name, recorded in its ledger (letters, digits, . _ -)")
+    model: str = _options._opt("", "model URI; an alias (models:/fraud@champion) is resolved once per run")
+    input: str = _options._opt("", "what score reads: a Parquet file, directory (hive partitions too), glob, or s3://...")
+    output: str = _options._opt("", "local output directory; one part file per input file")
+    runner: str = _options._opt("local", "the runner that scores a run's new files")
+    schedule: str | None = _options._opt(None, "cron expression (5 fields, or 6 with seconds first) for `arrowscore run`")
+    timezone: str = _options._opt("UTC", "the schedule's time zone (IANA name)")
+    rescore: str = _options._opt("new-files", "new-files | on-model-change | all")
+    state: str | None = _options._opt(None, "the ledger's SQLite file (default: beside the output)")
+    runner_options: object = _options._opt(None, "the runner's options (a mapping)")
     # not keys: built from the file
     options: ScoreOptions = field(default_factory=ScoreOptions, metadata={"key": False})
     source: str = field(default="job", metadata={"key": False})  # where the spec came from, for messages

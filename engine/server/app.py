@@ -24,6 +24,7 @@ import uuid
 from dataclasses import dataclass, field
 
 import orjson
+import pyarrow as pa
 
 from ..errors import ConfigError, EngineError, ModelLoadError, SchemaError, ScoringError
 from . import protocols
@@ -271,8 +272,6 @@ class App:
         except ConfigError as exc:
             raise HTTPError(400, str(exc), "BAD_REQUEST") from None
         out = await self._score(entry, batch, params)
-        import pyarrow as pa
-
         try:
             body, ctype = protocols.encode_mlflow(pa.Table.from_batches([out]), headers.get("accept"))
         except protocols.Unsupported as exc:
@@ -308,8 +307,6 @@ class App:
                 except ConfigError as exc:
                     raise HTTPError(400, str(exc), v2=True) from None
                 out = await self._score(entry, batch, params, v2=True)
-                import pyarrow as pa
-
                 return 200, protocols.encode_v2(pa.Table.from_batches([out]), entry.name, entry.version, rid), \
                     "application/json", []
         raise HTTPError(404, f"no route {path} in the v2 protocol", "NOT_FOUND", v2=True)
@@ -333,7 +330,7 @@ def _v2_metadata(entry: Entry) -> dict:
         out = []
         for f in schema or []:
             shape, kind = [-1], f.type
-            while pa_is_list(kind):
+            while protocols.is_list(kind):
                 shape.append(kind.list_size if hasattr(kind, "list_size") and kind.list_size > 0 else -1)
                 kind = kind.value_type
             out.append({"name": f.name, "datatype": protocols.v2_type(f.type), "shape": shape})
@@ -343,12 +340,6 @@ def _v2_metadata(entry: Entry) -> dict:
     return {"name": entry.name, "versions": [str(entry.version)] if entry.version is not None else [],
             "platform": f"mlflow_{model.flavor}", "inputs": tensors(model.input_schema),
             "outputs": tensors(model.output_schema)}
-
-
-def pa_is_list(kind) -> bool:
-    import pyarrow as pa
-
-    return pa.types.is_list(kind) or pa.types.is_fixed_size_list(kind) or pa.types.is_large_list(kind)
 
 
 def load_entries(specs: list[tuple], options: ServeOptions) -> list[Entry]:

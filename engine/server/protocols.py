@@ -142,9 +142,12 @@ _V2_TYPES = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32":
 _V2_NAMES = {np.dtype(v).name: k for k, v in _V2_TYPES.items() if v is not object}
 
 
+def is_list(kind: pa.DataType) -> bool:
+    return pa.types.is_list(kind) or pa.types.is_fixed_size_list(kind) or pa.types.is_large_list(kind)
+
+
 def v2_type(arrow_type: pa.DataType) -> str:
-    while pa.types.is_list(arrow_type) or pa.types.is_fixed_size_list(arrow_type) or \
-            pa.types.is_large_list(arrow_type):
+    while is_list(arrow_type):
         arrow_type = arrow_type.value_type
     try:
         return _V2_NAMES.get(np.dtype(arrow_type.to_pandas_dtype()).name, "BYTES")
@@ -190,7 +193,7 @@ def encode_v2(table: pa.Table, model: str, version: str | None, request_id: str 
     outputs = []
     for name, col in zip(table.column_names, table.columns):
         col = col.combine_chunks()
-        if pa.types.is_list(col.type) or pa.types.is_fixed_size_list(col.type) or pa.types.is_large_list(col.type):
+        if is_list(col.type):
             arr = convert.list_tensor(col, name)
         else:
             arr = col.to_numpy(zero_copy_only=False)
