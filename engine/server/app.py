@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import hmac
+import itertools
 import logging
 import os
 import time
@@ -35,6 +36,9 @@ __all__ = ["App", "Entry", "Routes"]
 
 log = logging.getLogger("arrowscore.serve")
 access = logging.getLogger("arrowscore.access")
+
+# the request headers read here (ASGI servers give names in lower case); the others are not decoded
+_HEADERS = {b"content-type", b"accept", b"content-length", b"x-request-id", b"authorization"}
 
 
 class HTTPError(Exception):
@@ -99,6 +103,9 @@ class App:
         self.ready = False
         self._tasks: list[asyncio.Task] = []
         self._max_body = int(options.max_body_mb * (1 << 20))
+        # request ids: unique per process and start, without a uuid4 (os.urandom) per request
+        self._ids = itertools.count()
+        self._id_prefix = uuid.uuid4().hex[:12]
 
     # ---- ASGI ----------------------------------------------------------------------------------
     async def __call__(self, scope, receive, send):
@@ -154,8 +161,8 @@ class App:
     # ---- HTTP ----------------------------------------------------------------------------------
     async def _http(self, scope, receive, send):
         started = time.perf_counter()
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        rid = headers.get("x-request-id") or uuid.uuid4().hex
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in _HEADERS}
+        rid = headers.get("x-request-id") or f"{self._id_prefix}{next(self._ids):08x}"
         route = _label(scope["path"], self.routes)
         try:
             status, body, ctype, extra = await self._route(scope, headers, receive)
@@ -170,9 +177,11 @@ class App:
                       rid, exc_info=log.isEnabledFor(logging.DEBUG))
             status, ctype, extra = 500, "application/json", []
             body = orjson.dumps({"error_code": "INTERNAL_ERROR", "message": f"{type(exc).__name__}: {exc}"})
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", ctype.encode()), (b"x-request-id", rid.encode()),
-                                *((k.encode(), v.encode()) for k, v in extra)]})
+        response = [(b"content-type", ctype.encode()), (b"content-length", b"%d" % len(body)),
+                    (b"x-request-id", rid.encode())]
+        if extra:
+            response.extend((k.encode(), v.encode()) for k, v in extra)
+        await send({"type": "http.response.start", "status": status, "headers": response})
         await send({"type": "http.response.body", "body": body})
         seconds = time.perf_counter() - started
         self.metrics.request(route, status, seconds)
@@ -195,9 +204,12 @@ class App:
             if size > self._max_body:
                 raise HTTPError(413, f"the body is over the limit of {self._max_body:,} bytes (--max-body-mb)",
                                 "REQUEST_TOO_LARGE")
-            chunks.append(chunk)
             if not message.get("more_body"):
+                if not chunks:  # the whole body in one message: no copy
+                    return chunk
+                chunks.append(chunk)
                 return b"".join(chunks)
+            chunks.append(chunk)
 
     def _check_auth(self, path: str, headers: dict) -> None:
         if self.token is None or path in ("/ping", "/health", "/v2/health/live", "/v2/health/ready") \
@@ -273,7 +285,7 @@ class App:
             raise HTTPError(400, str(exc), "BAD_REQUEST") from None
         out = await self._score(entry, batch, params)
         try:
-            body, ctype = protocols.encode_mlflow(pa.Table.from_batches([out]), headers.get("accept"))
+            body, ctype = protocols.encode_mlflow(out, headers.get("accept"))
         except protocols.Unsupported as exc:
             raise HTTPError(406, str(exc), "NOT_ACCEPTABLE") from None
         return 200, body, ctype, []

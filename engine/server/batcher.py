@@ -1,11 +1,13 @@
 """Dynamic batching: concurrent requests to one model merged by rows into one ``Model.score_batch``.
 
-One task per model takes requests off a bounded queue in arrival order and hands them to one scoring
-thread (the model libraries release the GIL; the event loop keeps reading requests meanwhile). A
-request alone on an idle scorer goes at once; requests that queued while the scorer was busy go
-together, up to ``max_rows`` rows, and when several were queued the batch waits up to ``max_delay``
-for more. Only requests with equal params and the same columns share a batch. A merged batch that
-fails is scored again request by request, so one bad request fails only itself.
+One task per model takes requests off a bounded queue in arrival order and scores them: on the event
+loop itself while the model's calls are quick (under ``INLINE_S``: handing a call to a thread and
+back costs more than such a call), else on one scoring thread (the model libraries release the GIL;
+the event loop keeps reading requests meanwhile). A request alone on an idle scorer goes at once;
+requests that queued while the scorer was busy go together, up to ``max_rows`` rows, and with
+``max_delay`` above 0 a batch of several waits that long for more. Only requests with equal params
+and the same columns share a batch. A merged batch that fails is scored again request by request, so
+one bad request fails only itself.
 """
 
 from __future__ import annotations
@@ -15,27 +17,31 @@ import collections
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-__all__ = ["Batcher", "Overloaded"]
+from ..model.payload import FloatRows
+
+__all__ = ["Batcher", "Overloaded", "INLINE_S"]
+
+# A model call that took less than this runs the next one on the event loop: a thread hop (submit,
+# wake the thread, call_soon_threadsafe back) costs tens of microseconds, as much as scoring a small
+# batch, and blocking the loop this long delays other requests less than the hops would.
+INLINE_S = 0.001
 
 
 class Overloaded(Exception):
     """The queue is full: the caller answers 503 with Retry-After."""
 
 
-@dataclass(eq=False)  # identity: a timed-out item is removed from the queue, never an equal one
 class _Item:
-    batch: pa.RecordBatch
-    params: dict | None
-    key: tuple
-    future: asyncio.Future = field(repr=False)
+    """One request waiting for its model (compared by identity: a timed-out item is removed from the
+    queue, never an equal one)."""
 
-    @property
-    def rows(self) -> int:
-        return self.batch.num_rows
+    __slots__ = ("batch", "params", "key", "future", "rows")
+
+    def __init__(self, batch: pa.RecordBatch | FloatRows, params: dict | None, key: tuple, future: asyncio.Future):
+        self.batch, self.params, self.key, self.future, self.rows = batch, params, key, future, batch.num_rows
 
 
 class Batcher:
@@ -49,6 +55,12 @@ class Batcher:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"arrowscore-{entry.name}")
         self._task: asyncio.Task | None = None
         self._gauge = metrics.queue_depth.labels(entry.name) if metrics else None
+        if self._gauge is not None and not metrics.multiprocess:  # read when scraped, not set per request
+            self._gauge.set_function(lambda: len(self.items))
+            self._gauge = None
+        self._rows_hist = metrics.batch_rows.labels(entry.name) if metrics else None
+        self._seconds_hist = metrics.batch_seconds.labels(entry.name) if metrics else None
+        self._last = (float("inf"), 1)  # (seconds, rows) of the last call: the first call goes to the thread
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.entry.name}")
@@ -62,7 +74,7 @@ class Batcher:
                 pass
         self._pool.shutdown(wait=False)
 
-    async def submit(self, batch: pa.RecordBatch, params: dict | None, timeout: float) -> pa.RecordBatch:
+    async def submit(self, batch: pa.RecordBatch | FloatRows, params: dict | None, timeout: float) -> pa.RecordBatch:
         """The model's output for this batch; raises Overloaded, asyncio.TimeoutError or the scoring error."""
         if len(self.items) >= self.max_queue:
             raise Overloaded()
@@ -128,11 +140,15 @@ class Batcher:
                 await asyncio.sleep(self.max_delay)  # others are coming in: let them join
                 rows = self._take(group, rows)
             self._depth()
-            started = time.perf_counter()
-            results = await loop.run_in_executor(self._pool, _score, self.entry.model, group)
-            if self.metrics:
-                self.metrics.batch_rows.labels(self.entry.name).observe(rows)
-                self.metrics.batch_seconds.labels(self.entry.name).observe(time.perf_counter() - started)
+            last_seconds, last_rows = self._last
+            if last_seconds * max(1.0, rows / last_rows) < INLINE_S:  # this call, estimated from the last one
+                results, seconds = _score(self.entry.model, group)
+            else:
+                results, seconds = await loop.run_in_executor(self._pool, _score, self.entry.model, group)
+            self._last = (seconds, rows)
+            if self._rows_hist is not None:
+                self._rows_hist.observe(rows)
+                self._seconds_hist.observe(seconds)
             for item, result in zip(group, results):
                 if item.future.done():
                     continue
@@ -142,13 +158,31 @@ class Batcher:
                     item.future.set_result(result)
 
 
-def _score(model, group: list[_Item]) -> list:
-    """Outputs (or errors) of the group's requests: one model call, or one per request if that fails."""
+def _arrow(part) -> pa.RecordBatch:
+    return part.to_batch() if isinstance(part, FloatRows) else part
+
+
+def _merge(parts: list) -> pa.RecordBatch:
+    """One batch of the parts' rows, in order (the group shares one schema)."""
+    if all(isinstance(p, FloatRows) for p in parts):
+        return FloatRows.concat(parts).to_batch()  # one numpy concatenate, one batch built
+    merged = pa.Table.from_batches([_arrow(p) for p in parts]).combine_chunks()
+    return merged.to_batches()[0] if merged.num_rows else _arrow(parts[0])
+
+
+def _score(model, group: list[_Item]) -> tuple[list, float]:
+    """(outputs or errors of the group's requests, seconds): one model call, or one per request if that fails."""
+    started = time.perf_counter()
+    results = _results(model, group)
+    return results, time.perf_counter() - started
+
+
+def _results(model, group: list[_Item]) -> list:
     params = group[0].params
     if len(group) > 1:
         try:
-            merged = pa.Table.from_batches([i.batch for i in group]).combine_chunks()
-            out = model.score_batch(merged.to_batches()[0] if merged.num_rows else group[0].batch, params)
+            merged = _merge([i.batch for i in group])
+            out = model.score_batch(merged, params)
             if out.num_rows != merged.num_rows:
                 raise ValueError("the model's output does not have one row per input row")
             results, offset = [], 0
@@ -161,7 +195,7 @@ def _score(model, group: list[_Item]) -> list:
     results = []
     for item in group:
         try:
-            results.append(model.score_batch(item.batch, params))
+            results.append(model.score_batch(_arrow(item.batch), params))
         except Exception as exc:
             results.append(exc)
     return results

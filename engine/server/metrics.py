@@ -40,6 +40,7 @@ class Metrics:
         self.reloads = Counter("arrowscore_model_reloads", "alias checks that found a new version: swapped or "
                                "refused", ["model", "outcome"], registry=r)
         self._labels = {}
+        self._children = {}
 
     def loaded(self, entry, previous=None) -> None:
         if previous is not None:  # 0 first: in multiprocess mode remove() leaves the value in the worker's file
@@ -54,8 +55,12 @@ class Metrics:
         return self._labels.get(name)
 
     def request(self, route: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, str(status)).inc()
-        self.latency.labels(route).observe(seconds)
+        children = self._children.get((route, status))
+        if children is None:  # routes are labels, statuses HTTP codes: a bounded set
+            children = self._children[(route, status)] = (self.requests.labels(route, str(status)),
+                                                           self.latency.labels(route))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def render(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest

@@ -26,8 +26,9 @@ class ServeOptions:
                            "that hold the GIL: python_function, sklearn)")
     max_batch_rows: int = _opt(1024, "concurrent requests are merged into one model call of at most this "
                                      "many rows")
-    max_delay_ms: float = _opt(1.0, "when requests are queued, how long a batch waits for more (a request "
-                                    "alone never waits)")
+    max_delay_ms: float = _opt(0.0, "when requests are queued, how long a batch waits for more to join "
+                                    "(default 0: the requests that queued while the model was busy go "
+                                    "together; a request alone never waits)")
     max_queue: int = _opt(1024, "requests waiting per model; past it, 503 with Retry-After at once")
     timeout_s: float = _opt(30.0, "a request not answered within this gets 504")
     max_body_mb: float = _opt(100.0, "request bodies over this many MiB get 413")

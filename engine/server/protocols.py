@@ -49,7 +49,7 @@ class Unsupported(ConfigError):
 
 def media_type(header: str | None) -> str:
     """The media type of a Content-Type / Accept value; a charset other than utf-8 is refused."""
-    if not header:
+    if not header or header == JSON:
         return JSON
     media, *params = [p.strip() for p in header.split(";")]
     for param in params:
@@ -60,7 +60,7 @@ def media_type(header: str | None) -> str:
 
 
 def _batch(table) -> pa.RecordBatch:
-    if isinstance(table, pa.RecordBatch):  # the JSON fast path builds one
+    if isinstance(table, (pa.RecordBatch, payload.FloatRows)):  # FloatRows: the JSON fast path, merged later
         return table
     if all(c.num_chunks == 1 for c in table.columns):  # the usual case, without a copy
         return pa.RecordBatch.from_arrays([c.chunk(0) for c in table.columns], schema=table.schema)
@@ -70,7 +70,8 @@ def _batch(table) -> pa.RecordBatch:
 
 
 def decode(content_type: str | None, body: bytes, schema: pa.Schema | None) -> tuple[pa.RecordBatch, dict | None]:
-    """(batch, params) from a body in MLflow's protocol, Arrow IPC stream or Parquet."""
+    """(batch, params) from a body in MLflow's protocol, Arrow IPC stream or Parquet. ``dataframe_split``
+    rows of plain floats come as ``payload.FloatRows`` (rows not yet Arrow: the batcher merges them)."""
     media = media_type(content_type)
     if media == JSON:
         try:
@@ -79,7 +80,7 @@ def decode(content_type: str | None, body: bytes, schema: pa.Schema | None) -> t
             raise ConfigError(f"the body is not valid JSON ({exc})") from None
         if isinstance(doc, dict) and "parameters" in doc and "params" not in doc:  # Vertex AI's name
             doc = {**doc, "params": doc.pop("parameters")}
-        table, params = payload.decode_doc(doc, schema=schema)
+        table, params = payload.decode_doc(doc, schema=schema, float_rows=True)
         if params is not None and not isinstance(params, dict):
             raise ConfigError(f"'params' must be an object, got {type(params).__name__}")
         return _batch(table), params
@@ -107,30 +108,41 @@ def decode(content_type: str | None, body: bytes, schema: pa.Schema | None) -> t
     raise Unsupported(f"content type {media!r} is not supported; send {JSON}, {CSV}, {ARROW} or {PARQUET[0]}")
 
 
-def _predictions(table: pa.Table):
+_NUMBERS = {}  # output schema -> whether it is one column of numbers (the JSON fast path)
+
+
+def _predictions(table: pa.Table | pa.RecordBatch):
     """What MLflow answers in ``predictions``: one column's values, else one record per row."""
-    if table.num_columns == 1:
+    schema = table.schema
+    numbers = _NUMBERS.get(schema)
+    if numbers is None:
+        kind = schema.field(0).type if len(schema) == 1 else None
+        numbers = kind is not None and (pa.types.is_floating(kind) or pa.types.is_integer(kind))
+        if len(_NUMBERS) < 256:  # bounded: a model's outputs have one or a few schemas
+            _NUMBERS[schema] = numbers
+    if numbers:
         col = table.column(0)
-        kind = col.type
-        if (pa.types.is_floating(kind) or pa.types.is_integer(kind)) and col.null_count == 0:
-            values = col.to_numpy()  # fast path: numbers straight to JSON
+        if col.null_count == 0:
+            values = col.to_numpy(zero_copy_only=False)  # fast path: numbers straight to JSON
             return values.astype(np.float64) if values.dtype == np.float32 else values
+    if isinstance(table, pa.RecordBatch):
+        table = pa.Table.from_batches([table])
     return json.loads(payload.encode_json(table))["predictions"]
 
 
-def encode_mlflow(table: pa.Table, accept: str | None) -> tuple[bytes, str]:
+def encode_mlflow(table: pa.Table | pa.RecordBatch, accept: str | None) -> tuple[bytes, str]:
     """(body, content type) for the predictions, as the Accept header asks (JSON by default)."""
-    media = media_type(accept) if accept and accept != "*/*" else JSON
+    media = JSON if not accept or accept == "*/*" or accept == JSON else media_type(accept)
     if media == ARROW:
         sink = io.BytesIO()
         with pa.ipc.new_stream(sink, table.schema) as writer:
-            writer.write_table(table)
+            writer.write(table)
         return sink.getvalue(), ARROW
     if media in PARQUET:
         import pyarrow.parquet as pq
 
         sink = io.BytesIO()
-        pq.write_table(table, sink)
+        pq.write_table(table if isinstance(table, pa.Table) else pa.Table.from_batches([table]), sink)
         return sink.getvalue(), PARQUET[0]
     return _dumps({"predictions": _predictions(table)}), JSON
 
