@@ -31,10 +31,9 @@ from ..errors import ConfigError
 from ..jobs import options as _options
 from ..jobs.options import ScoreOptions
 
-__all__ = ["JobSpec", "load_job", "RESCORE", "RUN_RUNNERS"]
+__all__ = ["JobSpec", "load_job", "RESCORE"]
 
 RESCORE = ("new-files", "on-model-change", "all")
-RUN_RUNNERS = ("local",)  # ray and spark score the new files of a run in a later cut (issue 13)
 _NOT_KEYS = {"mode", "progress", "input_files", "partition_by"}  # ScoreOptions fields a run decides itself
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -71,10 +70,6 @@ class JobSpec:
 
         if self.runner not in RUNNERS:
             raise ConfigError(f"{self.source}: runner {self.runner!r} is not one of {sorted(RUNNERS)}")
-        if self.runner not in RUN_RUNNERS:
-            raise ConfigError(f"{self.source}: runner {self.runner!r} does not run scheduled jobs yet; use "
-                              f"{' or '.join(RUN_RUNNERS)} (`arrowscore score --runner {self.runner}` scores a "
-                              "whole input)")
         object.__setattr__(self, "runner_options", _options.runner_options(self.runner, self.runner_options))
         for name in ("output", "state", "dead_letter"):
             value = self.options.dead_letter if name == "dead_letter" else getattr(self, name)
