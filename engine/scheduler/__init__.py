@@ -3,8 +3,9 @@ schedule, each input file exactly once (per model version, with ``rescore``).
 
 - ``jobfile``: the job file -> ``JobSpec`` (keys and types checked, with lines);
 - ``ledger``: the job's SQLite state: each input file's identity, model version and outputs; the runs;
+- ``objectledger``: the same state as small objects, for jobs whose output is on an object store;
 - ``catchup``: one run (``--once``): lock, recover, plan, score each new file with the job's runner,
-  move its outputs into place, record it;
+  move its outputs into place (a local disk or an object store), record it;
 - ``cron``: the loop on a schedule (cronsim), one run at a time.
 
 >>> import engine.scheduler as scheduler
@@ -20,7 +21,7 @@ import threading
 
 from .catchup import Planned, RunReport
 from .jobfile import JobSpec, load_job
-from .ledger import Ledger, RunRecord
+from .ledger import RunRecord, open_ledger
 from .options import RunOptions
 
 __all__ = ["run_job", "run_history", "JobSpec", "load_job", "RunReport", "RunRecord", "RunOptions", "Planned"]
@@ -47,7 +48,7 @@ def run_job(job, once: bool = True, *, dry_run: bool = False, stop: threading.Ev
 def run_history(job, limit: int | None = None) -> list[RunRecord]:
     """The job's runs, oldest first (the last ``limit``)."""
     spec = load_job(job)
-    ledger = Ledger(spec.ledger_path, readonly=True)
+    ledger = open_ledger(spec.ledger_path, readonly=True)
     try:
         return ledger.runs(limit)
     finally:
