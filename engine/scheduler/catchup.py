@@ -64,8 +64,14 @@ class RunReport:
     changed: list = field(default_factory=list)  # files that changed while they were scored: left for the next run
     dry_run: bool = False
     input_files: int = 0
+    rerun_into: str | None = None  # a rerun of run ``run_id``: where its files were scored again
 
     def __str__(self) -> str:
+        if self.rerun_into:
+            return (f"rerun of run {self.run_id} of job {self.job!r}: scored its {self.files} input files again "
+                    f"({self.rows_scored:,} of {self.rows:,} rows) with model version {self.model_version} into "
+                    f"{self.rerun_into} in {self.seconds:.2f} s" +
+                    (f"; {self.dead_lettered:,} rows rejected" if self.dead_lettered else ""))
         if self.dry_run:
             head = (f"job {self.job!r} (model version {self.model_version}) would score {len(self.planned)} of "
                     f"{self.input_files} input files")
@@ -298,6 +304,13 @@ def _run(spec, ledger, run_id, place: Place, scheduled_for, start) -> RunReport:
     return report
 
 
+def score_kwargs(options: ScoreOptions, **changes) -> dict:
+    """The keyword arguments of ``engine.runners.score`` for the job's options with ``changes``, into a
+    new output (mode error) without a progress bar."""
+    options = dataclasses.replace(options, mode="error", progress=False, **changes)
+    return {f.name: getattr(options, f.name) for f in dataclasses.fields(ScoreOptions)}
+
+
 def _score_file(spec, ledger, model, item: Planned, version, run_id, place: Place):
     """Score one input file into staging with the job's runner, move its outputs into place, record it.
     None: the file changed while it was scored (nothing of it is kept)."""
@@ -309,9 +322,8 @@ def _score_file(spec, ledger, model, item: Planned, version, run_id, place: Plac
 
     key = file_key(item.path, item.size, item.mtime_ns, version)
     stage = f"{place.staging}/{key}"
-    options = dataclasses.replace(spec.options, mode="error", progress=False, input_files=(item.path,),
-                                  dead_letter=place.uri(f"{stage}/rejected.parquet") if place.dead else None)
-    kwargs = {f.name: getattr(options, f.name) for f in dataclasses.fields(ScoreOptions)}
+    kwargs = score_kwargs(spec.options, input_files=(item.path,),
+                          dead_letter=place.uri(f"{stage}/rejected.parquet") if place.dead else None)
     log.info("scoring %s (%s)", item.path, item.reason)
     done = score(model, spec.input, place.uri(f"{stage}/out"), runner=spec.runner,
                  runner_options=spec.runner_options, **kwargs)
