@@ -101,6 +101,21 @@ def test_only_new_files_are_scored_and_a_file_replaced_in_place_is_scored_again(
     assert not [p for p in job.parent.iterdir() if ".arrowscore-" in p.name]  # no staging left
 
 
+def test_a_run_opens_no_file_it_has_scored(job):
+    """Planning uses the listing (path, size, mtime) and the ledger: a scored file's bytes are never read
+    again. Its bytes are replaced by garbage of the same size and mtime: a run that opened it, or read
+    its footer, would fail."""
+    inp = job.parent / "in"
+    engine.run_job(job)
+    scored = inp / "f00.parquet"
+    stat = scored.stat()
+    scored.write_bytes(b"\0" * stat.st_size)
+    os.utime(scored, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    _write(inp, 3)
+    report = engine.run_job(job)
+    assert [Path(p.path).name for p in report.planned] == ["f03.parquet"] and report.files == 1
+
+
 def test_dry_run_lists_what_would_be_scored_and_why_and_writes_nothing(job):
     inp = job.parent / "in"
     out = _cli("run", job, "--dry-run")

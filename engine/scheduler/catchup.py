@@ -106,20 +106,21 @@ def file_key(path: str, size: int, mtime_ns: int, model_version: str) -> str:
     return hashlib.sha256(f"{path}\n{size}\n{mtime_ns}\n{model_version}".encode()).hexdigest()[:20]
 
 
-def plan(infos, records: dict, model_version: str, rescore: str) -> list[Planned]:
-    """The listed input files (``pyarrow.fs.FileInfo``) a run scores, with the reason for each."""
+def plan(infos, identities, model_version: str, rescore: str) -> list[Planned]:
+    """The listed input files (``pyarrow.fs.FileInfo``) a run scores, with the reason for each, from the
+    ledger's ``identities()`` (path -> size, mtime_ns, model version scored with): no file is opened."""
     out = []
     for info in infos:
-        had = records.get(info.path)
+        had = identities.get(info.path)
         if had is None:
             reason = "new"
-        elif (had.size, had.mtime_ns) != (info.size, info.mtime_ns):
-            reason = f"replaced in place (size {had.size} -> {info.size}, mtime changed)" \
-                if had.size != info.size else "replaced in place (mtime changed)"
+        elif (had[0], had[1]) != (info.size, info.mtime_ns):
+            reason = f"replaced in place (size {had[0]} -> {info.size}, mtime changed)" \
+                if had[0] != info.size else "replaced in place (mtime changed)"
         elif rescore == "all":
             reason = "rescore: all"
-        elif rescore == "on-model-change" and had.model_version != model_version:
-            reason = f"model changed (version {had.model_version} -> {model_version})"
+        elif rescore == "on-model-change" and had[2] != model_version:
+            reason = f"model changed (version {had[2]} -> {model_version})"
         else:
             continue
         out.append(Planned(info.path, info.size, info.mtime_ns, reason))
@@ -229,7 +230,7 @@ def run_once(spec: JobSpec, *, dry_run: bool = False, scheduled_for: str | None 
         try:
             _, version = resolve_model(spec.model, spec.options.cache_dir)
             infos, _ = list_files(spec.input)
-            todo = plan(infos, ledger.files(), version, spec.rescore)
+            todo = plan(infos, ledger.identities(), version, spec.rescore)
         finally:
             ledger.close()
         return RunReport(spec.name, None, version, todo, dry_run=True, input_files=len(infos),
@@ -276,7 +277,7 @@ def _run(spec, ledger, run_id, place: Place, scheduled_for, start) -> RunReport:
         ledger.update_run(run_id, model_version=version)
         infos, _ = list_files(spec.input)
         report.input_files = len(infos)
-        report.planned = plan(infos, ledger.files(), version, spec.rescore)
+        report.planned = plan(infos, ledger.identities(), version, spec.rescore)
         log.info("run %s of job %r: %d of %d input files to score with %s (version %s)", run_id, spec.name,
                  len(report.planned), len(infos), spec.model, version)
         if report.planned:

@@ -19,7 +19,7 @@ finishes or abandons. Only the job's lock holder writes.
 >>> import tempfile
 >>> ledger = ObjectLedger(tempfile.mkdtemp() + "/state")
 >>> ledger.claim("daily")
->>> ledger.files().get("in/a.parquet") is None
+>>> ledger.identities().get("in/a.parquet") is None
 True
 """
 
@@ -45,21 +45,14 @@ def _hash(path: str) -> str:
 
 
 class FileIndex:
-    """The committed records by input path, built from key names alone: ``get(path)`` gives the identity
-    and model version a file was scored as (its outputs are read by ``ObjectLedger.outputs``)."""
+    """The committed files' identities by input path, built from key names alone: ``get(path)`` gives
+    (size, mtime_ns, model_version) as the file was scored (its outputs are read by ``ObjectLedger.outputs``)."""
 
-    def __init__(self, by_hash: dict[str, FileRecord]):
+    def __init__(self, by_hash: dict[str, tuple]):
         self._by_hash = by_hash
 
     def get(self, path: str, default=None):
-        record = self._by_hash.get(_hash(path))
-        return default if record is None else FileRecord(path, record.size, record.mtime_ns, "", record.model_version)
-
-    def __getitem__(self, path: str) -> FileRecord:
-        record = self.get(path)
-        if record is None:
-            raise KeyError(path)
-        return record
+        return self._by_hash.get(_hash(path), default)
 
     def __contains__(self, path: str) -> bool:
         return _hash(path) in self._by_hash
@@ -126,12 +119,13 @@ class ObjectLedger:
     def _records(self, h: str) -> list[str]:
         return [f"files/{h}/{name}" for name in self._list(f"files/{h}")]
 
-    def files(self) -> FileIndex:
+    def identities(self) -> FileIndex:
+        """Each committed file's (size, mtime_ns, model_version), by input path, from one listing."""
         by_hash = {}
         for key in self._list("files", recursive=True):
             h, _, name = key.partition("/")
             size, mtime_ns, version = name.removesuffix(".json").split(".", 2)
-            by_hash[h] = FileRecord("", int(size), int(mtime_ns), "", version)
+            by_hash[h] = (int(size), int(mtime_ns), version)
         return FileIndex(by_hash)
 
     def pending(self) -> dict[str, FileRecord]:
