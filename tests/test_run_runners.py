@@ -4,6 +4,8 @@ one part file per input file, and a second run scores only the new file (in the 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -45,3 +47,34 @@ def test_an_incremental_job_on_the_runner(request, tmp_path, runner):
     assert pids and os.getpid() not in pids
     assert [r.files for r in run_history(job)] == [2, 1]
     assert not [p for p in tmp_path.iterdir() if ".arrowscore-" in p.name]  # no staging left
+
+
+def test_a_spark_job_under_spark_submit(spark, tmp_path):
+    model = engine.save_model(tmp_path / "model", _double, signature=SIGNATURE)
+    (tmp_path / "in").mkdir()
+    _write(tmp_path / "in", 0)
+    job = _job(tmp_path, model, runner="spark")
+    entry = subprocess.run([sys.executable, "-m", "engine.spark_job", "--path"], capture_output=True, text=True,
+                           check=True).stdout.strip()
+    submit = os.path.join(os.path.dirname(sys.executable), "spark-submit")
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable,
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    run = subprocess.run([submit, "--master", "local[1]", "--conf", "spark.ui.enabled=false", entry, "run", str(job),
+                          "--once"], capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "scored 1 of 1 input files" in run.stdout
+    assert _check_visible(tmp_path / "out", tmp_path / "in") == ROWS
+
+
+def test_a_ray_job_under_ray_job_submit(ray_head, tmp_path):
+    model = engine.save_model(tmp_path / "model", _double, signature=SIGNATURE)
+    (tmp_path / "in").mkdir()
+    _write(tmp_path / "in", 0)
+    job = _job(tmp_path, model, runner="ray", runner_options={"actors": 1})
+    bin_dir = Path(sys.executable).parent
+    cmd = [str(bin_dir / "ray"), "job", "submit", "--address", ray_head["dashboard"], "--",
+           str(bin_dir / "arrowscore"), "run", str(job), "--once"]
+    run = subprocess.run(cmd, env=ray_head["env"], capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    assert "scored 1 of 1 input files" in run.stdout
+    assert _check_visible(tmp_path / "out", tmp_path / "in") == ROWS
