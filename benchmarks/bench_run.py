@@ -88,7 +88,7 @@ def time_planning(job: dict) -> float:
     from connectors.parquet import list_files
     from engine.scheduler.catchup import plan
     from engine.scheduler.jobfile import load_job
-    from engine.scheduler.ledger import open_ledger
+    from engine.scheduler.objectledger import open_ledger
 
     start = time.perf_counter()
     spec = load_job(job)

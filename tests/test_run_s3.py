@@ -81,7 +81,8 @@ def test_an_incremental_job_on_s3_keeps_its_state_beside_the_output(s3_job):
 def test_a_commit_cut_short_on_s3_is_finished_or_undone_by_the_next_run(s3_job):
     """The two states a kill can leave a file's commit in, as a killed run leaves them, in the object ledger."""
     from engine.scheduler.catchup import file_key
-    from engine.scheduler.ledger import FileRecord, open_ledger
+    from engine.scheduler.ledger import FileRecord
+    from engine.scheduler.objectledger import open_ledger
     from engine.scheduler.jobfile import load_job
 
     fs, b, job, upload = s3_job

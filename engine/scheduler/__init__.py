@@ -22,7 +22,8 @@ import threading
 
 from .catchup import Planned, RunReport
 from .jobfile import JobSpec, load_job
-from .ledger import RunRecord, open_ledger
+from .ledger import RunRecord
+from .objectledger import open_ledger
 from .options import RunOptions
 
 __all__ = ["run_job", "run_history", "JobSpec", "load_job", "RunReport", "RunRecord", "RunOptions", "Planned"]

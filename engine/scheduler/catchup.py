@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from ..errors import EngineError
 from ..jobs.options import ScoreOptions
 from .jobfile import JobSpec
-from .ledger import FileRecord, RunRecord, open_ledger
+from .ledger import FileRecord, RunRecord
+from .objectledger import open_ledger
 
 __all__ = ["run_once", "RunReport", "Planned", "plan", "file_key", "resolve_model", "Place"]
 

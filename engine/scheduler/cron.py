@@ -22,7 +22,7 @@ import zoneinfo
 from ..errors import ConfigError, ConnectorError, require
 from .catchup import RunReport, run_once
 from .jobfile import JobSpec
-from .ledger import open_ledger
+from .objectledger import open_ledger
 
 __all__ = ["run_scheduled"]
 

@@ -8,8 +8,8 @@
 - ``scored``: one row per file a run committed (path, and the identity and rows it was scored as), so
   ``--rerun RUN_ID`` knows that run's files; appended as files are committed, never rewritten.
 
-Object-store jobs keep the same records as small objects instead (``objectledger``); ``open_ledger``
-picks one from the state location.
+Object-store jobs keep the same records as small objects instead (``objectledger``, whose
+``open_ledger`` picks one from the state location).
 
 A file's outputs are made visible in steps, so that a kill at any moment is recognised: ``begin``
 records the new outputs as pending, the run moves them into place (each an atomic rename, the part
@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 
 from ..errors import ConfigError
 
-__all__ = ["Ledger", "FileRecord", "RunRecord", "open_ledger"]
+__all__ = ["Ledger", "FileRecord", "RunRecord"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -227,15 +227,6 @@ class Ledger:
         """The latest schedule time a run was started for (ISO), for runs missed while down."""
         row = self._db.execute("SELECT max(scheduled_for) AS t FROM runs").fetchone()
         return row["t"] if row else None
-
-
-def open_ledger(location: str, readonly: bool = False):
-    """The job's ledger at ``location``: SQLite for a local file, ``ObjectLedger`` for a prefix on an object store."""
-    if "://" in location and not location.startswith("file://"):
-        from .objectledger import ObjectLedger
-
-        return ObjectLedger(location, readonly)
-    return Ledger(location.removeprefix("file://"), readonly)
 
 
 def _file(r) -> FileRecord:

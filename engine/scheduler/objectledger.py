@@ -35,9 +35,9 @@ import pyarrow.fs as pafs
 from connectors.parquet.files import is_local
 
 from ..errors import ConfigError
-from .ledger import FileRecord, RunRecord
+from .ledger import FileRecord, Ledger, RunRecord
 
-__all__ = ["ObjectLedger", "FileIndex"]
+__all__ = ["ObjectLedger", "FileIndex", "open_ledger"]
 
 
 def _hash(path: str) -> str:
@@ -207,3 +207,10 @@ class ObjectLedger:
             if record and record.get("scheduled_for"):
                 return record["scheduled_for"]
         return None
+
+
+def open_ledger(location: str, readonly: bool = False):
+    """The job's ledger at ``location``: SQLite for a local file, ``ObjectLedger`` for a prefix on an object store."""
+    if "://" in location and not location.startswith("file://"):
+        return ObjectLedger(location, readonly)
+    return Ledger(location.removeprefix("file://"), readonly)

@@ -16,7 +16,7 @@ import time
 from ..errors import ConfigError
 from .catchup import RunReport, _versions, resolve_model, score_kwargs
 from .jobfile import JobSpec
-from .ledger import open_ledger
+from .objectledger import open_ledger
 
 __all__ = ["rerun"]
 
