@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_ray.py
 	$(PY) benchmarks/bench_stream.py --spark
 	$(PY) benchmarks/bench_serve.py
+	$(PY) benchmarks/bench_run.py
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache

@@ -354,8 +354,8 @@ def _run(args) -> int:
 
     options = RunOptions(**values(args, RunOptions))
     # the scheduled mode stops after its current run on SIGTERM; --once stops at once, like score
-    result = run_job(args.job, once=options.once, dry_run=options.dry_run,
-                     handle_signals=not (options.once or options.dry_run))
+    result = run_job(args.job, once=options.once, dry_run=options.dry_run, rerun=options.rerun, output=options.output,
+                     handle_signals=not (options.once or options.dry_run or options.rerun))
     for report in result if isinstance(result, list) else [result]:
         print(report)
     return 0
@@ -377,8 +377,18 @@ def _runs(args) -> int:
     if args.json:
         print(json.dumps([dataclasses.asdict(r) for r in history], indent=2))
         return 0
-    columns = ("run_id", "started", "ended", "model_version", "files", "rows", "dead_lettered", "status")
-    table = [columns] + [tuple("" if getattr(r, c) is None else str(getattr(r, c)) for c in columns) for r in history]
+    columns = ("run_id", "started", "ended", "model_version", "files", "rows", "dead_lettered", "status", "job_hash",
+               "versions")
+
+    def cell(run, column: str) -> str:
+        value = getattr(run, column)
+        if column == "job_hash":  # what repeating the run needs: the job file, the libraries
+            return (value or "")[:12]
+        if column == "versions":
+            return ",".join(f"{k}={v}" for k, v in sorted(value.items())) or "-"
+        return "" if value is None else str(value)
+
+    table = [columns] + [tuple(cell(r, c) for c in columns) for r in history]
     widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
@@ -419,7 +429,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     from .errors import EngineError, ScoringError
 
-    if args.command in ("score", "predict") or (args.command == "run" and (getattr(args, "once", False) or getattr(args, "dry_run", False))):
+    if args.command in ("score", "predict") or (args.command == "run" and any(
+            getattr(args, flag, None) for flag in ("once", "dry_run", "rerun"))):
         import signal
 
         # SIGTERM (a scheduler's stop) cleans up as Ctrl-C does, instead of leaving staging behind

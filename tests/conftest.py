@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import sys
 import textwrap
 import warnings
@@ -229,6 +230,30 @@ def kafka(tmp_path_factory):
         yield info["bootstrap"]
     finally:
         broker.stop(Path(info["dir"]))
+
+
+BIN = Path(sys.executable).parent
+GCS_PORT, DASHBOARD_PORT = 6391, 8265
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory):
+    """`ray start --head` on loopback (token auth off: loopback only), joined by this process, stopped at the
+    end; the Ray runner finds it initialized and uses it."""
+    ray = need("ray", "the Ray head fixture")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
+           "RAY_USAGE_STATS_ENABLED": "0"}
+    start = [str(BIN / "ray"), "start", "--head", "--num-cpus", "2", "--port", str(GCS_PORT),
+             "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(DASHBOARD_PORT),
+             "--include-dashboard", "true", "--disable-usage-stats", "--object-store-memory", str(1 << 30)]
+    subprocess.run(start, env=env, check=True, capture_output=True, timeout=180)
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    ray.init(address=f"127.0.0.1:{GCS_PORT}", logging_level="WARNING")
+    try:
+        yield {"address": f"127.0.0.1:{GCS_PORT}", "dashboard": f"http://127.0.0.1:{DASHBOARD_PORT}", "env": env}
+    finally:
+        ray.shutdown()
+        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
 
 
 @pytest.fixture(scope="session")

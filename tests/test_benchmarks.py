@@ -32,3 +32,10 @@ def test_ray_benchmark_runs():
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "| ray |" in out.stdout and "| ray+mlflow |" in out.stdout and "ray / local (after start-up)" in out.stdout
+
+
+def test_run_benchmark_runs():
+    out = subprocess.run([sys.executable, "benchmarks/bench_run.py", "--files", "60", "--rounds", "1"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "| (a) in-process" in out.stdout and "| (b) commands" in out.stdout

@@ -25,25 +25,6 @@ from compare import assert_same_predictions  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)  # Ray Data can hang without an error when CPUs run out: never wait forever
 BIN = Path(sys.executable).parent
-GCS_PORT, DASHBOARD_PORT = 6391, 8265
-
-
-@pytest.fixture(scope="module")
-def ray_head(tmp_path_factory):
-    """`ray start --head` on loopback (token auth off: loopback only), stopped afterwards."""
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
-           "RAY_USAGE_STATS_ENABLED": "0"}
-    start = [str(BIN / "ray"), "start", "--head", "--num-cpus", "2", "--port", str(GCS_PORT),
-             "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(DASHBOARD_PORT),
-             "--include-dashboard", "true", "--disable-usage-stats", "--object-store-memory", str(1 << 30)]
-    subprocess.run(start, env=env, check=True, capture_output=True, timeout=180)
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    ray.init(address=f"127.0.0.1:{GCS_PORT}", logging_level="WARNING")
-    try:
-        yield {"address": f"127.0.0.1:{GCS_PORT}", "env": env}
-    finally:
-        ray.shutdown()
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
 
 
 def _input(case, directory: Path, files: int = 2) -> pa.Table:
@@ -104,7 +85,7 @@ def test_ray_job_submit(ray_head, logged_models, tmp_path):
     case = logged_models["onnx"]
     table = _input(case, tmp_path / "in")
     out = tmp_path / "out"
-    cmd = [str(BIN / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{DASHBOARD_PORT}", "--",
+    cmd = [str(BIN / "ray"), "job", "submit", "--address", ray_head["dashboard"], "--",
            str(BIN / "arrowscore"), "score", case.uris["path"], str(tmp_path / "in"), str(out),
            "--runner", "ray", "--keep-columns", "id", "--no-progress"]
     run = subprocess.run(cmd, env=ray_head["env"], capture_output=True, text=True, timeout=240)

@@ -101,6 +101,21 @@ def test_only_new_files_are_scored_and_a_file_replaced_in_place_is_scored_again(
     assert not [p for p in job.parent.iterdir() if ".arrowscore-" in p.name]  # no staging left
 
 
+def test_a_run_opens_no_file_it_has_scored(job):
+    """Planning uses the listing (path, size, mtime) and the ledger: a scored file's bytes are never read
+    again. Its bytes are replaced by garbage of the same size and mtime: a run that opened it, or read
+    its footer, would fail."""
+    inp = job.parent / "in"
+    engine.run_job(job)
+    scored = inp / "f00.parquet"
+    stat = scored.stat()
+    scored.write_bytes(b"\0" * stat.st_size)
+    os.utime(scored, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    _write(inp, 3)
+    report = engine.run_job(job)
+    assert [Path(p.path).name for p in report.planned] == ["f03.parquet"] and report.files == 1
+
+
 def test_dry_run_lists_what_would_be_scored_and_why_and_writes_nothing(job):
     inp = job.parent / "in"
     out = _cli("run", job, "--dry-run")
@@ -124,15 +139,20 @@ def test_runs_prints_the_history(job):
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0].split() == ["run_id", "started", "ended", "model_version", "files", "rows", "dead_lettered",
-                                "status"]
-    assert [line.split()[4:] for line in lines[1:]] == [["3", str(3 * ROWS), "0", "succeeded"],
-                                                        ["0", "0", "0", "succeeded"]]
+                                "status", "job_hash", "versions"]
+    assert [line.split()[4:8] for line in lines[1:]] == [["3", str(3 * ROWS), "0", "succeeded"],
+                                                         ["0", "0", "0", "succeeded"]]
     runs = json.loads(_cli("runs", job, "--json").stdout)
     import hashlib
 
-    assert runs[0]["job_hash"] == hashlib.sha256(job.read_bytes()).hexdigest()
+    digest = hashlib.sha256(job.read_bytes()).hexdigest()
+    assert runs[0]["job_hash"] == digest
     assert runs[0]["arrowscore_version"] and runs[0]["versions"]["flavor"] == "python_function"
     assert runs[0]["model_version"].startswith("mlmodel-")
+    # the table shows what repeating a run needs: the job file's hash, the libraries' versions
+    hash_cell, versions_cell = lines[1].split()[8:10]
+    assert hash_cell == digest[:12]
+    assert f"pyarrow={pa.__version__}" in versions_cell.split(",") and "flavor=python_function" in versions_cell
 
 
 def test_rejected_rows_go_to_one_dead_letter_file_per_input_file(tmp_path):
@@ -169,7 +189,9 @@ def test_rejected_rows_go_to_one_dead_letter_file_per_input_file(tmp_path):
     ("name: j\nmodel: m\ninput: in\noutput: out\ntimezone: Mars/Olympus\n", r"job.yaml line 5: timezone 'Mars/Olympus'"),
     ("name: j\nmodel: m\ninput: in\noutput: out\nrunner_options:\n  threads: 4\n",
      r"job.yaml line 5: the local runner has no options \['threads'\]"),
-    ("name: j\nmodel: m\ninput: in\noutput: out\nrunner: ray\n", r"job.yaml line 5: runner 'ray' does not run"),
+    ("name: j\nmodel: m\ninput: in\noutput: out\nrunner: dask\n", r"job.yaml line 5: runner 'dask' is not one of"),
+    ("name: j\nmodel: m\ninput: in\noutput: out\nrunner: ray\nrunner_options: {workers: 2}\n",
+     r"job.yaml line 6: the ray runner has no options \['workers'\]"),
     ("name: j\nmodel: m\ninput: in\noutput: out\nname: k\n", r"job.yaml line 5: key 'name' is given twice \(also line 1\)"),
     ("name: j\nmodel: m\ninput: in\noutput: out\nmode: overwrite\n", r"job.yaml line 5: unknown key 'mode'"),
     ("name: j\nmodel: m\ninput: in\n", r"job.yaml: output is required"),
@@ -225,6 +247,19 @@ def test_an_alias_moved_between_runs_rescoring_on_model_change(tmp_path):
     history = json.loads(_cli("runs", job, "--json").stdout)
     assert [(r["model_version"], r["files"]) for r in history] == [("1", 2), ("2", 2)]
     assert all(r["model_uri"] == "models:/scorer@champion" for r in history)
+
+    # the first run again, with the version it recorded (1) though the alias names 2 now
+    rerun = _cli("run", job, "--rerun", history[0]["run_id"], "--output", tmp_path / "rerun", env=env)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"rerun of run {history[0]['run_id']}" in rerun.stdout and "model version 1" in rerun.stdout
+    again = pq.read_table(tmp_path / "rerun").sort_by("id")
+    assert again.column("id").to_pylist() == ids.tolist()
+    np.testing.assert_allclose(again.column("prediction").to_numpy(), ids * 0.5 * 2)
+    assert (tmp_path / "rerun" / "_SUCCESS").exists()
+    assert _visible(tmp_path / "out").sort_by("id").equals(table)  # the job's output is left as it was
+    unknown = _cli("run", job, "--rerun", "0123abcd", "--output", tmp_path / "other", env=env)
+    assert unknown.returncode == 2
+    assert "job 'scores' has no run '0123abcd' in its ledger" in unknown.stderr and "arrowscore runs" in unknown.stderr
 
 
 # ---- exactly once through kills ----------------------------------------------------------------------
@@ -350,6 +385,20 @@ def test_a_schedule_of_every_second_runs_and_scores_only_new_files_then_stops_on
     assert "scheduled runs of job 'scores' were missed while it was down" in caplog.text
     last = run_history(job)[-1]
     assert last.scheduled_for < last.started  # the run for the missed times, at once
+
+
+def test_a_rerun_refuses_what_would_not_repeat_the_run(job, tmp_path):
+    first = engine.run_job(job)
+    _write(tmp_path / "in", 1, shift=3.0)  # replaced in place since
+    with pytest.raises(ConfigError, match=r"1 of the 3 files run \w+ scored changed or are gone since \(.*f01.parquet\)"):
+        engine.run_job(job, rerun=first.run_id, output=tmp_path / "again")
+    second = engine.run_job(job)
+    engine.save_model(tmp_path / "model", _triple, signature=SIGNATURE, overwrite=True)  # the local model saved anew
+    with pytest.raises(ConfigError, match=r"the model .* has changed since run \w+ \(version mlmodel-\w+, now "):
+        engine.run_job(job, rerun=second.run_id, output=tmp_path / "again")
+    with pytest.raises(ConfigError, match=r"--rerun RUN_ID needs --output DIR"):
+        engine.run_job(job, rerun=second.run_id)
+    assert not (tmp_path / "again").exists()
 
 
 def test_a_job_without_a_schedule_needs_once(job):

@@ -189,6 +189,7 @@ class ParquetSource:
             if outside or not files:
                 raise ConfigError(f"files {outside[:3]} are not in the input {self.uri!r}; pass files that "
                                   "list_files names for it" if outside else "files is empty; pass at least one")
+        self.base = base  # the directory hive partitions are read under
         keys = _hive_keys(files, base)
         # partition values stay strings, as written ('02134' is no number; one directory's name must not
         # change another file's column type)

@@ -44,9 +44,6 @@ def run_spark(model_uri, input: str, output: str, options: ScoreOptions,
 
     from ..jobs.parquet import check_paths, dead_letters
 
-    if options.input_files is not None:
-        raise ConfigError("the spark runner reads its whole input; input_files (a scheduled job's new files) is not "
-                          "supported by it yet: use the local or ray runner")
     if options.row_group_rows:
         raise ConfigError("the spark runner sizes row groups in bytes: set Spark's parquet.block.size instead of "
                           "row_group_rows")
@@ -104,8 +101,12 @@ def _run(model_uri, input, output, options: ScoreOptions, spark_opts: SparkOptio
     start = time.perf_counter()
     job = JobScorer.from_options(model, options)  # clashes and renames fail before Spark reads anything
     check_paths(input, output, options, model_path=model.path)
-    _check_files(input, model, options)
-    df = spark.read.parquet(input)
+    base = _check_files(input, model, options)
+    if options.input_files is None:
+        df = spark.read.parquet(input)
+    else:  # a scheduled job's files: hive partition values still come from their place under the input
+        df = spark.read.option("basePath", _spark_uri(input, base)).parquet(
+            *(_spark_uri(input, f) for f in options.input_files))
     rows = df.count()  # from the Parquet footers
     columns, in_fields, out = spark_udf._plan(df, model, job, "the input")
     if options.partition_by and options.partition_by not in out.names:
@@ -130,6 +131,10 @@ def _run(model_uri, input, output, options: ScoreOptions, spark_opts: SparkOptio
             for batch in rejected.sort_by(order).to_batches():
                 dead.write(batch)  # staged: visible only once the output is committed
             result = cached.where(F.col("out").isNotNull()).select("out.*")
+        if options.input_files is not None and len(options.input_files) == 1:
+            # one input file in, one part file out: a scheduled run makes a file's output visible with one
+            # rename (a file under 128 MB is one task anyway; a bigger one is scored by one task here)
+            result = result.coalesce(1)
         # _SUCCESS comes last, after the row accounting and the dead letters, as in the other runners
         writer = (result.write.mode(_MODES[options.mode]).option("compression", options.compression)
                   .option("mapreduce.fileoutputcommitter.marksuccessfuljobs", "false"))
@@ -159,7 +164,14 @@ def _run(model_uri, input, output, options: ScoreOptions, spark_opts: SparkOptio
                        load_seconds=start - loading)
 
 
-def _check_files(input: str, model, options: ScoreOptions) -> None:
+def _spark_uri(input: str, path: str) -> str:
+    """A path inside the input's filesystem (as list_files names it) as Spark reads it: local paths as
+    they are, remote ones with the input's scheme."""
+    scheme = input.partition("://")[0] if "://" in input and not input.startswith("file://") else None
+    return f"{scheme}://{path}" if scheme else path
+
+
+def _check_files(input: str, model, options: ScoreOptions) -> str:
     """Spark reads every file with one schema (one file's): a column another file lacks reads as nulls,
     another type is cast or fails. So a file that lacks a column the model requires, or holds a column
     the job uses with another type than the first file, is refused before Spark reads anything; the
@@ -171,7 +183,8 @@ def _check_files(input: str, model, options: ScoreOptions) -> None:
 
     needed = model.input_columns
     keep = list(options.keep_columns)
-    source = ParquetSource(input, columns=None if needed is None else [*needed, *keep], required=keep)
+    source = ParquetSource(input, columns=None if needed is None else [*needed, *keep], required=keep,
+                           files=options.input_files)
     schema = model.input_schema
     required = [c for c in needed or [] if schema is None or c not in schema.names or not schema.field(c).nullable]
     used = list(dict.fromkeys([*(needed or source.schema.names), *keep]))
@@ -192,6 +205,7 @@ def _check_files(input: str, model, options: ScoreOptions) -> None:
             raise SchemaError(f"{part.path!r} holds column {c!r} as {types[c]}, {first[0]!r} as {first[1][c]}; the "
                               "spark runner reads every file with one schema: make the types agree, or score with "
                               "the local or ray runner, which take each file on its own")
+    return source.base
 
 
 def _struct(fields) -> pa.DataType:

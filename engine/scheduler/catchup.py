@@ -6,8 +6,8 @@
     the model version -> the ledger records it
 
 Each file is scored by ``engine.runners.score`` on its own (``input_files``), so its output is the
-runner's own part file, renamed into the output directory; a file's rows are visible all at once or
-not at all, and a kill at any moment followed by another run leaves every row scored exactly once
+runner's own part file, renamed into the output directory (on an object store: copied whole, then
+the staged copy deleted); a file's rows are visible all at once or not at all, and a kill at any moment followed by another run leaves every row scored exactly once
 (see ``ledger``). A run holds the output's ``PathLock`` throughout: a second run of the job, or a
 ``score`` into its output, is refused.
 """
@@ -30,9 +30,10 @@ from dataclasses import dataclass, field
 from ..errors import EngineError
 from ..jobs.options import ScoreOptions
 from .jobfile import JobSpec
-from .ledger import FileRecord, Ledger, RunRecord
+from .ledger import FileRecord, RunRecord
+from .objectledger import open_ledger
 
-__all__ = ["run_once", "RunReport", "Planned", "plan", "file_key", "resolve_model"]
+__all__ = ["run_once", "RunReport", "Planned", "plan", "file_key", "resolve_model", "Place"]
 
 log = logging.getLogger("arrowscore.run")
 
@@ -64,8 +65,14 @@ class RunReport:
     changed: list = field(default_factory=list)  # files that changed while they were scored: left for the next run
     dry_run: bool = False
     input_files: int = 0
+    rerun_into: str | None = None  # a rerun of run ``run_id``: where its files were scored again
 
     def __str__(self) -> str:
+        if self.rerun_into:
+            return (f"rerun of run {self.run_id} of job {self.job!r}: scored its {self.files} input files again "
+                    f"({self.rows_scored:,} of {self.rows:,} rows) with model version {self.model_version} into "
+                    f"{self.rerun_into} in {self.seconds:.2f} s" +
+                    (f"; {self.dead_lettered:,} rows rejected" if self.dead_lettered else ""))
         if self.dry_run:
             head = (f"job {self.job!r} (model version {self.model_version}) would score {len(self.planned)} of "
                     f"{self.input_files} input files")
@@ -100,20 +107,21 @@ def file_key(path: str, size: int, mtime_ns: int, model_version: str) -> str:
     return hashlib.sha256(f"{path}\n{size}\n{mtime_ns}\n{model_version}".encode()).hexdigest()[:20]
 
 
-def plan(infos, records: dict, model_version: str, rescore: str) -> list[Planned]:
-    """The listed input files (``pyarrow.fs.FileInfo``) a run scores, with the reason for each."""
+def plan(infos, identities, model_version: str, rescore: str) -> list[Planned]:
+    """The listed input files (``pyarrow.fs.FileInfo``) a run scores, with the reason for each, from the
+    ledger's ``identities()`` (path -> size, mtime_ns, model version scored with): no file is opened."""
     out = []
     for info in infos:
-        had = records.get(info.path)
+        had = identities.get(info.path)
         if had is None:
             reason = "new"
-        elif (had.size, had.mtime_ns) != (info.size, info.mtime_ns):
-            reason = f"replaced in place (size {had.size} -> {info.size}, mtime changed)" \
-                if had.size != info.size else "replaced in place (mtime changed)"
+        elif (had[0], had[1]) != (info.size, info.mtime_ns):
+            reason = f"replaced in place (size {had[0]} -> {info.size}, mtime changed)" \
+                if had[0] != info.size else "replaced in place (mtime changed)"
         elif rescore == "all":
             reason = "rescore: all"
-        elif rescore == "on-model-change" and had.model_version != model_version:
-            reason = f"model changed (version {had.model_version} -> {model_version})"
+        elif rescore == "on-model-change" and had[2] != model_version:
+            reason = f"model changed (version {had[2]} -> {model_version})"
         else:
             continue
         out.append(Planned(info.path, info.size, info.mtime_ns, reason))
@@ -141,37 +149,72 @@ def _versions(model=None) -> dict:
     return out
 
 
-def _delete(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+class Place:
+    """Where a run writes, on the output's filesystem: the output directory, the dead-letter directory,
+    and the staging (a hidden sibling of a local output; ``OUTPUT/_temporary/<run id>/`` on an object
+    store, the directory of the run's own lock, which the next run's lock removes if the run died)."""
+
+    def __init__(self, spec: JobSpec, run_id: str = ""):
+        from connectors.parquet.files import filesystem_for, is_local, staging_name
+
+        self.fs, output = filesystem_for(spec.output)
+        self.local = is_local(self.fs)
+        real = os.path.realpath if self.local else (lambda p: p)
+        self.output = real(output.rstrip("/"))
+        dead = spec.options.dead_letter if spec.options.on_error == "dead-letter" else None
+        self.dead = real(filesystem_for(dead)[1].rstrip("/")) if dead else None
+        if self.local:
+            parent, name = os.path.split(self.output)
+            self.staging = os.path.join(parent, staging_name(name, "run"))
+        else:
+            self.staging = f"{self.output}/_temporary/{run_id}"
+        base, sep, query = spec.output.partition("?")
+        self._scheme, self._query = base.partition("://")[0], sep + query
+
+    def uri(self, path: str) -> str:
+        """A path on this filesystem as ``score`` opens it (an object store's URI keeps the output's options)."""
+        return path if self.local else f"{self._scheme}://{path}{self._query}"
+
+    def exists(self, path: str) -> bool:
+        import pyarrow.fs as pafs
+
+        return self.fs.get_file_info(path).type == pafs.FileType.File
+
+    def delete(self, path: str) -> None:
+        try:
+            self.fs.delete_file(path)
+        except FileNotFoundError:
+            pass
+
+    def make_dirs(self) -> None:
+        if self.local:  # object stores have no directories to make
+            for path in (self.output, self.dead):
+                if path:
+                    os.makedirs(path, exist_ok=True)
+
+    def remove(self, path: str) -> None:
+        if self.local:
+            shutil.rmtree(path, ignore_errors=True)
+            return
+        try:
+            self.fs.delete_dir(path)
+        except OSError:
+            pass
 
 
-def recover(ledger: Ledger) -> None:
+def recover(ledger, place: Place) -> None:
     """Finish or undo the files a killed run was moving into place (the caller holds the job's lock)."""
     for path, record in ledger.pending().items():
-        if all(os.path.exists(p) for p in record.outputs):  # the part file, moved last, is visible
-            ledger.finish(path, _delete)
+        if all(place.exists(p) for p in record.outputs):  # the part file, moved last, is visible
+            ledger.finish(path, place.delete)
             log.warning("recorded %s, whose outputs a killed run had made visible", path)
         else:
             kept = set(ledger.outputs(path))
             for p in record.outputs:
                 if p not in kept:
-                    _delete(p)
+                    place.delete(p)
             ledger.abandon(path)
             log.warning("removed what a killed run had moved into place for %s; it is scored again", path)
-
-
-def _paths(spec: JobSpec) -> tuple[str, str | None, str]:
-    """(output directory, dead-letter directory, staging directory beside the output), local paths."""
-    from connectors.parquet.files import staging_name
-
-    output = os.path.realpath(spec.output.removeprefix("file://"))
-    dead = spec.options.dead_letter if spec.options.on_error == "dead-letter" else None
-    dead = os.path.realpath(dead.removeprefix("file://")) if dead else None
-    parent, name = os.path.split(output)
-    return output, dead, os.path.join(parent, staging_name(name, "run"))
 
 
 def run_once(spec: JobSpec, *, dry_run: bool = False, scheduled_for: str | None = None) -> RunReport:
@@ -181,41 +224,45 @@ def run_once(spec: JobSpec, *, dry_run: bool = False, scheduled_for: str | None 
 
     from ..jobs.parquet import check_paths
 
-    output, dead_dir, staging = _paths(spec)
-    check_paths(spec.input, output, dataclasses.replace(spec.options, dead_letter=dead_dir))
+    check_paths(spec.input, spec.output, spec.options)
     start = time.perf_counter()
     if dry_run:
-        ledger = Ledger(spec.ledger_path, readonly=True)
+        ledger = open_ledger(spec.ledger_path, readonly=True)
         try:
             _, version = resolve_model(spec.model, spec.options.cache_dir)
             infos, _ = list_files(spec.input)
-            todo = plan(infos, ledger.files(), version, spec.rescore)
+            todo = plan(infos, ledger.identities(), version, spec.rescore)
         finally:
             ledger.close()
         return RunReport(spec.name, None, version, todo, dry_run=True, input_files=len(infos),
                          seconds=time.perf_counter() - start)
 
     run_id = uuid.uuid4().hex[:12]
-    lock = PathLock(output, job=run_id, what=f"the output of job {spec.name!r}")
+    place = Place(spec, run_id)
+    lock = PathLock(spec.output, job=run_id, what=f"the output of job {spec.name!r}")
     lock.acquire()
     try:
-        ledger = Ledger(spec.ledger_path)
+        ledger = open_ledger(spec.ledger_path)
         try:
             ledger.claim(spec.name)
             killed = ledger.mark_killed()
             if killed:
                 log.warning("runs %s were killed before they ended", ", ".join(killed))
-            recover(ledger)
-            shutil.rmtree(staging, ignore_errors=True)  # what killed runs staged
-            return _run(spec, ledger, run_id, output, dead_dir, staging, scheduled_for, start)
+            recover(ledger, place)
+            if place.local:
+                place.remove(place.staging)  # what killed runs staged (an object store's went with their locks)
+            return _run(spec, ledger, run_id, place, scheduled_for, start)
         finally:
             ledger.close()
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if place.local:
+            place.remove(place.staging)
         lock.release()
+        if not place.local:  # after the lock: its owner file lies in the staging
+            place.remove(place.staging)
 
 
-def _run(spec, ledger: Ledger, run_id, output, dead_dir, staging, scheduled_for, start) -> RunReport:
+def _run(spec, ledger, run_id, place: Place, scheduled_for, start) -> RunReport:
     from connectors.parquet import list_files
 
     from ..model import load_model
@@ -231,17 +278,15 @@ def _run(spec, ledger: Ledger, run_id, output, dead_dir, staging, scheduled_for,
         ledger.update_run(run_id, model_version=version)
         infos, _ = list_files(spec.input)
         report.input_files = len(infos)
-        report.planned = plan(infos, ledger.files(), version, spec.rescore)
+        report.planned = plan(infos, ledger.identities(), version, spec.rescore)
         log.info("run %s of job %r: %d of %d input files to score with %s (version %s)", run_id, spec.name,
                  len(report.planned), len(infos), spec.model, version)
         if report.planned:
             model = load_model(pinned, shared_cpu=True, **spec.options.load_kwargs())
             ledger.update_run(run_id, versions=json.dumps(_versions(model)))
-            os.makedirs(output, exist_ok=True)
-            if dead_dir:
-                os.makedirs(dead_dir, exist_ok=True)
+            place.make_dirs()
         for item in report.planned:
-            done = _score_file(spec, ledger, model, item, version, run_id, output, dead_dir, staging)
+            done = _score_file(spec, ledger, model, item, version, run_id, place)
             if done is None:
                 report.changed.append(item.path)
                 continue
@@ -261,7 +306,14 @@ def _run(spec, ledger: Ledger, run_id, output, dead_dir, staging, scheduled_for,
     return report
 
 
-def _score_file(spec, ledger, model, item: Planned, version, run_id, output, dead_dir, staging):
+def score_kwargs(options: ScoreOptions, **changes) -> dict:
+    """The keyword arguments of ``engine.runners.score`` for the job's options with ``changes``, into a
+    new output (mode error) without a progress bar."""
+    options = dataclasses.replace(options, mode="error", progress=False, **changes)
+    return {f.name: getattr(options, f.name) for f in dataclasses.fields(ScoreOptions)}
+
+
+def _score_file(spec, ledger, model, item: Planned, version, run_id, place: Place):
     """Score one input file into staging with the job's runner, move its outputs into place, record it.
     None: the file changed while it was scored (nothing of it is kept)."""
     import pyarrow.fs as pafs
@@ -271,30 +323,30 @@ def _score_file(spec, ledger, model, item: Planned, version, run_id, output, dea
     from ..runners import score
 
     key = file_key(item.path, item.size, item.mtime_ns, version)
-    stage = os.path.join(staging, key)
-    options = dataclasses.replace(spec.options, mode="error", progress=False, input_files=(item.path,),
-                                  dead_letter=os.path.join(stage, "rejected.parquet") if dead_dir else None)
-    kwargs = {f.name: getattr(options, f.name) for f in dataclasses.fields(ScoreOptions)}
+    stage = f"{place.staging}/{key}"
+    kwargs = score_kwargs(spec.options, input_files=(item.path,),
+                          dead_letter=place.uri(f"{stage}/rejected.parquet") if place.dead else None)
     log.info("scoring %s (%s)", item.path, item.reason)
-    done = score(model, spec.input, os.path.join(stage, "out"), runner=spec.runner,
+    done = score(model, spec.input, place.uri(f"{stage}/out"), runner=spec.runner,
                  runner_options=spec.runner_options, **kwargs)
     fs, _ = filesystem_for(spec.input)
     now = fs.get_file_info(item.path)
     if now.type != pafs.FileType.File or (now.size, now.mtime_ns) != (item.size, item.mtime_ns):
         log.warning("%s changed while it was scored; it is left for the next run", item.path)
-        shutil.rmtree(stage, ignore_errors=True)
+        place.remove(stage)
         return None
     if len(done.output_files) > 1:
-        raise RuntimeError(f"one input file gave {len(done.output_files)} output files; a run expects one")
+        raise RuntimeError(f"the {spec.runner} runner wrote {len(done.output_files)} output files for one input file; "
+                           "a run expects one")
     moves = []  # dead letters first, the part file last: a visible part file means the file is done
     if done.dead_lettered:
-        moves.append((os.path.join(stage, "rejected.parquet"), os.path.join(dead_dir, f"rejected-{key}.parquet")))
-    moves += [(staged, os.path.join(output, f"part-{key}.parquet")) for staged in done.output_files]
+        moves.append((f"{stage}/rejected.parquet", f"{place.dead}/rejected-{key}.parquet"))
+    moves += [(staged, f"{place.output}/part-{key}.parquet") for staged in done.output_files]
     record = FileRecord(item.path, item.size, item.mtime_ns, spec.model, version, tuple(t for _, t in moves),
                         done.rows, done.rows_scored, done.dead_lettered, run_id, _now())
     ledger.begin(record)
     for staged, target in moves:
-        os.replace(staged, target)
-    ledger.finish(item.path, _delete)
-    shutil.rmtree(stage, ignore_errors=True)
+        place.fs.move(staged, target)  # a rename on a local disk; copy then delete on an object store
+    ledger.finish(item.path, place.delete)
+    place.remove(stage)
     return record

@@ -22,7 +22,7 @@ import zoneinfo
 from ..errors import ConfigError, ConnectorError, require
 from .catchup import RunReport, run_once
 from .jobfile import JobSpec
-from .ledger import Ledger
+from .objectledger import open_ledger
 
 __all__ = ["run_scheduled"]
 
@@ -62,7 +62,7 @@ def run_scheduled(spec: JobSpec, *, stop: threading.Event | None = None, handle_
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, stopping)
 
-    ledger = Ledger(spec.ledger_path, readonly=True)
+    ledger = open_ledger(spec.ledger_path, readonly=True)
     try:
         last = ledger.last_scheduled()
     finally:

@@ -31,10 +31,9 @@ from ..errors import ConfigError
 from ..jobs import options as _options
 from ..jobs.options import ScoreOptions
 
-__all__ = ["JobSpec", "load_job", "RESCORE", "RUN_RUNNERS"]
+__all__ = ["JobSpec", "load_job", "RESCORE"]
 
 RESCORE = ("new-files", "on-model-change", "all")
-RUN_RUNNERS = ("local",)  # ray and spark score the new files of a run in a later cut (issue 13)
 _NOT_KEYS = {"mode", "progress", "input_files", "partition_by"}  # ScoreOptions fields a run decides itself
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -46,12 +45,13 @@ class JobSpec:
     name: str = _options._opt("", "the job's name, recorded in its ledger (letters, digits, . _ -)")
     model: str = _options._opt("", "model URI; an alias (models:/fraud@champion) is resolved once per run")
     input: str = _options._opt("", "what score reads: a Parquet file, directory (hive partitions too), glob, or s3://...")
-    output: str = _options._opt("", "local output directory; one part file per input file")
+    output: str = _options._opt("", "output directory, local or s3://...; one part file per input file")
     runner: str = _options._opt("local", "the runner that scores a run's new files")
     schedule: str | None = _options._opt(None, "cron expression (5 fields, or 6 with seconds first) for `arrowscore run`")
     timezone: str = _options._opt("UTC", "the schedule's time zone (IANA name)")
     rescore: str = _options._opt("new-files", "new-files | on-model-change | all")
-    state: str | None = _options._opt(None, "the ledger's SQLite file (default: beside the output)")
+    state: str | None = _options._opt(None, "the ledger: a local SQLite file, or a prefix on an object store "
+                                            "(default: beside the output)")
     runner_options: object = _options._opt(None, "the runner's options (a mapping)")
     # not keys: built from the file
     options: ScoreOptions = field(default_factory=ScoreOptions, metadata={"key": False})
@@ -71,31 +71,46 @@ class JobSpec:
 
         if self.runner not in RUNNERS:
             raise ConfigError(f"{self.source}: runner {self.runner!r} is not one of {sorted(RUNNERS)}")
-        if self.runner not in RUN_RUNNERS:
-            raise ConfigError(f"{self.source}: runner {self.runner!r} does not run scheduled jobs yet; use "
-                              f"{' or '.join(RUN_RUNNERS)} (`arrowscore score --runner {self.runner}` scores a "
-                              "whole input)")
         object.__setattr__(self, "runner_options", _options.runner_options(self.runner, self.runner_options))
-        for name in ("output", "state", "dead_letter"):
-            value = self.options.dead_letter if name == "dead_letter" else getattr(self, name)
-            if value and "://" in value and not value.startswith("file://"):
-                raise ConfigError(f"{self.source}: {name} {value!r} is on an object store; `arrowscore run` keeps "
-                                  "its outputs, dead letters and ledger on a local disk in this version")
+        dead = self.options.dead_letter
+        if dead and _remote(dead) != _remote(self.output):
+            raise ConfigError(f"{self.source}: dead_letter {dead!r} and output {self.output!r} must both be local or "
+                              "both on the object store: a run moves each file's rejected rows from the output's "
+                              "staging into place with one rename")
+        if _remote(self.output) and not self.state and "/" not in _split(self.output)[0].split("://", 1)[1].strip("/"):
+            raise ConfigError(f"{self.source}: output {self.output!r} is a bucket's root, so there is no place beside "
+                              "it for the job's state; name one (state: s3://bucket/jobs/NAME-state/, or a local "
+                              "path for SQLite)")
         _check_timezone(self.timezone, self.source)
         if self.schedule is not None:
             check_schedule(self.schedule, self.source)
 
     @property
     def ledger_path(self) -> str:
-        """The job's ledger: ``state``, else a hidden sibling of the output."""
+        """The job's ledger: ``state``, else beside the output: a hidden SQLite file for a local output, a
+        hidden prefix of small objects for one on an object store (see ``ledger.open_ledger``)."""
         if self.state:
-            return _local(self.state)
+            return self.state if _remote(self.state) else _local(self.state)
+        if _remote(self.output):
+            base, query = _split(self.output)
+            parent, name = base.rstrip("/").rsplit("/", 1)
+            return f"{parent}/.{name}.arrowscore-state{query}"
         parent, name = os.path.split(_local(self.output).rstrip("/"))
         return os.path.join(parent, f".{name}.arrowscore.ledger.sqlite")
 
 
 def _local(path: str) -> str:
     return path[len("file://"):] if path.startswith("file://") else path
+
+
+def _remote(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+def _split(uri: str) -> tuple[str, str]:
+    """(an object-store URI without its query, '?query' or '')."""
+    base, sep, query = uri.partition("?")
+    return base, sep + query
 
 
 def _check_timezone(name: str, source: str) -> None:

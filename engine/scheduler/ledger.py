@@ -4,7 +4,12 @@
   model URI and version, the output files it made visible (its part file, its dead letters), rows,
   the run. A row changes only when its file is scored again; nothing is ever rewritten whole.
 - ``runs``: one row per run (start, end, model version, files, rows, dead letters, status, the job
-  file's hash, the versions of arrowscore and its libraries).
+  file's hash, the versions of arrowscore and its libraries);
+- ``scored``: one row per file a run committed (path, and the identity and rows it was scored as), so
+  ``--rerun RUN_ID`` knows that run's files; appended as files are committed, never rewritten.
+
+Object-store jobs keep the same records as small objects instead (``objectledger``, whose
+``open_ledger`` picks one from the state location).
 
 A file's outputs are made visible in steps, so that a kill at any moment is recognised: ``begin``
 records the new outputs as pending, the run moves them into place (each an atomic rename, the part
@@ -49,6 +54,10 @@ CREATE TABLE IF NOT EXISTS runs (
     job_hash TEXT, arrowscore_version TEXT, versions TEXT, scheduled_for TEXT, host TEXT, pid INTEGER
 );
 CREATE INDEX IF NOT EXISTS runs_started ON runs (started);
+CREATE TABLE IF NOT EXISTS scored (          -- the files each run committed, for --rerun (appended, never rewritten)
+    run_id TEXT NOT NULL, path TEXT NOT NULL, size INTEGER, mtime_ns INTEGER, rows INTEGER,
+    PRIMARY KEY (run_id, path)
+);
 """
 
 
@@ -132,6 +141,13 @@ class Ledger:
         rows = self._db.execute("SELECT * FROM files WHERE size IS NOT NULL")
         return {r["path"]: _file(r) for r in rows}
 
+    def identities(self) -> dict[str, tuple]:
+        """Each committed file's (size, mtime_ns, model_version), by input path: what a run plans from."""
+        cursor = self._db.cursor()
+        cursor.row_factory = None  # plain tuples: a 10,000-file ledger in 10 ms, not 50
+        rows = cursor.execute("SELECT path, size, mtime_ns, model_version FROM files WHERE size IS NOT NULL")
+        return {path: (size, mtime_ns, version) for path, size, mtime_ns, version in rows}
+
     def pending(self) -> dict[str, FileRecord]:
         rows = self._db.execute("SELECT path, pending FROM files WHERE pending IS NOT NULL")
         return {r["path"]: FileRecord(**{**json.loads(r["pending"]), "outputs": tuple(json.loads(r["pending"])["outputs"])})
@@ -152,6 +168,8 @@ class Ledger:
             if old not in new["outputs"]:
                 delete(old)
         with self._db:
+            self._db.execute("INSERT OR REPLACE INTO scored VALUES (?, ?, ?, ?, ?)",
+                             (new["run_id"], path, new["size"], new["mtime_ns"], new["rows"]))
             self._db.execute(
                 "UPDATE files SET size = ?, mtime_ns = ?, model_uri = ?, model_version = ?, outputs = ?, rows = ?, "
                 "rows_scored = ?, dead_lettered = ?, run_id = ?, scored_at = ?, pending = NULL WHERE path = ?",
@@ -162,6 +180,12 @@ class Ledger:
         """The outputs of the file's committed record (none if it has none)."""
         row = self._db.execute("SELECT outputs FROM files WHERE path = ?", (path,)).fetchone()
         return tuple(json.loads(row["outputs"])) if row else ()
+
+    def scored(self, run_id: str) -> list[dict]:
+        """The files a run committed: path, size, mtime_ns, rows."""
+        rows = self._db.execute("SELECT path, size, mtime_ns, rows FROM scored WHERE run_id = ? ORDER BY path",
+                                (run_id,))
+        return [dict(r) for r in rows]
 
     def abandon(self, path: str) -> None:
         """Forget a pending record (its outputs were removed): the file keeps its old record, if any."""
