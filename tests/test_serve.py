@@ -271,6 +271,80 @@ def test_open_inference_v2(flavors_server, logged_models):
     assert status == 404 and "no model 'nope'" in json.loads(out)["error"]
 
 
+_NUMPY = {"BOOL": "?", "UINT8": "<u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8", "INT8": "<i1",
+          "INT16": "<i2", "INT32": "<i4", "INT64": "<i8", "FP16": "<f2", "FP32": "<f4", "FP64": "<f8"}
+
+
+def _to_binary(doc: dict) -> tuple[bytes, dict]:
+    """The v2 request with every input's data moved after the JSON (the binary tensor data extension),
+    every output asked for in binary: (body, headers)."""
+    inputs, blobs = [], []
+    for tensor in doc["inputs"]:
+        if tensor["datatype"] == "BYTES":
+            blob = b"".join(len(v.encode()).to_bytes(4, "little") + v.encode() for v in map(str, tensor["data"]))
+        else:
+            blob = np.asarray(tensor["data"], dtype=_NUMPY[tensor["datatype"]]).tobytes()
+        blobs.append(blob)
+        inputs.append({k: v for k, v in tensor.items() if k != "data"} | {"parameters": {"binary_data_size": len(blob)}})
+    header = json.dumps({**doc, "inputs": inputs,
+                         "parameters": {**doc.get("parameters", {}), "binary_data_output": True}}).encode()
+    return header + b"".join(blobs), {"Content-Type": "application/octet-stream",
+                                      "Inference-Header-Content-Length": str(len(header))}
+
+
+def _from_binary(headers: dict, body: bytes) -> dict[str, np.ndarray]:
+    length = int(headers["inference-header-content-length"])
+    doc, offset, out = json.loads(body[:length]), length, {}
+    for o in doc["outputs"]:
+        size = o["parameters"]["binary_data_size"]
+        raw = body[offset:offset + size]
+        if o["datatype"] == "BYTES":
+            values, i = [], 0
+            while i < len(raw):
+                n = int.from_bytes(raw[i:i + 4], "little")
+                values.append(raw[i + 4:i + 4 + n].decode())
+                i += 4 + n
+            out[o["name"]] = np.asarray(values).reshape(o["shape"])
+        else:
+            out[o["name"]] = np.frombuffer(raw, dtype=_NUMPY[o["datatype"]]).reshape(o["shape"])
+        offset += size
+    assert offset == len(body), "the answer has binary data no output claims"
+    return out
+
+
+def test_open_inference_v2_binary_tensors(flavors_server, logged_models):
+    """Inputs as raw bytes after the JSON, outputs asked for the same way (KServe's and Triton's clients)."""
+    assert "binary_tensor_data" in flavors_server.json("GET", "/v2")["extensions"]
+    for key, case in logged_models.items():
+        metadata = flavors_server.json("GET", f"/v2/models/{key}")
+        body, headers = _to_binary(_v2_request(metadata, case))
+        status, answer_headers, out = flavors_server("POST", f"/v2/models/{key}/infer", body, headers)
+        assert status == 200, out
+        assert answer_headers["content-type"] == "application/octet-stream"
+        _same(_from_binary(answer_headers, out), case.expected, f"{key} v2 binary")
+
+
+def test_open_inference_v2_binary_mistakes_get_400(flavors_server, logged_models):
+    key, case = next((k, c) for k, c in logged_models.items() if not c.params)
+    metadata = flavors_server.json("GET", f"/v2/models/{key}")
+    body, headers = _to_binary(_v2_request(metadata, case))
+    length = int(headers["Inference-Header-Content-Length"])
+    cases = [
+        (body + b"\0" * 8, headers, "bytes of binary data that no input's binary_data_size claims"),
+        (body[:-1], headers, "runs past the body's binary data"),
+        (body, {"Content-Type": "application/octet-stream"}, "needs the Inference-Header-Content-Length header"),
+        (body, {**headers, "Inference-Header-Content-Length": str(len(body) + 1)}, "is not a length within the body"),
+    ]
+    doc = json.loads(body[:length])
+    asked = {**doc, "outputs": [{"name": "nope"}]}
+    header = json.dumps(asked).encode()
+    cases.append((header + body[length:], {**headers, "Inference-Header-Content-Length": str(len(header))},
+                  "the request asks for outputs ['nope']"))
+    for request, request_headers, message in cases:
+        status, _, out = flavors_server("POST", f"/v2/models/{key}/infer", request, request_headers)
+        assert status == 400 and message in json.loads(out)["error"], (message, out)
+
+
 def test_several_models_each_on_its_route(flavors_server, logged_models):
     """`serve a=URI b=URI2`: each name has its routes; /invocations is the first model's."""
     first, other = list(logged_models)[0], "pyfunc_code"
@@ -501,23 +575,29 @@ def _wait_for(what: str, check, timeout_s: float = 60):
         time.sleep(0.1)
 
 
-def test_an_alias_moved_while_requests_flow(serve, tmp_path):
-    import threading
-
+def _registry(tmp_path, fns) -> tuple:
+    """(MlflowClient, tracking uri) of a sqlite registry holding model 'doubler', one version per function."""
     import engine
     from mlflow import MlflowClient
 
-    need("uvicorn", "arrowscore serve")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     experiment = client.create_experiment("serve", artifact_location=(tmp_path / "artifacts").as_uri())
     client.create_registered_model("doubler")
-    for fn in (_times_two, _times_three, _broken):  # versions 1, 2, 3
-        model = engine.save_model(tmp_path / fn.__name__, fn, signature=pa.schema([pa.field("x", pa.float64(), False)]))
+    for version, fn in enumerate(fns, 1):
+        model = engine.save_model(tmp_path / f"v{version}{fn.__name__}", fn, signature=pa.schema([pa.field("x", pa.float64(), False)]))
         run = client.create_run(experiment).info.run_id
         client.log_artifacts(run, str(model), "model")
         client.set_terminated(run)
         client.create_model_version("doubler", f"runs:/{run}/model", run)
+    return client, uri
+
+
+def test_an_alias_moved_while_requests_flow(serve, tmp_path):
+    import threading
+
+    need("uvicorn", "arrowscore serve")
+    client, uri = _registry(tmp_path, (_times_two, _times_three, _broken))  # versions 1, 2, 3
     client.set_registered_model_alias("doubler", "live", "1")
     server = serve(["models:/doubler@live", "--reload-every-s", "0.5", "--cache-dir", tmp_path / "cache"],
                    env={"MLFLOW_TRACKING_URI": uri})
@@ -557,6 +637,43 @@ def test_an_alias_moved_while_requests_flow(serve, tmp_path):
     first_new = predictions.index([3.0, 6.0])
     assert all(p == [3.0, 6.0] for p in predictions[first_new:])  # never the old version after the swap
     assert "version 3 of models:/doubler@live did not load or score a sample; still serving version 2" in server.stop()
+
+
+def test_workers_follow_the_alias_and_keep_serving_when_a_version_cannot_be_downloaded(serve, tmp_path):
+    import shutil
+
+    client, uri = _registry(tmp_path, (_times_two, _times_three, _times_three))  # versions 1, 2, 3
+    missing = client.get_model_version("doubler", "3")
+    shutil.rmtree(tmp_path / "artifacts" / missing.run_id)  # version 3's files are gone from the store
+    client.set_registered_model_alias("doubler", "live", "1")
+    server = serve(["models:/doubler@live", "--workers", "2", "--reload-every-s", "0.5",
+                    "--cache-dir", tmp_path / "cache"], env={"MLFLOW_TRACKING_URI": uri})
+
+    def versions_by_worker(rounds=8) -> dict:
+        seen = {}
+        for _ in range(rounds):
+            with ThreadPoolExecutor(8) as pool:
+                for doc in pool.map(lambda _: server.json("GET", "/version"), range(8)):
+                    seen[doc["pid"]] = doc["models"]["doubler"]["version"]
+        return seen
+
+    _wait_for("both workers answer", lambda: len(versions_by_worker()) == 2)
+    client.set_registered_model_alias("doubler", "live", "3")
+    _wait_for("both workers failed to download version 3", lambda: _metric(
+        server.metrics(), "arrowscore_model_reloads_total", outcome="unavailable") >= 2)
+    assert set(versions_by_worker().values()) == {"1"}
+    with ThreadPoolExecutor(8) as pool:
+        outs = list(pool.map(lambda i: server.json("POST", "/invocations", _split([float(i)])), range(16)))
+    assert [o["predictions"] for o in outs] == [[2.0 * i] for i in range(16)]  # still version 1, every worker
+
+    client.set_registered_model_alias("doubler", "live", "2")
+    _wait_for("both workers serve version 2", lambda: set(versions_by_worker().values()) == {"2"})
+    with ThreadPoolExecutor(8) as pool:
+        outs = list(pool.map(lambda i: server.json("POST", "/invocations", _split([float(i)])), range(16)))
+    assert [o["predictions"] for o in outs] == [[3.0 * i] for i in range(16)]
+    assert _metric(server.metrics(), "arrowscore_model_reloads_total", outcome="swapped") == 2  # one per worker
+    log = server.stop()
+    assert log.count("cannot download version 3 of models:/doubler@live; still serving version 1") >= 2
 
 
 # ---- several workers ---------------------------------------------------------------------------

@@ -38,7 +38,8 @@ log = logging.getLogger("arrowscore.serve")
 access = logging.getLogger("arrowscore.access")
 
 # the request headers read here (ASGI servers give names in lower case); the others are not decoded
-_HEADERS = {b"content-type", b"accept", b"content-length", b"x-request-id", b"authorization"}
+_V2_HEADER = "inference-header-content-length"  # the v2 binary tensor data extension: the JSON part's length
+_HEADERS = {b"content-type", b"accept", b"content-length", b"x-request-id", b"authorization", _V2_HEADER.encode()}
 
 
 class HTTPError(Exception):
@@ -294,7 +295,7 @@ class App:
     async def _v2(self, method, path, headers, receive):
         parts = path.rstrip("/").split("/")[2:]  # after "/v2"
         if method == "GET" and not parts:
-            doc = {"name": "arrowscore", "version": _version(), "extensions": []}
+            doc = {"name": "arrowscore", "version": _version(), "extensions": ["binary_tensor_data"]}
             return 200, orjson.dumps(doc), "application/json", []
         if method == "GET" and parts in (["health", "live"], ["health", "ready"]):
             if parts[1] == "ready" and not self.ready:
@@ -315,12 +316,18 @@ class App:
             if method == "POST" and rest == ["infer"]:
                 body = await self._body(headers, receive)
                 try:
-                    batch, params, rid = protocols.decode_v2(body)
+                    batch, params, request = protocols.decode_v2(body, headers.get(_V2_HEADER))
                 except ConfigError as exc:
                     raise HTTPError(400, str(exc), v2=True) from None
                 out = await self._score(entry, batch, params, v2=True)
-                return 200, protocols.encode_v2(pa.Table.from_batches([out]), entry.name, entry.version, rid), \
-                    "application/json", []
+                try:
+                    body, header_length = protocols.encode_v2(pa.Table.from_batches([out]), entry.name,
+                                                              entry.version, request)
+                except ConfigError as exc:
+                    raise HTTPError(400, str(exc), v2=True) from None
+                if header_length is None:
+                    return 200, body, "application/json", []
+                return 200, body, protocols.BINARY, [(_V2_HEADER, str(header_length))]
         raise HTTPError(404, f"no route {path} in the v2 protocol", "NOT_FOUND", v2=True)
 
 

@@ -37,8 +37,9 @@ class Metrics:
                           ["model", "uri", "version", "flavor"], registry=r, multiprocess_mode="liveall")
         self.load_seconds = Gauge("arrowscore_model_load_seconds", "time to load the model answering", ["model"],
                                   registry=r, multiprocess_mode="liveall")
-        self.reloads = Counter("arrowscore_model_reloads", "alias checks that found a new version: swapped or "
-                               "refused", ["model", "outcome"], registry=r)
+        self.reloads = Counter("arrowscore_model_reloads", "alias checks that found a new version: swapped, "
+                               "refused (did not load or score a sample) or unavailable (not downloaded; tried "
+                               "again)", ["model", "outcome"], registry=r)
         self._labels = {}
         self._children = {}
 

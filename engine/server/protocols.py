@@ -36,7 +36,8 @@ except ImportError:  # pragma: no cover - orjson is in the serve extra
     def _dumps(doc) -> bytes:
         return json.dumps(doc).encode()
 
-__all__ = ["decode", "encode_mlflow", "decode_v2", "encode_v2", "ARROW", "PARQUET", "JSON", "CSV", "Unsupported"]
+__all__ = ["decode", "encode_mlflow", "decode_v2", "encode_v2", "ARROW", "PARQUET", "JSON", "CSV", "BINARY",
+           "Unsupported"]
 
 JSON, CSV = "application/json", "text/csv"
 ARROW = "application/vnd.apache.arrow.stream"
@@ -167,54 +168,155 @@ def v2_type(arrow_type: pa.DataType) -> str:
         return "BYTES"
 
 
-def decode_v2(body: bytes) -> tuple[pa.RecordBatch, dict | None, str | None]:
-    """(batch, params, request id) from an OIP v2 JSON infer request: each input tensor a column
-    (shape [n] or [n, 1] a plain column, [n, ...] a tensor column)."""
+BINARY = "application/octet-stream"  # a v2 body with binary tensors (Inference-Header-Content-Length set)
+_V2_EXTENSION_PARAMS = ("binary_data_output",)  # request parameters of the protocol, not of the model
+
+
+def _bytes_elements(raw: memoryview, name: str) -> list[bytes]:
+    """A BYTES tensor's binary form: each element a 4-byte little-endian length, then its bytes."""
+    out, offset = [], 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise ConfigError(f"input {name!r}: the binary BYTES data ends inside an element's length")
+        size = int.from_bytes(raw[offset:offset + 4], "little")
+        if offset + 4 + size > len(raw):
+            raise ConfigError(f"input {name!r}: a binary BYTES element of {size} bytes runs past the data")
+        out.append(bytes(raw[offset + 4:offset + 4 + size]))
+        offset += 4 + size
+    return out
+
+
+def _binary_tensor(raw: memoryview, name: str, shape: list, kind: str) -> np.ndarray:
+    count = int(np.prod(shape))
+    if kind == "BYTES":
+        values = _bytes_elements(raw, name)
+        if len(values) != count:
+            raise ConfigError(f"input {name!r}: {len(values)} binary BYTES elements for shape {shape}")
+        return np.array([v.decode("utf-8", "replace") for v in values], dtype=object).reshape(shape)
+    dtype = np.dtype(_V2_TYPES[kind]).newbyteorder("<")
+    if len(raw) != count * dtype.itemsize:
+        raise ConfigError(f"input {name!r}: binary_data_size {len(raw)} is not shape {shape} of {kind} "
+                          f"({count * dtype.itemsize} bytes)")
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
+def decode_v2(body: bytes, header_length: str | None = None) -> tuple[pa.RecordBatch, dict | None, str | None]:
+    """(batch, params, request id) from an OIP v2 infer request: each input tensor a column (shape [n]
+    or [n, 1] a plain column, [n, ...] a tensor column). With ``header_length`` (the
+    Inference-Header-Content-Length header: the binary tensor data extension) the body is that many
+    bytes of JSON, then the inputs that give ``parameters.binary_data_size`` as raw little-endian
+    bytes, in input order."""
+    binary = memoryview(b"")
+    if header_length is not None:
+        if not header_length.isdigit() or int(header_length) > len(body):
+            raise ConfigError(f"Inference-Header-Content-Length {header_length!r} is not a length within the "
+                              f"body ({len(body)} bytes)")
+        binary, body = memoryview(body)[int(header_length):], body[:int(header_length)]
     try:
         doc = _loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"the body is not valid JSON ({exc})") from None
+        hint = "" if header_length is not None else ("; a body with binary tensor data needs the "
+                                                     "Inference-Header-Content-Length header (the JSON's length)")
+        raise ConfigError(f"the body is not valid JSON ({exc}){hint}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
         raise ConfigError("an infer request needs 'inputs': a list of {name, shape, datatype, data}")
-    columns = {}
+    columns, offset = {}, 0
     for i, tensor in enumerate(doc["inputs"]):
-        if not isinstance(tensor, dict) or not {"name", "shape", "datatype", "data"} <= set(tensor):
-            raise ConfigError(f"input {i} needs 'name', 'shape', 'datatype' and 'data'")
+        size = (tensor.get("parameters") or {}).get("binary_data_size") if isinstance(tensor, dict) else None
+        needed = {"name", "shape", "datatype"} | (set() if size is not None else {"data"})
+        if not isinstance(tensor, dict) or not needed <= set(tensor):
+            raise ConfigError(f"input {i} needs 'name', 'shape', 'datatype' and 'data' (or "
+                              "parameters.binary_data_size with the binary tensor data extension)")
         name, shape, kind = tensor["name"], tensor["shape"], str(tensor["datatype"]).upper()
         if kind not in _V2_TYPES:
             raise ConfigError(f"input {name!r}: datatype {kind!r} is not one of {sorted(_V2_TYPES)}")
         if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and d >= 0 for d in shape):
             raise ConfigError(f"input {name!r}: shape must be a list of sizes, the first the number of rows")
-        try:
-            arr = np.asarray(tensor["data"], dtype=_V2_TYPES[kind]).reshape(shape)
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(f"input {name!r}: the data does not fit shape {shape} as {kind} ({exc})") from None
+        if size is not None:
+            if header_length is None:
+                raise ConfigError(f"input {name!r} has binary_data_size but the request has no "
+                                  "Inference-Header-Content-Length header saying where the JSON ends")
+            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+                raise ConfigError(f"input {name!r}: binary_data_size {size!r} runs past the body's binary data "
+                                  f"({len(binary) - offset} bytes left)")
+            arr = _binary_tensor(binary[offset:offset + size], name, shape, kind)
+            offset += size
+        else:
+            try:
+                arr = np.asarray(tensor["data"], dtype=_V2_TYPES[kind]).reshape(shape)
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(f"input {name!r}: the data does not fit shape {shape} as {kind} ({exc})") from None
         if kind == "BYTES":
             arr = arr.astype(str)
         columns[name] = convert.to_arrow(arr)
+    if offset != len(binary):
+        raise ConfigError(f"the body has {len(binary) - offset} bytes of binary data that no input's "
+                          "binary_data_size claims")
     rows = {len(c) for c in columns.values()}
     if len(rows) != 1:
         raise ConfigError(f"the inputs have different numbers of rows (first dimensions {sorted(rows)})")
     params = doc.get("parameters")
     if params is not None and not isinstance(params, dict):
         raise ConfigError("'parameters' must be an object")
-    return pa.RecordBatch.from_pydict(columns), params, doc.get("id")
+    outputs = doc.get("outputs")
+    if outputs is not None and (not isinstance(outputs, list) or not all(isinstance(o, dict) and "name" in o
+                                                                          for o in outputs)):
+        raise ConfigError("'outputs' must be a list of {name, parameters}")
+    wanted = _wanted_outputs(outputs, params)
+    if params:
+        params = {k: v for k, v in params.items() if k not in _V2_EXTENSION_PARAMS} or None
+    return pa.RecordBatch.from_pydict(columns), params, (doc.get("id"), wanted)
 
 
-def encode_v2(table: pa.Table, model: str, version: str | None, request_id: str | None) -> bytes:
-    outputs = []
-    for name, col in zip(table.column_names, table.columns):
-        col = col.combine_chunks()
+def _wanted_outputs(outputs, params) -> dict | None:
+    """{output name: as binary} the request names, or {"*": as binary} for all; None: all, as JSON."""
+    everything = bool((params or {}).get("binary_data_output"))
+    if outputs:
+        return {o["name"]: bool((o.get("parameters") or {}).get("binary_data", everything)) for o in outputs}
+    return {"*": True} if everything else None
+
+
+def _binary_bytes(arr: np.ndarray, kind: str) -> bytes:
+    if kind == "BYTES":
+        parts = []
+        for value in arr.ravel():
+            raw = value if isinstance(value, bytes) else str(value).encode()
+            parts += [len(raw).to_bytes(4, "little"), raw]
+        return b"".join(parts)
+    return np.ascontiguousarray(arr, dtype=np.dtype(_V2_TYPES[kind]).newbyteorder("<")).tobytes()
+
+
+def encode_v2(table: pa.Table, model: str, version: str | None, request: tuple) -> tuple[bytes, int | None]:
+    """(body, JSON header length or None): the outputs the request names (all by default), in JSON, or
+    as raw bytes after the JSON where it asked for binary data."""
+    request_id, wanted = request
+    names = table.column_names
+    if wanted and "*" not in wanted:
+        unknown = [n for n in wanted if n not in names]
+        if unknown:
+            raise ConfigError(f"the request asks for outputs {unknown}; the model has {names}")
+        names = list(wanted)
+    outputs, blobs = [], []
+    for name in names:
+        col = table.column(name).combine_chunks()
         if is_list(col.type):
             arr = convert.list_tensor(col, name)
         else:
             arr = col.to_numpy(zero_copy_only=False)
         kind = v2_type(col.type)
-        data = arr.astype(str).ravel().tolist() if kind == "BYTES" else arr.ravel()
-        outputs.append({"name": name, "datatype": kind, "shape": list(arr.shape), "data": data})
+        out = {"name": name, "datatype": kind, "shape": list(arr.shape)}
+        if wanted and wanted.get(name, wanted.get("*")):
+            blobs.append(_binary_bytes(arr, kind))
+            out["parameters"] = {"binary_data_size": len(blobs[-1])}
+        else:
+            out["data"] = arr.astype(str).ravel().tolist() if kind == "BYTES" else arr.ravel()
+        outputs.append(out)
     doc = {"model_name": model, "outputs": outputs}
     if version is not None:
         doc["model_version"] = str(version)
     if request_id is not None:
         doc["id"] = request_id
-    return _dumps(doc)
+    header = _dumps(doc)
+    if not blobs:
+        return header, None
+    return b"".join([header, *blobs]), len(header)

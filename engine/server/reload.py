@@ -82,6 +82,7 @@ async def follow(entry, options, metrics) -> None:
         except Exception as exc:  # noqa: BLE001 - a download that failed may work next time
             log.warning("model %s: cannot download version %s of %s; still serving version %s (%s: %s)",
                         entry.name, version, entry.uri, entry.version, type(exc).__name__, exc)
+            metrics.reloads.labels(entry.name, "unavailable").inc()
             continue
         try:
             model, seconds = await loop.run_in_executor(None, _load, path, version, options)
