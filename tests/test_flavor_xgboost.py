@@ -1,0 +1,64 @@
+"""XGBoost's sklearn-API models are scored through the booster itself (no per-call config context), with
+exactly the outputs MLflow's pyfunc gives; models where that would differ keep the wrapper's predict."""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+import engine
+
+xgb = pytest.importorskip("xgboost")
+
+from flavors.xgboost import _direct  # noqa: E402
+
+
+def _data(classes: int | None):
+    rng = np.random.default_rng(3)
+    X = pd.DataFrame(rng.normal(size=(400, 6)), columns=[f"f{i}" for i in range(6)])
+    X.iloc[::11, 2] = np.nan
+    if classes is None:
+        return X, X["f0"] * 2 + np.sin(X["f1"])
+    return X, (np.digitize(X["f0"], np.linspace(-1, 1, classes - 1)) if classes > 2 else (X["f0"] > 0)).astype(int)
+
+
+def _early_stopped():
+    X, y = _data(None)
+    model = xgb.XGBRegressor(n_estimators=200, max_depth=3, learning_rate=0.3, early_stopping_rounds=3)
+    return model.fit(X[:300], y[:300], eval_set=[(X[300:], y[300:])], verbose=False), X
+
+
+CASES = {
+    "regressor": lambda: (xgb.XGBRegressor(n_estimators=20, max_depth=4).fit(*_data(None)), _data(None)[0]),
+    "binary": lambda: (xgb.XGBClassifier(n_estimators=20, max_depth=3).fit(*_data(2)), _data(2)[0]),
+    "multiclass": lambda: (xgb.XGBClassifier(n_estimators=20, max_depth=3).fit(*_data(4)), _data(4)[0]),
+    "softmax": lambda: (xgb.XGBClassifier(n_estimators=10, objective="multi:softmax").fit(*_data(3)), _data(3)[0]),
+    "early_stopped": _early_stopped,
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_sklearn_api_models_go_through_the_booster_and_answer_as_mlflow(case, tmp_path):
+    model, X = CASES[case]()
+    path = tmp_path / case
+    mlflow.xgboost.save_model(model, str(path), signature=mlflow.models.infer_signature(X, model.predict(X)))
+    loaded = xgb.XGBClassifier() if isinstance(model, xgb.XGBClassifier) else xgb.XGBRegressor()
+    loaded.load_model(str(path / yaml.safe_load((path / "MLmodel").read_text())["flavors"]["xgboost"]["data"]))
+    assert _direct(loaded, xgb) is not None, "the booster path was not taken"
+    expected = np.asarray(mlflow.pyfunc.load_model(str(path)).predict(X)).ravel()
+    got = engine.load_model(path).predict(X).column(0).to_numpy(zero_copy_only=False)
+    np.testing.assert_array_equal(got, expected)
+    for i in (0, 11, 399):  # one row at a time, as a server's lone requests
+        one = engine.load_model(path).predict(X.iloc[i:i + 1]).column(0).to_numpy(zero_copy_only=False)
+        np.testing.assert_array_equal(one, expected[i:i + 1])
+
+
+def test_models_the_booster_would_answer_differently_keep_the_wrapper():
+    X, y = _data(None)
+    linear = xgb.XGBRegressor(booster="gblinear", n_estimators=5).fit(X.fillna(0), y)
+    assert _direct(linear, xgb) is None
+    forest = xgb.XGBRFRegressor(n_estimators=5).fit(X, y)  # a subclass: not assumed to predict as its parent
+    assert _direct(forest, xgb) is None
