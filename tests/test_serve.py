@@ -455,6 +455,70 @@ def test_bad_requests_get_400_naming_the_column(batching_server, body, ctype, me
     assert message in doc["message"] and doc["error_code"] in ("BAD_REQUEST", "INVALID_PARAMETER_VALUE")
 
 
+@pytest.fixture(scope="module")
+def fast_server(tmp_path_factory):
+    """A model quick enough to be called on the event loop, with an int64 and a double input."""
+    import engine
+
+    need("uvicorn", "arrowscore serve")
+    path = engine.save_model(tmp_path_factory.mktemp("fast") / "fast", _a_plus_b,
+                             signature=pa.schema([pa.field("a", pa.float64(), False), pa.field("b", pa.int64(), False)]))
+    server = Server([f"fast={path}"])
+    yield server
+    server.stop()
+
+
+def _a_plus_b(df):
+    return df["a"] * 2 + df["b"]
+
+
+def _v2(a, b, kind_b="INT64") -> dict:
+    return {"inputs": [{"name": "a", "shape": [len(a)], "datatype": "FP64", "data": a},
+                       {"name": "b", "shape": [len(b)], "datatype": kind_b, "data": b}]}
+
+
+def test_requests_without_rows_do_not_stop_the_model(fast_server):
+    """Found by a README-only user: one empty request left every later request of the model at 504."""
+    one = {"dataframe_split": {"columns": ["a", "b"], "data": [[1.0, 2]]}}
+    for _ in range(3):  # quick calls: the model runs on the event loop
+        assert fast_server.json("POST", "/invocations", one)["predictions"] == [4.0]
+    empty = {"dataframe_split": {"columns": ["a", "b"], "data": []}}
+    assert fast_server.json("POST", "/invocations", empty)["predictions"] == []
+    stream = pa.BufferOutputStream()
+    pa.ipc.new_stream(stream, pa.schema([("a", pa.float64()), ("b", pa.int64())])).close()  # no batches
+    status, _, out = fast_server("POST", "/invocations", stream.getvalue().to_pybytes(), {"Content-Type": ARROW})
+    assert status == 200 and json.loads(out)["predictions"] == [], out
+    status, _, out = fast_server("POST", "/v2/models/fast/infer", _v2([], []))
+    assert status in (200, 400), out
+    assert fast_server.json("POST", "/invocations", one)["predictions"] == [4.0]
+    assert fast_server.json("POST", "/v2/models/fast/infer", _v2([1.0], [2]))["outputs"][0]["data"] == [4.0]
+
+
+@pytest.mark.parametrize("request_doc, message", [
+    (_v2([0.1], [2.5]), "input 'b': 2.5 is not an INT64"),
+    (_v2([0.1], [300], "UINT8"), "input 'b': 300 is out of range for UINT8"),
+    (_v2([None], [1]), "input 'a' holds null"),
+    ({"inputs": [{"name": "a", "shape": [1], "datatype": "FP64", "data": [1.0],
+                  "parameters": {"binary_data_size": 8}}]}, "input 'a' has both 'data' and binary_data_size"),
+], ids=["float-as-int", "out-of-range", "null", "data-and-binary"])
+def test_open_inference_v2_values_that_do_not_fit_get_400(fast_server, request_doc, message):
+    """Found by a README-only user: 2.5 sent as INT64 became 2, 300 as UINT8 was a 500, a null became NaN."""
+    status, _, out = fast_server("POST", "/v2/models/fast/infer", request_doc)
+    assert status == 400 and message in json.loads(out)["error"], out
+
+
+def test_accept_with_quality_values_and_unsupported_types(fast_server):
+    one = {"dataframe_split": {"columns": ["a", "b"], "data": [[1.0, 2]]}}
+    status, headers, out = fast_server("POST", "/invocations", one,
+                                       {"Accept": f"application/json;q=0.5, {ARROW};q=0.9"})
+    assert status == 200 and headers["content-type"] == ARROW, headers
+    assert pa.ipc.open_stream(out).read_all().column(0).to_pylist() == [4.0]
+    status, _, out = fast_server("POST", "/invocations", one, {"Accept": "text/html"})
+    assert status == 406 and "text/html" in json.loads(out)["message"], out
+    status, headers, _ = fast_server("POST", "/invocations", one, {"Accept": "text/html, */*;q=0.1"})
+    assert status == 200 and headers["content-type"] == "application/json"
+
+
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -519,9 +583,10 @@ def test_the_token_is_required_but_not_for_health(limits_server):
             status, h, out = call(limits_server.port, method, path, b"{}", headers)
             assert status == 401 and h["www-authenticate"] == "Bearer", (path, out)
             assert "needs 'Authorization: Bearer <token>'" in out.decode()
-    for path in ("/ping", "/health", "/v2/health/live", "/v2/health/ready"):
-        assert call(limits_server.port, "GET", path)[0] == 200
+    for path in ("/ping", "/health", "/v2/health/live", "/v2/health/ready", "/v2/models/slow/ready"):
+        assert call(limits_server.port, "GET", path)[0] == 200  # probes need no token
     assert limits_server("GET", "/version")[0] == 200  # this client sends the token
+    assert call(limits_server.port, "GET", "/version", headers={"Authorization": f"bearer {TOKEN}"})[0] == 200
 
 
 def test_sigterm_drains_requests_in_flight_then_exits_0(serve, slow_model):
@@ -756,3 +821,23 @@ def test_a_model_that_cannot_load_exits_2_naming_it(tmp_path, slow_model, case):
     lines = out.stderr.strip().splitlines()
     assert "Traceback" not in out.stderr, out.stderr
     assert lines[-1].startswith(f"arrowscore: ModelLoadError: model 'bad' ({path})"), out.stderr
+
+
+def test_a_port_in_use_is_refused_before_the_models_load(slow_model):
+    """Found by a README-only user: the server loaded its models, then uvicorn's error and exit 3."""
+    need("uvicorn", "arrowscore serve")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run([sys.executable, "-m", "engine", "serve", str(slow_model), "--port", str(port)],
+                             env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith(f"arrowscore: ConfigError: cannot listen on 127.0.0.1:{port}")
+    assert "loaded" not in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_following_an_alias_needs_one(serve, slow_model):
+    server = serve([slow_model, "--reload-every-s", "1"])
+    assert server("GET", "/ping")[0] == 200
+    assert "--reload-every-s follows models:/NAME@ALIAS URIs; slow" in server.stop()

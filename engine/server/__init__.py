@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import tempfile
 import threading
 from dataclasses import asdict, dataclass, replace
@@ -149,6 +150,24 @@ def _worker_app() -> App:
     return App(load, options, Routes(**{k: tuple(v) for k, v in config["routes"].items()}), config.get("token"))
 
 
+def _check_port(host: str, port: int) -> None:
+    """ConfigError when the address cannot be listened on (another process has it), as uvicorn binds it."""
+    if not port:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; check --host") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror or exc}): another process has it, or "
+                              "the address is not this machine's; stop it or pass another --port / --host") from None
+
+
 def serve(models=None, options: ServeOptions | None = None, **kwargs) -> None:
     """Serve ``models`` (a URI, ``NAME=URI`` strings, a list, or a {name: uri} dict) until SIGTERM or
     SIGINT, which stop accepting, finish the requests in flight, then return."""
@@ -156,11 +175,17 @@ def serve(models=None, options: ServeOptions | None = None, **kwargs) -> None:
     options = replace(options or ServeOptions(), **kwargs) if kwargs else (options or ServeOptions())
     where = platform()
     pairs = model_specs(models, where)
+    host = options.host or where.host
+    port = options.port if options.port is not None else where.port
+    _check_port(host, port)  # before minutes of downloads and loading
+    if options.reload_every_s:
+        for name, uri in pairs:
+            if not (uri.startswith("models:/") and "@" in uri):
+                log.warning("--reload-every-s follows models:/NAME@ALIAS URIs; %s (%s) is not one and stays as "
+                            "loaded", name, uri)
     specs = _resolve(pairs, options)
     # one worker: the models load here, so one that cannot load ends the command with its name (exit 2)
     entries = load_entries(specs, options) if options.workers == 1 else None
-    host = options.host or where.host
-    port = options.port if options.port is not None else where.port
     token = options.auth_token or os.environ.get("ARROWSCORE_AUTH_TOKEN") or None
     if host not in ("127.0.0.1", "localhost", "::1") and not token:
         log.warning("serving on %s without a token: anyone who can reach this port can score (set "

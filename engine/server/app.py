@@ -177,7 +177,8 @@ class App:
             log.error("%s %s -> 500: %s: %s (request %s)", scope["method"], scope["path"], type(exc).__name__, exc,
                       rid, exc_info=log.isEnabledFor(logging.DEBUG))
             status, ctype, extra = 500, "application/json", []
-            body = orjson.dumps({"error_code": "INTERNAL_ERROR", "message": f"{type(exc).__name__}: {exc}"})
+            error = HTTPError(500, f"{type(exc).__name__}: {exc}", "INTERNAL_ERROR", v2=scope["path"].startswith("/v2"))
+            body = error.body()
         response = [(b"content-type", ctype.encode()), (b"content-length", b"%d" % len(body)),
                     (b"x-request-id", rid.encode())]
         if extra:
@@ -212,18 +213,20 @@ class App:
                 return b"".join(chunks)
             chunks.append(chunk)
 
-    def _check_auth(self, path: str, headers: dict) -> None:
+    def _check_auth(self, method: str, path: str, headers: dict) -> None:
+        """Every route needs the token but the probes (health, readiness: what Kubernetes and the clouds call)."""
         if self.token is None or path in ("/ping", "/health", "/v2/health/live", "/v2/health/ready") \
-                or path in self.routes.health:
+                or path in self.routes.health or (method == "GET" and path.startswith("/v2/models/")
+                                                  and path.rstrip("/").endswith("/ready")):
             return
-        given = headers.get("authorization", "")
-        if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), self.token)):
+        scheme, _, given = headers.get("authorization", "").partition(" ")
+        if not (scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self.token)):
             raise HTTPError(401, "this server needs 'Authorization: Bearer <token>'", "UNAUTHENTICATED",
                             [("www-authenticate", "Bearer")])
 
     async def _route(self, scope, headers, receive):
         method, path = scope["method"], scope["path"]
-        self._check_auth(path, headers)
+        self._check_auth(method, path, headers)
         if method == "GET" and (path in ("/ping", "/health") or path in self.routes.health):
             if not self.ready:
                 raise HTTPError(503, "the models are loading", "NOT_READY", [("retry-after", "1")])
@@ -284,11 +287,12 @@ class App:
             raise HTTPError(415, str(exc), "UNSUPPORTED_MEDIA_TYPE") from None
         except ConfigError as exc:
             raise HTTPError(400, str(exc), "BAD_REQUEST") from None
-        out = await self._score(entry, batch, params)
         try:
-            body, ctype = protocols.encode_mlflow(out, headers.get("accept"))
+            answer = protocols.negotiate(headers.get("accept"))  # before scoring: a 406 costs no model call
         except protocols.Unsupported as exc:
             raise HTTPError(406, str(exc), "NOT_ACCEPTABLE") from None
+        out = await self._score(entry, batch, params)
+        body, ctype = protocols.encode_mlflow(out, answer)
         return 200, body, ctype, []
 
     # ---- Open Inference Protocol v2 --------------------------------------------------------------

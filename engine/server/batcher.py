@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -23,6 +24,8 @@ import pyarrow as pa
 from ..model.payload import FloatRows
 
 __all__ = ["Batcher", "Overloaded", "INLINE_S"]
+
+log = logging.getLogger("arrowscore.serve")
 
 # A model call that took less than this runs the next one on the event loop: a thread hop (submit,
 # wake the thread, call_soon_threadsafe back) costs tens of microseconds, as much as scoring a small
@@ -140,13 +143,18 @@ class Batcher:
                 await asyncio.sleep(self.max_delay)  # others are coming in: let them join
                 rows = self._take(group, rows)
             self._depth()
-            last_seconds, last_rows = self._last
-            if last_seconds * max(1.0, rows / last_rows) < INLINE_S:  # this call, estimated from the last one
-                results, seconds = _score(self.entry.model, group)
-            else:
-                results, seconds = await loop.run_in_executor(self._pool, _score, self.entry.model, group)
+            try:
+                last_seconds, last_rows = self._last
+                if last_seconds * max(1.0, rows / max(last_rows, 1)) < INLINE_S:  # estimated from the last call
+                    results, seconds = _score(self.entry.model, group)
+                else:
+                    results, seconds = await loop.run_in_executor(self._pool, _score, self.entry.model, group)
+            except Exception as exc:  # noqa: BLE001 - a bug here fails this group's requests, never the batcher
+                log.error("model %s: the batcher failed a batch of %d requests: %s: %s", self.entry.name, len(group),
+                          type(exc).__name__, exc, exc_info=True)
+                results, seconds = [exc] * len(group), float("inf")
             self._last = (seconds, rows)
-            if self._rows_hist is not None:
+            if self._rows_hist is not None and seconds != float("inf"):
                 self._rows_hist.observe(rows)
                 self._seconds_hist.observe(seconds)
             for item, result in zip(group, results):

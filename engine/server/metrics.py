@@ -44,9 +44,10 @@ class Metrics:
         self._children = {}
 
     def loaded(self, entry, previous=None) -> None:
-        if previous is not None:  # 0 first: in multiprocess mode remove() leaves the value in the worker's file
+        if previous is not None:  # 0: in multiprocess mode the old series stays in the worker's file (no remove())
             self.info.labels(*previous).set(0)
-            self.info.remove(*previous)
+            if not self.multiprocess:
+                self.info.remove(*previous)
         labels = (entry.name, entry.uri, str(entry.version), entry.model.flavor)
         self.info.labels(*labels).set(1)
         self._labels[entry.name] = labels

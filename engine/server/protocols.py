@@ -36,7 +36,7 @@ except ImportError:  # pragma: no cover - orjson is in the serve extra
     def _dumps(doc) -> bytes:
         return json.dumps(doc).encode()
 
-__all__ = ["decode", "encode_mlflow", "decode_v2", "encode_v2", "ARROW", "PARQUET", "JSON", "CSV", "BINARY",
+__all__ = ["decode", "encode_mlflow", "negotiate", "decode_v2", "encode_v2", "ARROW", "PARQUET", "JSON", "CSV", "BINARY",
            "Unsupported"]
 
 JSON, CSV = "application/json", "text/csv"
@@ -131,9 +131,40 @@ def _predictions(table: pa.Table | pa.RecordBatch):
     return json.loads(payload.encode_json(table))["predictions"]
 
 
+_ANSWERS = {JSON: JSON, "*/*": JSON, "application/*": JSON, ARROW: ARROW, **{p: PARQUET[0] for p in PARQUET}}
+
+
+def negotiate(accept: str | None) -> str:
+    """The answer's media type for an Accept header: the supported type of highest quality (the first
+    of equals; ``*/*`` is JSON), JSON without one; Unsupported (406) when it names none of them.
+
+    >>> negotiate("application/json;q=0.5, application/vnd.apache.arrow.stream;q=0.9")
+    'application/vnd.apache.arrow.stream'
+    """
+    if not accept or accept == JSON or accept == "*/*":
+        return JSON
+    best, best_q = None, 0.0
+    for part in accept.split(","):
+        media, *params = [p.strip() for p in part.split(";")]
+        q = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        answer = _ANSWERS.get(media.lower())
+        if answer is not None and q > best_q:
+            best, best_q = answer, q
+    if best is None:
+        raise Unsupported(f"cannot answer as {accept!r}; accept {JSON}, {ARROW} or {PARQUET[0]}")
+    return best
+
+
 def encode_mlflow(table: pa.Table | pa.RecordBatch, accept: str | None) -> tuple[bytes, str]:
     """(body, content type) for the predictions, as the Accept header asks (JSON by default)."""
-    media = JSON if not accept or accept == "*/*" or accept == JSON else media_type(accept)
+    media = negotiate(accept)
     if media == ARROW:
         sink = io.BytesIO()
         with pa.ipc.new_stream(sink, table.schema) as writer:
@@ -200,6 +231,48 @@ def _binary_tensor(raw: memoryview, name: str, shape: list, kind: str) -> np.nda
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 
+def _json_tensor(data, name: str, shape: list, kind: str) -> np.ndarray:
+    """A JSON tensor's values as ``kind``, refusing what would change them: a null, text in a number
+    tensor, a fraction or an out-of-range number in an integer one (numpy would truncate or wrap)."""
+    try:
+        raw = np.asarray(data, dtype=object if kind == "BYTES" else None)
+        if raw.size != int(np.prod(shape)):
+            raise ValueError(f"{raw.size} values")
+    except ValueError as exc:
+        raise ConfigError(f"input {name!r}: the data does not fit shape {shape} ({exc})") from None
+    if kind == "BYTES":
+        return raw.reshape(shape)
+    target = np.dtype(_V2_TYPES[kind])
+    if raw.dtype.kind not in "biuf":
+        flat = raw.ravel()
+        if any(v is None for v in flat):
+            raise ConfigError(f"input {name!r} holds null values; Open Inference Protocol tensors have none: send "
+                              "values, or nulls through MLflow's protocol (/invocations)")
+        bad = next((v for v in flat if isinstance(v, (str, bytes, list, dict))), None)
+        if bad is None:  # numbers numpy could not hold in one type: integers past 64 bits
+            bad = next(v for v in flat if isinstance(v, int) and not -(1 << 63) <= v < (1 << 64))
+            raise ConfigError(f"input {name!r}: {bad!r} is out of range for {kind}")
+        bad = bad.item() if isinstance(bad, np.generic) else bad
+        raise ConfigError(f"input {name!r}: {bad!r} is not a {kind} value")
+    if target.kind == "b":
+        if raw.dtype.kind != "b":
+            raise ConfigError(f"input {name!r}: BOOL data must be true/false, got {raw.ravel()[0].item()!r}")
+    elif target.kind in "iu":
+        if raw.dtype.kind == "b":
+            raise ConfigError(f"input {name!r}: true/false is not a {kind} value")
+        if raw.dtype.kind == "f":
+            fractions = raw[~np.isfinite(raw) | (raw != np.round(raw))]
+            if fractions.size:
+                raise ConfigError(f"input {name!r}: {fractions.ravel()[0].item()!r} is not an {kind} value")
+        info = np.iinfo(target)
+        if raw.size and (raw.min() < info.min or raw.max() > info.max):
+            value = raw.min() if raw.min() < info.min else raw.max()
+            raise ConfigError(f"input {name!r}: {value.item()!r} is out of range for {kind}")
+    elif raw.dtype.kind == "b":
+        raise ConfigError(f"input {name!r}: true/false is not a {kind} value")
+    return raw.astype(target).reshape(shape)
+
+
 def decode_v2(body: bytes, header_length: str | None = None) -> tuple[pa.RecordBatch, dict | None, str | None]:
     """(batch, params, request id) from an OIP v2 infer request: each input tensor a column (shape [n]
     or [n, 1] a plain column, [n, ...] a tensor column). With ``header_length`` (the
@@ -232,6 +305,8 @@ def decode_v2(body: bytes, header_length: str | None = None) -> tuple[pa.RecordB
             raise ConfigError(f"input {name!r}: datatype {kind!r} is not one of {sorted(_V2_TYPES)}")
         if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and d >= 0 for d in shape):
             raise ConfigError(f"input {name!r}: shape must be a list of sizes, the first the number of rows")
+        if size is not None and "data" in tensor:
+            raise ConfigError(f"input {name!r} has both 'data' and binary_data_size; send one of them")
         if size is not None:
             if header_length is None:
                 raise ConfigError(f"input {name!r} has binary_data_size but the request has no "
@@ -242,10 +317,7 @@ def decode_v2(body: bytes, header_length: str | None = None) -> tuple[pa.RecordB
             arr = _binary_tensor(binary[offset:offset + size], name, shape, kind)
             offset += size
         else:
-            try:
-                arr = np.asarray(tensor["data"], dtype=_V2_TYPES[kind]).reshape(shape)
-            except (ValueError, TypeError) as exc:
-                raise ConfigError(f"input {name!r}: the data does not fit shape {shape} as {kind} ({exc})") from None
+            arr = _json_tensor(tensor["data"], name, shape, kind)
         if kind == "BYTES":
             arr = arr.astype(str)
         columns[name] = convert.to_arrow(arr)
