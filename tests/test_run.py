@@ -399,6 +399,10 @@ def test_a_rerun_refuses_what_would_not_repeat_the_run(job, tmp_path):
     with pytest.raises(ConfigError, match=r"--rerun RUN_ID needs --output DIR"):
         engine.run_job(job, rerun=second.run_id)
     assert not (tmp_path / "again").exists()
+    (tmp_path / "again").mkdir()
+    (tmp_path / "again" / "keep.txt").write_text("someone's")
+    with pytest.raises(ConfigError, match=r"--output .*again exists; a rerun writes a new directory"):
+        engine.run_job(job, rerun=first.run_id, output=tmp_path / "again")
 
 
 def test_a_job_without_a_schedule_needs_once(job):
@@ -444,3 +448,49 @@ def test_a_commit_cut_short_is_finished_or_undone_by_the_next_run(job):
     assert not any(Path(p).exists() for p in old[str(root / "in" / "f00.parquet")].outputs)
     assert missing.exists()  # scored by this run under the name the killed one meant
     assert not Ledger(str(root / ".out.arrowscore.ledger.sqlite"), readonly=True).pending()
+
+
+# ---- found by a README-only user ---------------------------------------------------------------------
+def test_an_unreadable_file_does_not_hold_up_the_others(job):
+    """One half-written or corrupt file failed every run before the files listed after it were scored."""
+    inp, out = job.parent / "in", job.parent / "out"
+    bad = inp / "f01.parquet"
+    good = bad.read_bytes()
+    bad.write_bytes(good[:200])  # cut short, as a file still being copied in
+    _write(inp, 3)
+    result = _cli("run", job, "--once")
+    assert result.returncode == 2, result.stderr
+    assert "f01.parquet" in result.stderr.strip().splitlines()[-1] and "1 of 4 input files" in result.stderr
+    assert sorted(_visible(out).column("id").to_pylist()) == [*range(ROWS), *range(2 * ROWS, 4 * ROWS)]
+    assert run_history(job)[-1].status == "failed" and run_history(job)[-1].files == 3
+    bad.write_bytes(good)  # the copy finishes: the next run scores it, and only it
+    assert engine.run_job(job).files == 1
+    assert sorted(_visible(out).column("id").to_pylist()) == list(range(4 * ROWS))
+
+
+@pytest.mark.parametrize("place", ["state-in-input", "output-in-model", "state-in-model"])
+def test_paths_that_overlap_are_refused_before_anything_is_written(tmp_path, place):
+    model = engine.save_model(tmp_path / "model", _double, signature=SIGNATURE)
+    (tmp_path / "in").mkdir()
+    _write(tmp_path / "in", 0)
+    keys = {"state-in-input": {"state": "in/ledger.sqlite"}, "output-in-model": {"output": "model/out/"},
+            "state-in-model": {"state": "model/ledger.sqlite"}}[place]
+    job = _job(tmp_path, model, **keys)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    with pytest.raises(ConfigError, match="overlap"):
+        engine.run_job(job)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    for args in (("run", job, "--dry-run"), ("run", job, "--once")):
+        result = _cli(*args)
+        assert result.returncode == 2 and "overlap" in result.stderr, result.stderr
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_another_jobs_ledger_is_refused_by_every_command(job):
+    engine.run_job(job)
+    text = job.read_text().replace("name: scores", "name: other")
+    other = job.parent / "other.yaml"
+    other.write_text(text)
+    for args in (("run", other, "--once"), ("run", other, "--dry-run"), ("runs", other)):
+        result = _cli(*args)
+        assert result.returncode == 2 and "belongs to job 'scores', not 'other'" in result.stderr, (args, result.stderr)

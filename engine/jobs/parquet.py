@@ -16,11 +16,11 @@ __all__ = ["check_paths", "open_parquet_job", "commit_parquet_job", "dead_letter
 log = logging.getLogger("arrowscore.job")
 
 
-def check_paths(input: str, output: str, options, filesystem=None, model_path=None) -> None:
+def check_paths(input: str, output: str, options, filesystem=None, model_path=None, state=None) -> None:
     """Refuse, before anything is read or written, an output or dead-letter path that is the input,
     holds it or lies inside it, and a dead-letter path inside the output: a job would read its own
     output back, or replace the data it reads, or bury its rejects in its output. Neither may touch
-    the model's own directory."""
+    the model's own directory, nor may a scheduled job's ``state`` (its ledger)."""
     from connectors.parquet.files import filesystem_for, glob_root, is_local
 
     dead_letter = options.dead_letter if options.on_error == "dead-letter" else None
@@ -41,7 +41,10 @@ def check_paths(input: str, output: str, options, filesystem=None, model_path=No
     if dead_letter and overlap(dead_letter, input):
         raise ConfigError(f"dead-letter path {dead_letter!r} and input {input!r} overlap; put the rejected rows "
                           "somewhere else")
-    for path, what in ((output, "output"), (dead_letter, "dead-letter path")):
+    if state and overlap(state, input):
+        raise ConfigError(f"state {state!r} and input {input!r} overlap: the ledger would be read as input; keep the "
+                          "job's state elsewhere (the default is beside the output)")
+    for path, what in ((output, "output"), (dead_letter, "dead-letter path"), (state, "state")):
         if path and model_path and overlap(path, os.fspath(model_path)):
             raise ConfigError(f"{what} {path!r} and the model directory {os.fspath(model_path)!r} overlap; write "
                               "somewhere else")

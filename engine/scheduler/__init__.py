@@ -59,6 +59,7 @@ def run_history(job, limit: int | None = None) -> list[RunRecord]:
     spec = load_job(job)
     ledger = open_ledger(spec.ledger_path, readonly=True)
     try:
+        ledger.claim(spec.name)
         return ledger.runs(limit)
     finally:
         ledger.close()

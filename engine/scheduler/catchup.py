@@ -66,6 +66,7 @@ class RunReport:
     dry_run: bool = False
     input_files: int = 0
     rerun_into: str | None = None  # a rerun of run ``run_id``: where its files were scored again
+    failed: list = field(default_factory=list)  # (path, error) of files that could not be scored: left for the next run
 
     def __str__(self) -> str:
         if self.rerun_into:
@@ -84,6 +85,8 @@ class RunReport:
             text += f"; {self.dead_lettered:,} rows rejected"
         if self.changed:
             text += f"; {len(self.changed)} files changed while being scored, left for the next run"
+        if self.failed:
+            text += f"; {len(self.failed)} files could not be scored, left for the next run"
         return text
 
 
@@ -224,11 +227,12 @@ def run_once(spec: JobSpec, *, dry_run: bool = False, scheduled_for: str | None 
 
     from ..jobs.parquet import check_paths
 
-    check_paths(spec.input, spec.output, spec.options)
+    check_paths(spec.input, spec.output, spec.options, model_path=spec.model_path, state=spec.ledger_path)
     start = time.perf_counter()
     if dry_run:
         ledger = open_ledger(spec.ledger_path, readonly=True)
         try:
+            ledger.claim(spec.name)
             _, version = resolve_model(spec.model, spec.options.cache_dir)
             infos, _ = list_files(spec.input)
             todo = plan(infos, ledger.identities(), version, spec.rescore)
@@ -286,7 +290,17 @@ def _run(spec, ledger, run_id, place: Place, scheduled_for, start) -> RunReport:
             ledger.update_run(run_id, versions=json.dumps(_versions(model)))
             place.make_dirs()
         for item in report.planned:
-            done = _score_file(spec, ledger, model, item, version, run_id, place)
+            try:
+                done = _score_file(spec, ledger, model, item, version, run_id, place)
+            except EngineError as exc:
+                if not _file_error(exc):
+                    raise
+                # this file cannot be scored now (unreadable, half-written, rows the model refuses with
+                # on_error fail): nothing of it was kept; the other files go on, it is tried again next run
+                log.error("%s could not be scored; it is left for the next run: %s", item.path, exc)
+                report.failed.append((item.path, exc))
+                place.remove(f"{place.staging}/{file_key(item.path, item.size, item.mtime_ns, version)}")
+                continue
             if done is None:
                 report.changed.append(item.path)
                 continue
@@ -301,9 +315,30 @@ def _run(spec, ledger, run_id, place: Place, scheduled_for, start) -> RunReport:
         ledger.update_run(run_id, status=report.status, ended=_now(), error=error)
         raise
     report.seconds = time.perf_counter() - start
+    if report.failed:
+        report.status = "failed"
+        path, first = report.failed[0]
+        error = (f"{len(report.failed)} of {report.input_files} input files could not be scored and are left for the "
+                 f"next run ({path}: {first}" + (f"; and {len(report.failed) - 1} more, in the log" if
+                                                 len(report.failed) > 1 else "") +
+                 f"); the other {report.files} files were scored")
+        ledger.update_run(run_id, status="failed", ended=_now(), error=error)
+        log.info("%s", report)
+        failure = type(first)(error)
+        failure.report = report
+        raise failure
     ledger.update_run(run_id, status="succeeded", ended=_now())
     log.info("%s", report)
     return report
+
+
+def _file_error(exc: EngineError) -> bool:
+    """An error of one input file (its data, its rows), not of the run (the model, the output, the ledger)."""
+    from ..errors import ConfigError, ConnectorError, ModelLoadError, SchemaError, ScoringError
+
+    if isinstance(exc, ModelLoadError):
+        return False
+    return isinstance(exc, (ConnectorError, SchemaError, ScoringError, ConfigError))
 
 
 def score_kwargs(options: ScoreOptions, **changes) -> dict:

@@ -86,6 +86,13 @@ class JobSpec:
             check_schedule(self.schedule, self.source)
 
     @property
+    def model_path(self) -> str | None:
+        """The model's directory when it is a local path (not a models:/, runs:/ or remote URI)."""
+        if "://" in self.model or self.model.startswith(("models:/", "runs:/")):
+            return None
+        return _local(self.model)
+
+    @property
     def ledger_path(self) -> str:
         """The job's ledger: ``state``, else beside the output: a hidden SQLite file for a local output, a
         hidden prefix of small objects for one on an object store (see ``ledger.open_ledger``)."""

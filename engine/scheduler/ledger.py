@@ -105,7 +105,7 @@ class Ledger:
     file reads as empty)."""
 
     def __init__(self, path: str, readonly: bool = False):
-        self.path = path
+        self.path, self.readonly = path, readonly
         if readonly:
             self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) if os.path.exists(path) else None
             # a ledger being created may not hold its tables yet: it reads as empty
@@ -129,6 +129,8 @@ class Ledger:
         """Tie the ledger to a job name: another job pointing at this output or state is refused."""
         row = self._db.execute("SELECT value FROM meta WHERE key = 'job'").fetchone()
         if row is None:
+            if self.readonly:  # a dry run or `runs` before the first run: nothing to check, nothing written
+                return
             with self._db:
                 self._db.execute("INSERT INTO meta VALUES ('job', ?)", (job_name,))
         elif row["value"] != job_name:

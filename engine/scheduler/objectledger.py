@@ -110,6 +110,8 @@ class ObjectLedger:
         """Tie the state to a job name: another job pointing at this output or state is refused."""
         owner = self._get("job.json")
         if owner is None:
+            if self.readonly:  # a dry run or `runs` before the first run: nothing to check, nothing written
+                return
             self._put("job.json", {"job": job_name})
         elif owner["job"] != job_name:
             raise ConfigError(f"the ledger {self.path!r} belongs to job {owner['job']!r}, not {job_name!r}: two jobs "

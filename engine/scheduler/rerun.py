@@ -50,6 +50,12 @@ def rerun(spec: JobSpec, run_id: str, output: str) -> RunReport:
     from ..runners import score
 
     start = time.perf_counter()
+    out_fs, out_path = filesystem_for(output)
+    found = out_fs.get_file_info(out_path.rstrip("/"))
+    if found.type == pafs.FileType.File or (found.type == pafs.FileType.Directory and out_fs.get_file_info(
+            pafs.FileSelector(out_path.rstrip("/"), recursive=False))):
+        raise ConfigError(f"--output {output} exists; a rerun writes a new directory: name one that does not exist "
+                          "(or is empty), or remove it")
     ledger = open_ledger(spec.ledger_path, readonly=True)
     try:
         run = next((r for r in ledger.runs() if r.run_id == run_id), None)
