@@ -115,7 +115,32 @@ def _json_object(text: str) -> dict:
 
 
 def _model_arg(parser) -> None:
-    parser.add_argument("model_uri", metavar="MODEL_URI", help="path, file://, runs:/, models:/ URI")
+    """MODEL_URI as the first argument, or as ``-m/--model-uri`` (MLflow's flag); exactly one."""
+    _positional(parser, "model_uri", "MODEL_URI", "path, file://, runs:/, models:/ URI", "-m", "--model-uri")
+
+
+def _positional(parser, dest: str, metavar: str, help: str, *flags: str) -> None:
+    """An argument given by position or by flag: the positional is optional here, and ``_place`` fills
+    the names not given by flag from the positionals, in order."""
+    parser.add_argument(f"_pos_{dest}", nargs="?", metavar=metavar, help=f"{help} (or {'/'.join(flags)})")
+    parser.add_argument(*flags, dest=dest, metavar=metavar, help=f"{metavar}, as a flag")
+    parser.set_defaults(_places=[*(parser.get_default("_places") or []), (dest, metavar, flags)], _parser=parser)
+
+
+def _place(args, extra: list[str]) -> list[str]:
+    """Each positional-or-flag argument from its flag, else from the next positional (argparse leaves
+    the positionals that follow an option in ``extra``); returns what is left over. A usage error names
+    the argument that is missing."""
+    places = getattr(args, "_places", None) or []
+    given = [getattr(args, f"_pos_{dest}") for dest, _, _ in places]
+    given = [v for v in given if v is not None] + [x for x in extra if x == "-" or not x.startswith("-")]
+    rest = [x for x in extra if not (x == "-" or not x.startswith("-"))]
+    for dest, metavar, flags in places:
+        if getattr(args, dest) is None:
+            if not given:
+                args._parser.error(f"{metavar} is missing; give it as an argument or with {'/'.join(flags)}")
+            setattr(args, dest, given.pop(0))
+    return given + rest
 
 
 def _load_flags(parser) -> None:
@@ -181,26 +206,33 @@ def _predict(args) -> int:
     from .model import load_model, payload
 
     extra = _json_object(args.params) if args.params else {}
-    if args.output:
-        payload.check_output(args.output)  # before the model runs, not after
-        if os.path.realpath(args.output) == os.path.realpath(args.input):
+    output = None if args.output in (None, "-") else args.output
+    if output:
+        payload.check_output(output)  # before the model runs, not after
+        if args.input != "-" and os.path.realpath(output) == os.path.realpath(args.input):
             raise ConfigError(f"output {args.output!r} is the input; write the predictions to another file")
     model = load_model(args.model_uri, flavor=args.flavor, cache_dir=args.cache_dir)
     names = [f.name for f in model.input_schema] if model.input_schema else None
-    table, params = payload.read_input(args.input, names)
+    table, params = payload.read_input(args.input, names, args.content_type, sys.stdin.buffer)
     if extra:
         params = {**(params or {}), **extra}
     result = model.predict(table, params=params)
-    payload.write_output(result, args.output, sys.stdout)
+    payload.write_output(result, output, sys.stdout)
     return 0
 
 
 def _add_predict(sub) -> None:
+    from .model import payload
+
     p = sub.add_parser("predict", help="score one input file (json, csv, parquet), like `mlflow models predict`")
     _model_arg(p)
     _load_flags(p)
-    p.add_argument("-i", "--input", required=True, help="input .json (MLflow serving formats), .csv or .parquet")
-    p.add_argument("-o", "--output", help="output .json, .csv or .parquet (default: JSON on stdout)")
+    p.add_argument("-i", "--input-path", "--input", dest="input", default="-",
+                   help="input .json (MLflow serving formats), .csv or .parquet; - or none: stdin")
+    p.add_argument("-t", "--content-type", choices=payload.FORMATS,
+                   help="the input's format (default: its extension; json for stdin)")
+    p.add_argument("-o", "--output-path", "--output", dest="output",
+                   help="output .json, .csv or .parquet (default, or -: JSON on stdout)")
     p.add_argument("--params", help="inference params as a JSON object")
     p.set_defaults(run=_predict)
 
@@ -236,8 +268,9 @@ def _add_score(sub) -> None:
 
     p = sub.add_parser("score", help="score a Parquet file, directory or glob into a Parquet directory")
     _model_arg(p)
-    p.add_argument("input", metavar="INPUT", help="Parquet file, directory (hive partitions too), glob, or s3://...")
-    p.add_argument("output", metavar="OUTPUT", help="output directory (local or s3://...)")
+    _positional(p, "input", "INPUT", "Parquet file, directory (hive partitions too), glob, or s3://...",
+                "-i", "--input-path")
+    _positional(p, "output", "OUTPUT", "output directory (local or s3://...)", "-o", "--output-path")
     p.add_argument("--runner", choices=sorted(RUNNERS), default="local",
                    help="local (default), ray or spark (with arrowscore[ray|spark])")
     add_flags(p, ScoreOptions, skip=_SCORE_SKIP,
@@ -420,11 +453,15 @@ _PATH_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirec
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
+    flagged = ["/".join(f) for d, _, f in getattr(args, "_places", None) or [] if getattr(args, d) is not None]
+    extra = _place(args, extra)
     if extra:
         hint = ""
         if getattr(args, "on_error", None) == "dead-letter" and getattr(args, "dead_letter", None) is None:
             hint = " (--on-error takes one value; give the rejected rows' path with --dead-letter PATH)"
-        parser.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
+        if flagged and not hint:
+            hint = f" ({', '.join(flagged)} given as a flag: give each argument once, by position or by flag)"
+        getattr(args, "_parser", parser).error(f"unrecognized arguments: {' '.join(extra)}{hint}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     from .errors import EngineError, ScoringError

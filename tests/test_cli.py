@@ -13,8 +13,9 @@ import pytest
 from compare import columns_of_expected
 
 
-def run(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "engine", *args], capture_output=True, text=True, timeout=300, cwd=cwd)
+def run(*args, cwd=None, input=None, env=None):
+    return subprocess.run([sys.executable, "-m", "engine", *args], capture_output=True, text=True, timeout=300, cwd=cwd,
+                          input=input, env=env)
 
 
 def test_info(logged_models):
@@ -217,3 +218,55 @@ def test_help_states_the_exit_codes():
     out = run("--help")
     assert out.returncode == 0
     assert "exit status" in out.stdout and "2 " in out.stdout and "130" in out.stdout
+
+
+# ---- MLflow's flags: -m/--model-uri, -i/--input-path, -o/--output-path, -t/--content-type, - for stdin/stdout ----
+def test_predict_with_mlflows_flags_reads_stdin_and_writes_stdout(logged_models, tmp_path):
+    case = logged_models["xgboost_booster"]
+    csv = case.arrow_input.to_pandas().to_csv(index=False)
+    out = run("predict", "-m", case.uris["path"], "-i", "-", "-t", "csv", "-o", "-", input=csv)
+    assert out.returncode == 0, out.stderr
+    np.testing.assert_allclose(json.loads(out.stdout)["predictions"], case.expected, rtol=1e-6)
+    # no -i: stdin, JSON by default (as `mlflow models predict`)
+    records = json.dumps({"dataframe_records": case.arrow_input.to_pylist()})
+    out = run("predict", "--model-uri", case.uris["path"], input=records)
+    assert out.returncode == 0, out.stderr
+    np.testing.assert_allclose(json.loads(out.stdout)["predictions"], case.expected, rtol=1e-6)
+    # -t decides over the extension; without it, an unknown extension is refused, naming -t
+    odd = tmp_path / "rows.txt"
+    odd.write_text(csv)
+    out = run("predict", "-m", case.uris["path"], "--input-path", str(odd), "--content-type", "csv",
+              "--output-path", str(tmp_path / "p.parquet"))
+    assert out.returncode == 0, out.stderr
+    np.testing.assert_allclose(pq.read_table(tmp_path / "p.parquet").column(0).to_numpy(), case.expected, rtol=1e-6)
+    _one_line(run("predict", "-m", case.uris["path"], "-i", str(odd)), 2, "rows.txt", "-t/--content-type")
+
+
+def test_predict_parquet_on_stdin(small):
+    data = (small / "in" / "f0.parquet").read_bytes()
+    out = subprocess.run([sys.executable, "-m", "engine", "predict", "-m", str(small / "model"), "-t", "parquet"],
+                         input=data, capture_output=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["predictions"] == [1.0, 3.0]
+
+
+def test_score_with_flags_instead_of_positionals(small):
+    out = run("score", "-m", str(small / "model"), "-i", str(small / "in"), "-o", str(small / "flags"), "--no-progress")
+    assert out.returncode == 0, out.stderr
+    assert pq.read_table(small / "flags").column("prediction").to_pylist() == [1.0, 3.0, 1.0, 3.0]
+    # a mix: the flag takes its argument, the positionals fill the others in order
+    out = run("score", str(small / "in"), "--model-uri", str(small / "model"), str(small / "mixed"), "--no-progress")
+    assert out.returncode == 0, out.stderr
+    assert pq.read_table(small / "mixed").num_rows == 4
+
+
+def test_model_uri_given_twice_or_not_at_all_is_a_usage_error(small):
+    model, src = str(small / "model"), str(small / "in")
+    out = run("score", "-m", model, model, src, str(small / "twice"))
+    assert out.returncode == 2 and "unrecognized arguments" in out.stderr and "-m/--model-uri given as a flag" in out.stderr
+    assert "usage: arrowscore score" in out.stderr
+    out = run("predict", "-i", str(small / "in" / "f0.parquet"))
+    assert out.returncode == 2 and "MODEL_URI is missing; give it as an argument or with -m/--model-uri" in out.stderr
+    out = run("score", src, str(small / "never"), "--no-progress")
+    assert out.returncode == 2 and "OUTPUT is missing" in out.stderr
+    assert not (small / "twice").exists() and not (small / "never").exists()
