@@ -439,11 +439,38 @@ def _add_runs(sub) -> None:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="arrowscore", description="Score MLflow models fast, on Arrow batches.",
                                 epilog=EXIT, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    from . import __version__
+
+    p.add_argument("--version", action="version", version=f"arrowscore {__version__}")
+    _log_flags(p)
     sub = p.add_subparsers(dest="command", required=True)
     for add in (_add_info, _add_predict, _add_score, _add_stream, _add_serve, _add_run, _add_runs):
         add(sub)
+    for command in sub.choices.values():  # before or after the subcommand alike
+        _log_flags(command)
     return p
+
+
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _log_flags(parser) -> None:
+    # SUPPRESS: a subcommand that is not given the flag leaves the one given before it in place
+    group = parser.add_argument_group("logging (arrowscore's own loggers; other libraries log warnings only)")
+    group.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log debug details")
+    group.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                       help="log warnings and errors only")
+    group.add_argument("--log-level", type=str.upper, choices=LEVELS, default=argparse.SUPPRESS,
+                       help="arrowscore's log level (over -v / -q; default INFO)")
+
+
+def _setup_logging(args) -> None:
+    """Other libraries' loggers at WARNING, arrowscore's (``arrowscore.*``) at the level asked for."""
+    level = getattr(args, "log_level", None) or ("DEBUG" if getattr(args, "verbose", False) else
+                                                 "WARNING" if getattr(args, "quiet", False) else "INFO")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    logging.getLogger("arrowscore").setLevel(level)
 
 
 # a path given that does not exist or cannot be opened: the command's fault; other I/O errors are the run's
@@ -462,8 +489,7 @@ def main(argv: list[str] | None = None) -> int:
         if flagged and not hint:
             hint = f" ({', '.join(flagged)} given as a flag: give each argument once, by position or by flag)"
         getattr(args, "_parser", parser).error(f"unrecognized arguments: {' '.join(extra)}{hint}")
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    _setup_logging(args)
     from .errors import EngineError, ScoringError
 
     if args.command in ("score", "predict") or (args.command == "run" and any(

@@ -270,3 +270,45 @@ def test_model_uri_given_twice_or_not_at_all_is_a_usage_error(small):
     out = run("score", src, str(small / "never"), "--no-progress")
     assert out.returncode == 2 and "OUTPUT is missing" in out.stderr
     assert not (small / "twice").exists() and not (small / "never").exists()
+
+
+# ---- --version, and the log flags before or after the subcommand --------------------------------------------
+def test_version_is_the_installed_distributions():
+    from importlib.metadata import version
+
+    out = run("--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"arrowscore {version('arrowscore')}", out.stdout
+
+
+def _chatty(df):
+    import logging
+
+    logging.getLogger("otherlib").debug("otherlib-debug-line")
+    logging.getLogger("otherlib").warning("otherlib-warning-line")
+    return df["x"] * 2.0
+
+
+def test_log_flags_after_the_subcommand_set_arrowscores_loggers_only(small, tmp_path):
+    import engine
+    import pyarrow as pa
+
+    model = str(engine.save_model(tmp_path / "chatty", _chatty, signature=pa.schema([pa.field("x", pa.float64(), False)])))
+    src = str(small / "in")
+
+    def score(*flags):
+        out = run("score", model, src, str(tmp_path / f"out{len(list(tmp_path.iterdir()))}"), "--no-progress", *flags)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.startswith("scored 4 of 4 rows")
+        return out.stderr
+
+    default = score()
+    assert " INFO arrowscore.local: scoring 4 rows" in default and " DEBUG " not in default
+    for verbose in (score("-v"), score("--log-level", "debug")):
+        assert " DEBUG arrowscore.model: loaded " in verbose, verbose
+        assert "otherlib-debug-line" not in verbose and "otherlib-warning-line" in verbose
+    for quiet in (score("-q"), score("--log-level", "WARNING")):
+        assert " INFO " not in quiet and "otherlib-warning-line" in quiet, quiet
+    before = run("-v", "score", model, src, str(tmp_path / "before"), "--no-progress")
+    assert before.returncode == 0 and " DEBUG arrowscore.model: loaded " in before.stderr
+    out = run("score", model, src, str(tmp_path / "bad-level"), "--log-level", "chatty")
+    assert out.returncode == 2 and "invalid choice: 'CHATTY'" in out.stderr
