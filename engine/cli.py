@@ -16,11 +16,14 @@ import sys
 
 __all__ = ["main"]
 
-EXIT = """exit status:
+EXIT = """exit status (for scripts and retry policies):
   0    done
-  1    the job failed while running: the model raised (ScoringError), an I/O error, or a bug (a traceback)
-  2    arrowscore refused the command or what it names: usage, options, model, input, paths
-       (ConfigError, SchemaError, ModelLoadError, ConnectorError, a path that does not exist or cannot be opened)
+  1    the job failed while running: the model raised (ScoringError), another I/O error, or a bug (a traceback);
+       look before retrying
+  2    refused: the command, options, model, input data or paths must be fixed first; a retry fails alike
+       (usage, ConfigError, SchemaError, ModelLoadError, ConnectorError, a path that does not exist or cannot be opened)
+  3    unavailable: a Kafka broker, Ray cluster, Spark master, object store or model store did not answer
+       (UnavailableError, a network error or timeout); a retry later may work
   130  interrupted (Ctrl-C / SIGINT, or SIGTERM); a local score job removes its staged output first and leaves a previous
        output as it was"""
 
@@ -490,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
             hint = f" ({', '.join(flagged)} given as a flag: give each argument once, by position or by flag)"
         getattr(args, "_parser", parser).error(f"unrecognized arguments: {' '.join(extra)}{hint}")
     _setup_logging(args)
-    from .errors import EngineError, ScoringError
+    from .errors import EngineError, ScoringError, UnavailableError, unreachable
 
     if args.command in ("score", "predict") or (args.command == "run" and any(
             getattr(args, flag, None) for flag in ("once", "dry_run", "rerun"))):
@@ -505,8 +508,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except EngineError as exc:
         print(f"arrowscore: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1 if isinstance(exc, ScoringError) else 2
-    except OSError as exc:  # the system's own words say which path
+        return 3 if isinstance(exc, UnavailableError) else 1 if isinstance(exc, ScoringError) else 2
+    except OSError as exc:  # the system's own words say which path or host
         print(f"arrowscore: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, _PATH_ERRORS) else 1
+        return 3 if unreachable(exc) else 2 if isinstance(exc, _PATH_ERRORS) else 1
 

@@ -217,7 +217,9 @@ def test_the_model_raising_is_a_runtime_failure_exit_1(small, tmp_path):
 def test_help_states_the_exit_codes():
     out = run("--help")
     assert out.returncode == 0
-    assert "exit status" in out.stdout and "2 " in out.stdout and "130" in out.stdout
+    codes = [line.split()[0] for line in out.stdout.split("exit status")[1].splitlines() if line[:3].strip().isdigit()]
+    assert codes == ["0", "1", "2", "3", "130"], out.stdout
+    assert "UnavailableError" in out.stdout and "retry" in out.stdout
 
 
 # ---- MLflow's flags: -m/--model-uri, -i/--input-path, -o/--output-path, -t/--content-type, - for stdin/stdout ----
@@ -312,3 +314,42 @@ def test_log_flags_after_the_subcommand_set_arrowscores_loggers_only(small, tmp_
     assert before.returncode == 0 and " DEBUG arrowscore.model: loaded " in before.stderr
     out = run("score", model, src, str(tmp_path / "bad-level"), "--log-level", "chatty")
     assert out.returncode == 2 and "invalid choice: 'CHATTY'" in out.stderr
+
+
+# ---- exit 3: infrastructure that did not answer, worth a retry -----------------------------------------------
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens there once the socket is closed
+
+
+def test_a_cluster_that_is_not_there_exits_3(small, tmp_path):
+    from needs import need
+
+    model, src, port = str(small / "model"), str(small / "in"), _closed_port()
+    need("ray", "the ray runner")
+    _one_line(run("score", model, src, str(tmp_path / "r"), "--runner", "ray", "--ray-address", f"127.0.0.1:{port}"),
+              3, "UnavailableError: the Ray cluster at", f"127.0.0.1:{port}", "--ray-address")
+    need("pyspark", "the spark runner")
+    _one_line(run("score", model, src, str(tmp_path / "s"), "--runner", "spark", "--spark-master",
+                  f"spark://127.0.0.1:{port}"), 3, "UnavailableError: the Spark master at", "--spark-master")
+    assert not (tmp_path / "r").exists() and not (tmp_path / "s").exists()
+
+
+def test_an_object_store_that_does_not_answer_exits_3(small, tmp_path):
+    import os
+
+    port = _closed_port()
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y", "AWS_EC2_METADATA_DISABLED": "true",
+           "MLFLOW_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    # input data on the store: pyarrow's S3 client
+    out = run("score", str(small / "model"), f"s3://bucket/in?endpoint_override=127.0.0.1:{port}&scheme=http",
+              str(tmp_path / "out"), "--no-progress", env=env)
+    _one_line(out, 3, "OSError", "NETWORK_CONNECTION")
+    # the model on the store: MLflow's download (boto3)
+    _one_line(run("info", "s3://bucket/model", env=env), 3, "ModelUnavailable", "the store did not answer",
+              "retry later")
+    # what the store refuses is the command's to fix: 2
+    _one_line(run("score", str(small / "model"), str(tmp_path / "no-such-input"), str(tmp_path / "out")), 2)

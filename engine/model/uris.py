@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from ..errors import ConfigError, MissingDependency, ModelLoadError, require
+from ..errors import ConfigError, MissingDependency, ModelLoadError, ModelUnavailable, require, unreachable
 
 __all__ = ["resolve", "default_cache_dir", "cache_key", "registry_version"]
 
@@ -74,12 +74,18 @@ def _fetch(mlflow, uri: str, dst: Path, what: str) -> Path:
     try:
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
     except mlflow.exceptions.MlflowException as exc:
+        if unreachable(exc):
+            raise ModelUnavailable(f"cannot download {what} {uri!r}: the store did not answer ({exc.message}); "
+                                   "check the network and the store's address, or retry later") from exc
         raise ModelLoadError(f"cannot download {what} {uri!r}: {exc.message}") from exc
     except ImportError as exc:  # the artifact store's client (boto3, google-cloud-storage, ...) is missing
         scheme, package = urlparse(uri).scheme, (exc.name or "").split(".")[0]
         raise MissingDependency(f"the model URI {uri!r} needs the Python package {package!r}, which is not "
                                 f"installed; pip install {_CLIENTS.get(scheme, package)}") from exc
     except Exception as exc:  # the store's own client failed (network, credentials, a path it cannot parse)
+        if unreachable(exc):
+            raise ModelUnavailable(f"cannot download {what} {uri!r}: the store did not answer ({type(exc).__name__}: "
+                                   f"{exc}); check the network and the store's address, or retry later") from exc
         raise ModelLoadError(f"cannot download {what} {uri!r}: {type(exc).__name__}: {exc}; check the URI, the "
                              "network and the store's credentials") from exc
 
