@@ -257,10 +257,49 @@ def _score(args) -> int:
     options = values(args, ScoreOptions, skip=_SCORE_SKIP, convert={"keep_columns": _csv, "feature_columns": _csv,
                                                    "rename": lambda v: _pairs(v, "--rename"),
                                                    "params": _json_object})
+    if args.dry_run:
+        return _dry_run(args, options)
     report = score(args.model_uri, args.input, args.output, runner=args.runner,
                    runner_options=given.get(args.runner), progress=False if args.no_progress else None, **options)
-    print(report)
+    _print_report(report, args.json)
     return 0
+
+
+def _dry_run(args, options: dict) -> int:
+    """The plan of a score job: checked as the job checks it, nothing scored or written."""
+    from .jobs.options import ScoreOptions
+    from .jobs.parquet import plan_parquet_job
+    from .model import load_model
+
+    opts = ScoreOptions(**options)
+    model = load_model(args.model_uri, **opts.load_kwargs())
+    plan = {"runner": args.runner, **plan_parquet_job(model, args.input, args.output, opts)}
+    if args.json:
+        print(json.dumps(plan, indent=2))
+        return 0
+    out = plan["output"]
+    print(f"would score {plan['rows']:,} rows from {len(plan['files'])} files with {plan['model']} "
+          f"(flavor {plan['flavor']}, runner {plan['runner']})")
+    for f in plan["files"]:
+        print(f"  {f['path']}  {f['rows']:,} rows")
+    print(f"columns read: {', '.join(plan['columns_read'])}")
+    print(f"output: {out['path']} (mode {out['mode']}, {out['part_files']} part files, {out['files_there_now']} "
+          f"files there now), columns {', '.join(out['columns']) if out['columns'] else '(from the first batch)'}"
+          + (f", partitioned by {out['partition_by']}" if out["partition_by"] else ""))
+    if plan["dead_letter"]:
+        print(f"rejected rows: {plan['dead_letter']}")
+    return 0
+
+
+def _print_report(report, as_json: bool) -> None:
+    """The report as the human line, or as one JSON object (its fields, and rows_per_s where it has one)."""
+    if not as_json:
+        print(report)
+        return
+    doc = dataclasses.asdict(report)
+    if hasattr(report, "rows_per_s"):
+        doc["rows_per_s"] = report.rows_per_s
+    print(json.dumps(doc, default=str))
 
 
 def _add_score(sub) -> None:
@@ -290,6 +329,10 @@ def _add_score(sub) -> None:
                                                      "write them to --dead-letter PATH (dead-letter)"},
               dead_letter={"metavar": "PATH", "help": "Parquet file for the rejected rows (with --on-error dead-letter)"})
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the job and print its plan (files, rows from the footers, columns read, output), "
+                        "without scoring or writing anything")
     add_flags(p, RayOptions, prefix="ray-")
     add_flags(p, SparkOptions, prefix="spark-")
     p.set_defaults(run=_score)
@@ -336,7 +379,7 @@ def _stream(args) -> int:
 
     options = values(args, StreamOptions, convert={"keep_columns": _csv})
     report = stream(args.model_uri, handle_signals=True, **_kafka_settings(args), **options)
-    print(report)
+    _print_report(report, args.json)
     return 0
 
 
@@ -360,6 +403,7 @@ def _add_stream(sub) -> None:
     p.add_argument("--kafka-config", metavar="FILE",
                    help="a properties file of such settings (KEY=VALUE lines, # comments), read before -X: "
                         "keeps SASL secrets out of the command line")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.set_defaults(run=_stream)
 
 
@@ -392,8 +436,11 @@ def _run(args) -> int:
     # the scheduled mode stops after its current run on SIGTERM; --once stops at once, like score
     result = run_job(args.job, once=options.once, dry_run=options.dry_run, rerun=options.rerun, output=options.output,
                      handle_signals=not (options.once or options.dry_run or options.rerun))
+    if isinstance(result, list) and args.json:  # a scheduled job's runs, in one object
+        print(json.dumps({"runs": [dataclasses.asdict(r) for r in result]}, default=str))
+        return 0
     for report in result if isinstance(result, list) else [result]:
-        print(report)
+        _print_report(report, args.json)
     return 0
 
 
@@ -403,6 +450,7 @@ def _add_run(sub) -> None:
     p = sub.add_parser("run", help="run a job file: score the input files it has not scored, on its schedule or once")
     p.add_argument("job", metavar="JOB.yaml", help="the job file (name, model, input, output, schedule, ...)")
     add_flags(p, RunOptions)
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.set_defaults(run=_run)
 
 

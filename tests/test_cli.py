@@ -353,3 +353,52 @@ def test_an_object_store_that_does_not_answer_exits_3(small, tmp_path):
               "retry later")
     # what the store refuses is the command's to fix: 2
     _one_line(run("score", str(small / "model"), str(tmp_path / "no-such-input"), str(tmp_path / "out")), 2)
+
+
+# ---- --json reports and score --dry-run ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def xgb_input(logged_models, tmp_path_factory):
+    """The MLflow-logged XGBoost model's rows with an id, as two Parquet files of 25 and 15 rows."""
+    import pyarrow as pa
+
+    case = logged_models["xgboost_booster"]
+    root = tmp_path_factory.mktemp("xgb-in")
+    table = case.arrow_input.append_column("id", pa.array(range(case.arrow_input.num_rows)))
+    (root / "in").mkdir()
+    pq.write_table(table.slice(0, 25), root / "in" / "a.parquet")
+    pq.write_table(table.slice(25), root / "in" / "b.parquet")
+    return case, root
+
+
+def test_score_json_is_one_object_with_the_report(xgb_input):
+    case, root = xgb_input
+    out = run("score", case.uris["path"], str(root / "in"), str(root / "scored"), "--keep-columns", "id", "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)  # the whole of stdout: one object
+    assert (doc["rows"], doc["rows_scored"], doc["dead_lettered"], doc["input_files"]) == (40, 40, 0, 2)
+    assert doc["runner"] == "local" and doc["rows_per_s"] > 0 and len(doc["output_files"]) == 2
+    scored = pq.read_table(root / "scored").sort_by("id")
+    np.testing.assert_allclose(scored.column("prediction").to_numpy(), case.expected, rtol=1e-6)
+
+
+def test_score_dry_run_plans_without_scoring(xgb_input):
+    case, root = xgb_input
+    out = run("score", case.uris["path"], str(root / "in"), str(root / "planned"), "--keep-columns", "id",
+              "--rename", "prediction=score", "--dry-run", "--json")
+    assert out.returncode == 0, out.stderr
+    plan = json.loads(out.stdout)
+    assert [(f["path"].rsplit("/", 1)[-1], f["rows"]) for f in plan["files"]] == [("a.parquet", 25), ("b.parquet", 15)]
+    assert plan["rows"] == 40 and plan["flavor"] == "xgboost" and plan["runner"] == "local"
+    assert plan["columns_read"] == [f"f{i}" for i in range(16)] + ["id"]
+    assert plan["output"]["columns"] == ["id", "score"] and plan["output"]["part_files"] == 2
+    assert plan["output"]["mode"] == "error" and plan["output"]["files_there_now"] == 0
+    assert not (root / "planned").exists() and not list(root.glob(".planned*"))  # nothing written, no lock
+    text = run("score", case.uris["path"], str(root / "in"), str(root / "planned"), "--dry-run")
+    assert text.returncode == 0 and "would score 40 rows from 2 files" in text.stdout and "25 rows" in text.stdout
+    # refused as the job would be, before anything is scored
+    (root / "taken").mkdir()
+    (root / "taken" / "x.parquet").write_bytes(b"")
+    _one_line(run("score", case.uris["path"], str(root / "in"), str(root / "taken"), "--dry-run"), 2,
+              "is not empty", "--mode")
+    _one_line(run("score", case.uris["path"], str(root / "in"), str(root / "p2"), "--keep-columns", "nope", "--dry-run"),
+              2, "nope")

@@ -132,6 +132,18 @@ def test_dry_run_lists_what_would_be_scored_and_why_and_writes_nothing(job):
     assert len(run_history(job)) == 1  # a dry run is no run
 
 
+def test_run_json_prints_one_object(job):
+    import json
+
+    out = _cli("run", job, "--once", "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert (doc["files"], doc["rows"], doc["rows_scored"], doc["status"]) == (3, 3 * ROWS, 3 * ROWS, "succeeded")
+    assert doc["run_id"] == run_history(job)[0].run_id
+    dry = json.loads(_cli("run", job, "--dry-run", "--json").stdout)
+    assert dry["dry_run"] is True and dry["planned"] == [] and dry["input_files"] == 3
+
+
 def test_runs_prints_the_history(job):
     for _ in range(2):
         assert _cli("run", job, "--once").returncode == 0
