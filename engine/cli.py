@@ -241,6 +241,18 @@ def _add_predict(sub) -> None:
 
 
 # ---- score ---------------------------------------------------------------------------------------
+_MODEL_CONVERT = {"feature_columns": _csv, "params": _json_object}  # ModelOptions' flags -> values
+
+
+def _model_flags() -> dict:
+    """The flags of ModelOptions' fields, as score and stream share them."""
+    return {"cache_dir": {"default": os.environ.get("ARROWSCORE_CACHE_DIR"),
+                          "help": "where downloaded models are cached (env ARROWSCORE_CACHE_DIR)"},
+            "feature_columns": {"metavar": "COL,COL",
+                                "help": "comma-separated scalar columns that make up a tensor input, in order"},
+            "params": {"metavar": "JSON", "help": "inference params as a JSON object, for every batch"}}
+
+
 _SCORE_SKIP = ("progress", "read_ahead", "model_config")  # flags of their own, or none
 
 
@@ -254,9 +266,8 @@ def _score(args) -> int:
     for runner, opts in given.items():
         if opts and args.runner != runner:
             raise ConfigError(f"the --{runner}-* options go with --runner {runner}; add --runner {runner} or drop them")
-    options = values(args, ScoreOptions, skip=_SCORE_SKIP, convert={"keep_columns": _csv, "feature_columns": _csv,
-                                                   "rename": lambda v: _pairs(v, "--rename"),
-                                                   "params": _json_object})
+    options = values(args, ScoreOptions, skip=_SCORE_SKIP, convert={**_MODEL_CONVERT, "keep_columns": _csv,
+                                                                     "rename": lambda v: _pairs(v, "--rename")})
     if args.dry_run:
         return _dry_run(args, options)
     report = score(args.model_uri, args.input, args.output, runner=args.runner,
@@ -315,15 +326,10 @@ def _add_score(sub) -> None:
     _positional(p, "output", "OUTPUT", "output directory (local or s3://...)", "-o", "--output-path")
     p.add_argument("--runner", choices=sorted(RUNNERS), default="local",
                    help="local (default), ray or spark (with arrowscore[ray|spark])")
-    add_flags(p, ScoreOptions, skip=_SCORE_SKIP,
-              cache_dir={"default": os.environ.get("ARROWSCORE_CACHE_DIR"),
-                         "help": "where downloaded models are cached (env ARROWSCORE_CACHE_DIR)"},
+    add_flags(p, ScoreOptions, skip=_SCORE_SKIP, **_model_flags(),
               keep_columns={"metavar": "COL,COL", "help": "comma-separated input columns to copy to the output"},
-              feature_columns={"metavar": "COL,COL",
-                               "help": "comma-separated scalar columns that make up a tensor input, in order"},
               mode={"choices": MODES}, rename={"action": "append", "metavar": "OLD=NEW",
                                                "help": "rename an output column (repeatable)"},
-              params={"help": "inference params as a JSON object, for every batch"},
               # one value each, so that they may come before the positionals too
               on_error={"choices": ON_ERROR, "help": "rows failing the signature: stop (fail, the default) or "
                                                      "write them to --dead-letter PATH (dead-letter)"},
@@ -377,7 +383,7 @@ def _stream(args) -> int:
     from .jobs.options import StreamOptions
     from .runners.stream import stream
 
-    options = values(args, StreamOptions, convert={"keep_columns": _csv})
+    options = values(args, StreamOptions, convert={**_MODEL_CONVERT, "keep_columns": _csv}, skip=("model_config",))
     report = stream(args.model_uri, handle_signals=True, **_kafka_settings(args), **options)
     _print_report(report, args.json)
     return 0
@@ -391,7 +397,7 @@ def _add_stream(sub) -> None:
     p = sub.add_parser("stream", help="score a Kafka topic into another, continuously")
     _model_arg(p)
     required = {n: {"required": True} for n in ("bootstrap_servers", "input_topic", "output_topic", "group_id")}
-    add_flags(p, StreamOptions, guarantee={"choices": GUARANTEES},
+    add_flags(p, StreamOptions, skip=("model_config",), **_model_flags(), guarantee={"choices": GUARANTEES},
               value_format={"choices": FORMATS, "flag": "--format"},
               keep_columns={"metavar": "COL,COL", "default": None,
                             "help": "comma-separated input fields or pass-through columns (_key, _partition, "
@@ -435,6 +441,7 @@ def _run(args) -> int:
     options = RunOptions(**values(args, RunOptions))
     # the scheduled mode stops after its current run on SIGTERM; --once stops at once, like score
     result = run_job(args.job, once=options.once, dry_run=options.dry_run, rerun=options.rerun, output=options.output,
+                     cache_dir=options.cache_dir,
                      handle_signals=not (options.once or options.dry_run or options.rerun))
     if isinstance(result, list) and args.json:  # a scheduled job's runs, in one object
         print(json.dumps({"runs": [dataclasses.asdict(r) for r in result]}, default=str))
@@ -449,7 +456,9 @@ def _add_run(sub) -> None:
 
     p = sub.add_parser("run", help="run a job file: score the input files it has not scored, on its schedule or once")
     p.add_argument("job", metavar="JOB.yaml", help="the job file (name, model, input, output, schedule, ...)")
-    add_flags(p, RunOptions)
+    add_flags(p, RunOptions, cache_dir={"default": os.environ.get("ARROWSCORE_CACHE_DIR"),
+                                        "help": "where downloaded models are cached, for a job file that names no "
+                                                "cache_dir (env ARROWSCORE_CACHE_DIR)"})
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.set_defaults(run=_run)
 
@@ -487,6 +496,57 @@ def _add_runs(sub) -> None:
     p.set_defaults(run=_runs)
 
 
+# ---- cache ---------------------------------------------------------------------------------------
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return ""
+
+
+def _cache(args) -> int:
+    import datetime
+
+    from .errors import ConfigError
+    from .model import cache
+
+    root = args.cache_dir or str(cache.default_cache_dir())
+    if args.action == "prune":
+        if args.all == (args.older_than_days is not None):
+            raise ConfigError("cache prune needs exactly one of --older-than-days N (entries not used for N days) "
+                               "or --all")
+        if args.older_than_days is not None and args.older_than_days < 0:
+            raise ConfigError(f"--older-than-days must be 0 or more, got {args.older_than_days:g}")
+        found = cache.prune(root, None if args.all else args.older_than_days)
+    else:
+        found = cache.entries(root)
+    if args.json:
+        print(json.dumps({"cache_dir": root, "entries": [dataclasses.asdict(e) for e in found]}))
+        return 0
+    if args.action == "prune":
+        print(f"removed {len(found)} cached models ({_size(sum(e.bytes for e in found))}) from {root}")
+    elif not found:
+        print(f"no cached models in {root}")
+    for e in found:
+        used = datetime.datetime.fromtimestamp(e.last_used).isoformat(" ", "seconds")
+        print(f"{e.uri or '(unknown URI)'}  {_size(e.bytes)}  last used {used}  {e.path}")
+    return 0
+
+
+def _add_cache(sub) -> None:
+    p = sub.add_parser("cache", help="the downloaded-model cache: list its entries, or prune them")
+    p.add_argument("action", choices=("list", "prune"), help="list: URI, size, last used (least recent first); "
+                                                              "prune: remove entries")
+    p.add_argument("--cache-dir", default=os.environ.get("ARROWSCORE_CACHE_DIR"),
+                   help="the cache (env ARROWSCORE_CACHE_DIR; default $XDG_CACHE_HOME/arrowscore/models, "
+                        "else ~/.cache/arrowscore/models)")
+    p.add_argument("--older-than-days", type=float, metavar="N", help="prune: entries not used for N days")
+    p.add_argument("--all", action="store_true", help="prune: every entry")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run=_cache)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="arrowscore", description="Score MLflow models fast, on Arrow batches.",
                                 epilog=EXIT, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -495,7 +555,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"arrowscore {__version__}")
     _log_flags(p)
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (_add_info, _add_predict, _add_score, _add_stream, _add_serve, _add_run, _add_runs):
+    for add in (_add_info, _add_predict, _add_score, _add_stream, _add_serve, _add_run, _add_runs, _add_cache):
         add(sub)
     for command in sub.choices.values():  # before or after the subcommand alike
         _log_flags(command)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -402,3 +403,51 @@ def test_score_dry_run_plans_without_scoring(xgb_input):
               "is not empty", "--mode")
     _one_line(run("score", case.uris["path"], str(root / "in"), str(root / "p2"), "--keep-columns", "nope", "--dry-run"),
               2, "nope")
+
+
+# ---- the model cache: --cache-dir / ARROWSCORE_CACHE_DIR / XDG_CACHE_HOME, cache list|prune --------------------
+def test_cache_list_and_prune(logged_models, tmp_path):
+    import os
+    import time
+
+    import mlflow
+
+    case = logged_models["xgboost_booster"]
+    env = {k: v for k, v in os.environ.items() if k != "ARROWSCORE_CACHE_DIR"}
+    env.update(MLFLOW_TRACKING_URI=mlflow.get_tracking_uri(), XDG_CACHE_HOME=str(tmp_path / "xdg"))
+    csv = case.arrow_input.to_pandas().to_csv(index=False)
+    out = run("predict", "-m", case.uris["alias"], "-t", "csv", input=csv, env=env)
+    assert out.returncode == 0, out.stderr
+    np.testing.assert_allclose(json.loads(out.stdout)["predictions"], case.expected, rtol=1e-6)
+    listing = json.loads(run("cache", "list", "--json", env=env).stdout)
+    xdg = tmp_path / "xdg" / "arrowscore" / "models"  # the default honours XDG_CACHE_HOME
+    assert listing["cache_dir"] == str(xdg) and [e["uri"] for e in listing["entries"]] == [case.uris["alias"]]
+    (entry,) = listing["entries"]
+    files = [p for p in Path(entry["path"]).rglob("*") if p.is_file()]
+    assert entry["bytes"] == sum(p.stat().st_size for p in files) > 0 and time.time() - entry["last_used"] < 120
+
+    # ARROWSCORE_CACHE_DIR for score; --cache-dir wins over it
+    env_dir, flag_dir = tmp_path / "env-cache", tmp_path / "flag-cache"
+    pq.write_table(case.arrow_input, tmp_path / "in.parquet")
+    out = run("score", case.uris["runs"], str(tmp_path / "in.parquet"), str(tmp_path / "o1"), "--no-progress",
+              env={**env, "ARROWSCORE_CACHE_DIR": str(env_dir)})
+    assert out.returncode == 0, out.stderr
+    out = run("score", case.uris["model_id"], str(tmp_path / "in.parquet"), str(tmp_path / "o2"), "--no-progress",
+              "--cache-dir", str(flag_dir), env={**env, "ARROWSCORE_CACHE_DIR": str(env_dir)})
+    assert out.returncode == 0, out.stderr
+    text = run("cache", "list", env={**env, "ARROWSCORE_CACHE_DIR": str(env_dir)}).stdout
+    assert case.uris["runs"] in text and "last used" in text and case.uris["model_id"] not in text
+    assert case.uris["model_id"] in run("cache", "list", "--cache-dir", str(flag_dir), env=env).stdout
+
+    # prune by age: an entry last used 10 days ago goes, one used now stays
+    out = run("predict", "-m", case.uris["runs"], "-t", "csv", input=csv, env=env)  # a second entry in xdg
+    assert out.returncode == 0, out.stderr
+    old = Path(entry["path"] + ".json")
+    os.utime(old, (time.time() - 10 * 86400,) * 2)
+    pruned = json.loads(run("cache", "prune", "--older-than-days", "5", "--json", env=env).stdout)
+    assert [e["uri"] for e in pruned["entries"]] == [case.uris["alias"]] and not Path(entry["path"]).exists()
+    assert [e["uri"] for e in json.loads(run("cache", "list", "--json", env=env).stdout)["entries"]] == [case.uris["runs"]]
+    out = run("cache", "prune", "--all", env=env)
+    assert out.returncode == 0 and out.stdout.startswith("removed 1 cached models")
+    assert "no cached models" in run("cache", "list", env=env).stdout
+    _one_line(run("cache", "prune", env=env), 2, "--older-than-days N", "--all")

@@ -223,6 +223,30 @@ def test_a_bad_job_file_on_the_command_line_is_one_line_and_exit_2(tmp_path):
     assert out.stderr.strip().endswith("job.yaml line 5: batch_rows must be an integer, got bool True")
 
 
+def test_cache_dir_flag_and_env_for_a_job_file_without_one(tmp_path):
+    from mlflow import MlflowClient
+
+    from engine.model import cache
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("cache", artifact_location=(tmp_path / "artifacts").as_uri())
+    run = client.create_run(experiment).info.run_id
+    client.log_artifacts(run, str(engine.save_model(tmp_path / "model", _double, signature=SIGNATURE)), "model")
+    (tmp_path / "in").mkdir()
+    _write(tmp_path / "in", 0)
+    job = _job(tmp_path, f"runs:/{run}/model")
+    env = {"MLFLOW_TRACKING_URI": uri, "XDG_CACHE_HOME": str(tmp_path / "xdg"), "ARROWSCORE_CACHE_DIR": ""}
+    out = _cli("run", job, "--once", "--cache-dir", tmp_path / "flag", env=env)
+    assert out.returncode == 0, out.stderr
+    assert [e.uri for e in cache.entries(tmp_path / "flag")] == [f"runs:/{run}/model"]
+    assert not (tmp_path / "xdg").exists()
+    _write(tmp_path / "in", 1)
+    out = _cli("run", job, "--once", env={**env, "ARROWSCORE_CACHE_DIR": str(tmp_path / "env")})
+    assert out.returncode == 0, out.stderr
+    assert [e.uri for e in cache.entries(tmp_path / "env")] == [f"runs:/{run}/model"]
+
+
 # ---- model versions --------------------------------------------------------------------------------
 def test_an_alias_moved_between_runs_rescoring_on_model_change(tmp_path):
     from mlflow import MlflowClient

@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from .cache import default_cache_dir, record_use
 from ..errors import ConfigError, MissingDependency, ModelLoadError, ModelUnavailable, require, unreachable
 
 __all__ = ["resolve", "default_cache_dir", "cache_key", "registry_version"]
@@ -35,10 +36,6 @@ _TRACKED = ("runs:/", "models:/")
 _CLIENTS = {"s3": "boto3", "r2": "boto3", "b2": "boto3", "gs": "google-cloud-storage",
             "wasbs": "azure-storage-blob azure-identity", "abfss": "azure-storage-file-datalake azure-identity",
             "sftp": "pysftp"}
-
-
-def default_cache_dir() -> Path:
-    return Path.home() / ".cache" / "arrowscore" / "models"
 
 
 def _safe(key: str) -> str:
@@ -152,10 +149,12 @@ def cache_key(uri: str) -> tuple[str, str]:
     return uri, uri
 
 
-def _download(uri: str, key: str, cache_dir: Path) -> Path:
+def _download(uri: str, key: str, cache_dir: Path, given: str) -> Path:
+    """The cache entry for ``key``, downloaded from ``uri`` unless it is there (``given``: the URI the user named)."""
     mlflow = require("mlflow", "mlflow", f"the model URI {uri!r}")
     target = cache_dir / _safe(key)
     if (target / "MLmodel").is_file():
+        record_use(target, given, key)
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".download-", dir=cache_dir))
@@ -170,6 +169,7 @@ def _download(uri: str, key: str, cache_dir: Path) -> Path:
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    record_use(target, given, key)
     return target
 
 
@@ -189,4 +189,4 @@ def resolve(uri: str | os.PathLike, cache_dir: str | os.PathLike | None = None) 
     key, download_uri = cache_key(text)
     if text.startswith(_TRACKED):
         _check_tracking(text)
-    return _download(download_uri, key, Path(cache_dir) if cache_dir else default_cache_dir())
+    return _download(download_uri, key, Path(cache_dir) if cache_dir else default_cache_dir(), text)
