@@ -262,7 +262,7 @@ def _score(args) -> int:
     from .runners import score
 
     given = {"ray": values(args, RayOptions, "ray_", {"runtime_env": lambda v: _json_or_file(v, "--ray-runtime-env")}),
-             "spark": values(args, SparkOptions, "spark_")}
+             "spark": values(args, SparkOptions, "spark_", {"conf": lambda v: _pairs(v, "--spark-conf")})}
     for runner, opts in given.items():
         if opts and args.runner != runner:
             raise ConfigError(f"the --{runner}-* options go with --runner {runner}; add --runner {runner} or drop them")
@@ -340,7 +340,9 @@ def _add_score(sub) -> None:
                    help="check the job and print its plan (files, rows from the footers, columns read, output), "
                         "without scoring or writing anything")
     add_flags(p, RayOptions, prefix="ray-")
-    add_flags(p, SparkOptions, prefix="spark-")
+    add_flags(p, SparkOptions, prefix="spark-", conf={"action": "append", "metavar": "KEY=VALUE",
+                                                      "help": "a Spark setting for the session arrowscore starts "
+                                                              "(repeatable), as spark-submit's --conf"})
     p.set_defaults(run=_score)
 
 

@@ -166,7 +166,14 @@ class SparkOptions:
     """The Spark runner's options (``--spark-*``)."""
 
     master: str | None = _opt(None, "Spark master (default: spark-submit's, else local[*])")
+    conf: dict = _opt({}, "Spark settings for the session arrowscore starts (spark.executor.memory, ...)",
+                      metavar="KEY=VALUE")
     load_log: str | None = _opt(None, "append one line per model load in a worker (tests count loads)", cli=False)
+
+    def __post_init__(self):
+        if not isinstance(self.conf, dict):
+            raise ConfigError(f"conf must be a mapping of Spark setting to value, got {type(self.conf).__name__}")
+        object.__setattr__(self, "conf", {str(k): str(v) for k, v in self.conf.items()})
 
 
 RUNNER_OPTIONS = {"local": LocalOptions, "ray": RayOptions, "spark": SparkOptions}

@@ -96,6 +96,11 @@ def _run(model_uri, input, output, options: ScoreOptions, spark_opts: SparkOptio
         # local workers run this interpreter, which has arrowscore (Spark's default is `python3` on the
         # PATH); PySpark reads the variable, not the conf, when the driver is a plain Python process
         os.environ["PYSPARK_PYTHON"] = sys.executable
+    if spark_opts.conf and SparkSession.getActiveSession() is not None:
+        raise ConfigError(f"a Spark session is already running in this process, so the settings {sorted(spark_opts.conf)} "
+                          "cannot be applied; set them where that session is built, or drop conf")
+    for key, value in spark_opts.conf.items():
+        builder = builder.config(key, value)
     if options.progress is False and SparkSession.getActiveSession() is None:
         builder = builder.config("spark.ui.showConsoleProgress", "false")  # --no-progress: no stage bars either
     spark = builder.getOrCreate()
