@@ -2,7 +2,8 @@
 
 Reads argv and the ``ARROWSCORE_*`` environment variables; below it, only the Ray and Spark
 runners read the variables their own tools set (``RAY_ADDRESS``; ``PYSPARK_PYTHON`` and
-spark-submit's conf). Errors are one line on stderr; the exit status says whose move it is (``EXIT``).
+spark-submit's conf), and the model cache the platform's ``XDG_CACHE_HOME``. Errors are one line on
+stderr; the exit status says whose move it is (``EXIT``). Flag helpers live in ``engine.cliflags``.
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import logging
 import os
 import sys
+
+from .cliflags import (MODEL_CONVERT, add_flags, csv_list, json_object, json_or_file, load_flags, log_flags,
+                       model_arg, model_flags, pairs, place, positional, properties, setup_logging, values)
 
 __all__ = ["main"]
 
@@ -26,130 +29,6 @@ EXIT = """exit status (for scripts and retry policies):
        (UnavailableError, a network error or timeout); a retry later may work
   130  interrupted (Ctrl-C / SIGINT, or SIGTERM); a local score job removes its staged output first and leaves a previous
        output as it was"""
-
-
-# ---- flags from option dataclasses ------------------------------------------------------------
-def _type_of(f: dataclasses.Field):
-    hint = str(f.type)
-    for name, kind in (("int", int), ("float", float), ("bool", bool), ("dict", dict), ("tuple", tuple)):
-        if hint.startswith(name):
-            return kind
-    return str
-
-
-def add_flags(parser, cls, prefix: str = "", skip=(), **overrides) -> None:
-    """One ``--[prefix-]name`` flag per field of ``cls`` (help from its metadata); a flag not given is
-    absent from the parsed args, so the class's own default applies. ``overrides`` replaces a flag's
-    argparse arguments (``flag``: its name; ``default``: a default that is not the class's)."""
-    for f in dataclasses.fields(cls):
-        if not f.metadata.get("cli", True) or f.name in skip:
-            continue
-        kind = _type_of(f)
-        default = f.default if f.default is not dataclasses.MISSING else None
-        name = f"--{prefix}{f.name.replace('_', '-')}"
-        kwargs = {"dest": f"{prefix.replace('-', '_')}{f.name}", "help": f.metadata.get("help", ""),
-                  "default": argparse.SUPPRESS}
-        if kind is bool:
-            kwargs.update(action="store_true")
-        else:
-            kwargs.update(type={int: int, float: float}.get(kind, str))
-            if "metavar" in f.metadata:
-                kwargs["metavar"] = f.metadata["metavar"]
-            if default not in (None, "", ()) and not isinstance(default, tuple):
-                kwargs["help"] += f" (default {default})"
-        kwargs.update(overrides.get(f.name, {}))
-        parser.add_argument(kwargs.pop("flag", name), **kwargs)
-
-
-def values(args, cls, prefix: str = "", convert=None, skip=()) -> dict:
-    """The values of ``cls``'s flags that were given (present and not None), converted by ``convert[name]``."""
-    out = {}
-    for f in dataclasses.fields(cls):
-        dest = f"{prefix}{f.name}"
-        if f.name in skip or not f.metadata.get("cli", True):
-            continue
-        if hasattr(args, dest) and getattr(args, dest) is not None:
-            value = getattr(args, dest)
-            out[f.name] = (convert or {}).get(f.name, lambda v: v)(value)
-    return out
-
-
-def _csv(text: str | None) -> list[str]:
-    return [c.strip() for c in text.split(",") if c.strip()] if text else []
-
-
-def _pairs(items: list[str] | None, flag: str) -> dict:
-    from .errors import ConfigError
-
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key or not value:
-            raise ConfigError(f"{flag} takes KEY=VALUE, got {item!r}")
-        out[key] = value
-    return out
-
-
-def _json_or_file(text: str, flag: str) -> dict:
-    """A JSON object given inline, or the path of a JSON/YAML file holding one."""
-    import yaml
-
-    from .errors import ConfigError
-
-    try:
-        value = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(open(text))
-    except (OSError, ValueError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{flag} takes a JSON object or a JSON/YAML file: {exc}") from None
-    if not isinstance(value, dict):
-        raise ConfigError(f"{flag} must hold a JSON object (a mapping), got {type(value).__name__}")
-    return value
-
-
-def _json_object(text: str) -> dict:
-    from .errors import ConfigError
-
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise ConfigError(f"--params takes a JSON object such as '{{\"k\": 1}}', got {text!r} ({exc})") from None
-    if not isinstance(value, dict):
-        raise ConfigError(f"--params takes a JSON object such as '{{\"k\": 1}}', got {type(value).__name__} {text!r}")
-    return value
-
-
-def _model_arg(parser) -> None:
-    """MODEL_URI as the first argument, or as ``-m/--model-uri`` (MLflow's flag); exactly one."""
-    _positional(parser, "model_uri", "MODEL_URI", "path, file://, runs:/, models:/ URI", "-m", "--model-uri")
-
-
-def _positional(parser, dest: str, metavar: str, help: str, *flags: str) -> None:
-    """An argument given by position or by flag: the positional is optional here, and ``_place`` fills
-    the names not given by flag from the positionals, in order."""
-    parser.add_argument(f"_pos_{dest}", nargs="?", metavar=metavar, help=f"{help} (or {'/'.join(flags)})")
-    parser.add_argument(*flags, dest=dest, metavar=metavar, help=f"{metavar}, as a flag")
-    parser.set_defaults(_places=[*(parser.get_default("_places") or []), (dest, metavar, flags)], _parser=parser)
-
-
-def _place(args, extra: list[str]) -> list[str]:
-    """Each positional-or-flag argument from its flag, else from the next positional (argparse leaves
-    the positionals that follow an option in ``extra``); returns what is left over. A usage error names
-    the argument that is missing."""
-    places = getattr(args, "_places", None) or []
-    given = [getattr(args, f"_pos_{dest}") for dest, _, _ in places]
-    given = [v for v in given if v is not None] + [x for x in extra if x == "-" or not x.startswith("-")]
-    rest = [x for x in extra if not (x == "-" or not x.startswith("-"))]
-    for dest, metavar, flags in places:
-        if getattr(args, dest) is None:
-            if not given:
-                args._parser.error(f"{metavar} is missing; give it as an argument or with {'/'.join(flags)}")
-            setattr(args, dest, given.pop(0))
-    return given + rest
-
-
-def _load_flags(parser) -> None:
-    parser.add_argument("--flavor", help="load with this flavor instead of the native one")
-    parser.add_argument("--cache-dir", default=os.environ.get("ARROWSCORE_CACHE_DIR"),
-                        help="where downloaded models are cached (env ARROWSCORE_CACHE_DIR)")
 
 
 # ---- info ----------------------------------------------------------------------------------------
@@ -197,8 +76,8 @@ def _info(args) -> int:
 
 def _add_info(sub) -> None:
     p = sub.add_parser("info", help="flavors, signature and requirements check of a model (read, not loaded)")
-    _model_arg(p)
-    _load_flags(p)
+    model_arg(p)
+    load_flags(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=_info)
 
@@ -208,7 +87,7 @@ def _predict(args) -> int:
     from .errors import ConfigError
     from .model import load_model, payload
 
-    extra = _json_object(args.params) if args.params else {}
+    extra = json_object(args.params) if args.params else {}
     output = None if args.output in (None, "-") else args.output
     if output:
         payload.check_output(output)  # before the model runs, not after
@@ -228,8 +107,8 @@ def _add_predict(sub) -> None:
     from .model import payload
 
     p = sub.add_parser("predict", help="score one input file (json, csv, parquet), like `mlflow models predict`")
-    _model_arg(p)
-    _load_flags(p)
+    model_arg(p)
+    load_flags(p)
     p.add_argument("-i", "--input-path", "--input", dest="input", default="-",
                    help="input .json (MLflow serving formats), .csv or .parquet; - or none: stdin")
     p.add_argument("-t", "--content-type", choices=payload.FORMATS,
@@ -241,18 +120,6 @@ def _add_predict(sub) -> None:
 
 
 # ---- score ---------------------------------------------------------------------------------------
-_MODEL_CONVERT = {"feature_columns": _csv, "params": _json_object}  # ModelOptions' flags -> values
-
-
-def _model_flags() -> dict:
-    """The flags of ModelOptions' fields, as score and stream share them."""
-    return {"cache_dir": {"default": os.environ.get("ARROWSCORE_CACHE_DIR"),
-                          "help": "where downloaded models are cached (env ARROWSCORE_CACHE_DIR)"},
-            "feature_columns": {"metavar": "COL,COL",
-                                "help": "comma-separated scalar columns that make up a tensor input, in order"},
-            "params": {"metavar": "JSON", "help": "inference params as a JSON object, for every batch"}}
-
-
 _SCORE_SKIP = ("progress", "read_ahead", "model_config")  # flags of their own, or none
 
 
@@ -261,13 +128,13 @@ def _score(args) -> int:
     from .jobs.options import RayOptions, ScoreOptions, SparkOptions
     from .runners import score
 
-    given = {"ray": values(args, RayOptions, "ray_", {"runtime_env": lambda v: _json_or_file(v, "--ray-runtime-env")}),
-             "spark": values(args, SparkOptions, "spark_", {"conf": lambda v: _pairs(v, "--spark-conf")})}
+    given = {"ray": values(args, RayOptions, "ray_", {"runtime_env": lambda v: json_or_file(v, "--ray-runtime-env")}),
+             "spark": values(args, SparkOptions, "spark_", {"conf": lambda v: pairs(v, "--spark-conf")})}
     for runner, opts in given.items():
         if opts and args.runner != runner:
             raise ConfigError(f"the --{runner}-* options go with --runner {runner}; add --runner {runner} or drop them")
-    options = values(args, ScoreOptions, skip=_SCORE_SKIP, convert={**_MODEL_CONVERT, "keep_columns": _csv,
-                                                                     "rename": lambda v: _pairs(v, "--rename")})
+    options = values(args, ScoreOptions, skip=_SCORE_SKIP, convert={**MODEL_CONVERT, "keep_columns": csv_list,
+                                                                     "rename": lambda v: pairs(v, "--rename")})
     if args.dry_run:
         return _dry_run(args, options)
     report = score(args.model_uri, args.input, args.output, runner=args.runner,
@@ -320,13 +187,13 @@ def _add_score(sub) -> None:
     from .runners import RUNNERS
 
     p = sub.add_parser("score", help="score a Parquet file, directory or glob into a Parquet directory")
-    _model_arg(p)
-    _positional(p, "input", "INPUT", "Parquet file, directory (hive partitions too), glob, or s3://...",
+    model_arg(p)
+    positional(p, "input", "INPUT", "Parquet file, directory (hive partitions too), glob, or s3://...",
                 "-i", "--input-path")
-    _positional(p, "output", "OUTPUT", "output directory (local or s3://...)", "-o", "--output-path")
+    positional(p, "output", "OUTPUT", "output directory (local or s3://...)", "-o", "--output-path")
     p.add_argument("--runner", choices=sorted(RUNNERS), default="local",
                    help="local (default), ray or spark (with arrowscore[ray|spark])")
-    add_flags(p, ScoreOptions, skip=_SCORE_SKIP, **_model_flags(),
+    add_flags(p, ScoreOptions, skip=_SCORE_SKIP, **model_flags(),
               keep_columns={"metavar": "COL,COL", "help": "comma-separated input columns to copy to the output"},
               mode={"choices": MODES}, rename={"action": "append", "metavar": "OLD=NEW",
                                                "help": "rename an output column (repeatable)"},
@@ -347,30 +214,10 @@ def _add_score(sub) -> None:
 
 
 # ---- stream --------------------------------------------------------------------------------------
-def _properties(path: str) -> dict:
-    """A Java-style properties file: KEY=VALUE lines, # or ! comments, blank lines."""
-    from .errors import ConfigError
-
-    try:
-        lines = open(path, encoding="utf-8").read().splitlines()
-    except OSError as exc:
-        raise ConfigError(f"--kafka-config {path!r} cannot be read: {exc.strerror}") from None
-    out = {}
-    for n, line in enumerate(lines, 1):
-        line = line.strip()
-        if not line or line[0] in "#!":
-            continue
-        key, sep, value = line.partition("=")
-        if not sep or not key.strip():  # the line is not echoed: it may hold a secret
-            raise ConfigError(f"{path}:{n} is not a KEY=VALUE line; --kafka-config takes KEY=VALUE lines and # comments")
-        out[key.strip()] = value.strip()
-    return out
-
-
 def _kafka_settings(args) -> dict:
     """client_config, consumer_config, producer_config from --kafka-config then -X (the command line wins);
     a ``consumer.`` or ``producer.`` prefix sends a setting to that client alone."""
-    given = {**(_properties(args.kafka_config) if args.kafka_config else {}), **_pairs(args.X, "-X")}
+    given = {**(properties(args.kafka_config) if args.kafka_config else {}), **pairs(args.X, "-X")}
     out = {"client_config": {}, "consumer_config": {}, "producer_config": {}}
     for key, value in given.items():
         role, _, rest = key.partition(".")
@@ -385,7 +232,7 @@ def _stream(args) -> int:
     from .jobs.options import StreamOptions
     from .runners.stream import stream
 
-    options = values(args, StreamOptions, convert={**_MODEL_CONVERT, "keep_columns": _csv}, skip=("model_config",))
+    options = values(args, StreamOptions, convert={**MODEL_CONVERT, "keep_columns": csv_list}, skip=("model_config",))
     report = stream(args.model_uri, handle_signals=True, **_kafka_settings(args), **options)
     _print_report(report, args.json)
     return 0
@@ -397,9 +244,9 @@ def _add_stream(sub) -> None:
     from .jobs.options import GUARANTEES, StreamOptions
 
     p = sub.add_parser("stream", help="score a Kafka topic into another, continuously")
-    _model_arg(p)
+    model_arg(p)
     required = {n: {"required": True} for n in ("bootstrap_servers", "input_topic", "output_topic", "group_id")}
-    add_flags(p, StreamOptions, skip=("model_config",), **_model_flags(), guarantee={"choices": GUARANTEES},
+    add_flags(p, StreamOptions, skip=("model_config",), **model_flags(), guarantee={"choices": GUARANTEES},
               value_format={"choices": FORMATS, "flag": "--format"},
               keep_columns={"metavar": "COL,COL", "default": None,
                             "help": "comma-separated input fields or pass-through columns (_key, _partition, "
@@ -431,7 +278,7 @@ def _add_serve(sub) -> None:
     p.add_argument("models", nargs="*", metavar="MODEL",
                    help="model URI, or NAME=URI (several allowed); none: /opt/ml/model under SageMaker, "
                         "AIP_STORAGE_URI under Vertex AI, else ARROWSCORE_MODEL")
-    _load_flags(p)
+    load_flags(p)
     add_flags(p, ServeOptions)
     p.set_defaults(run=_serve)
 
@@ -555,35 +402,13 @@ def _parser() -> argparse.ArgumentParser:
     from . import __version__
 
     p.add_argument("--version", action="version", version=f"arrowscore {__version__}")
-    _log_flags(p)
+    log_flags(p)
     sub = p.add_subparsers(dest="command", required=True)
     for add in (_add_info, _add_predict, _add_score, _add_stream, _add_serve, _add_run, _add_runs, _add_cache):
         add(sub)
     for command in sub.choices.values():  # before or after the subcommand alike
-        _log_flags(command)
+        log_flags(command)
     return p
-
-
-LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-
-
-def _log_flags(parser) -> None:
-    # SUPPRESS: a subcommand that is not given the flag leaves the one given before it in place
-    group = parser.add_argument_group("logging (arrowscore's own loggers; other libraries log warnings only)")
-    group.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log debug details")
-    group.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
-                       help="log warnings and errors only")
-    group.add_argument("--log-level", type=str.upper, choices=LEVELS, default=argparse.SUPPRESS,
-                       help="arrowscore's log level (over -v / -q; default INFO)")
-
-
-def _setup_logging(args) -> None:
-    """Other libraries' loggers at WARNING, arrowscore's (``arrowscore.*``) at the level asked for."""
-    level = getattr(args, "log_level", None) or ("DEBUG" if getattr(args, "verbose", False) else
-                                                 "WARNING" if getattr(args, "quiet", False) else "INFO")
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
-    logging.getLogger("arrowscore").setLevel(level)
 
 
 # a path given that does not exist or cannot be opened: the command's fault; other I/O errors are the run's
@@ -594,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     flagged = ["/".join(f) for d, _, f in getattr(args, "_places", None) or [] if getattr(args, d) is not None]
-    extra = _place(args, extra)
+    extra = place(args, extra)
     if extra:
         hint = ""
         if getattr(args, "on_error", None) == "dead-letter" and getattr(args, "dead_letter", None) is None:
@@ -602,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         if flagged and not hint:
             hint = f" ({', '.join(flagged)} given as a flag: give each argument once, by position or by flag)"
         getattr(args, "_parser", parser).error(f"unrecognized arguments: {' '.join(extra)}{hint}")
-    _setup_logging(args)
+    setup_logging(args)
     from .errors import EngineError, ScoringError, UnavailableError, unreachable
 
     if args.command in ("score", "predict") or (args.command == "run" and any(
