@@ -24,7 +24,7 @@ engine.errors.ModelLoadError: ...
 """
 
 from .errors import (ConfigError, ConnectorError, EngineError, FlavorNotFound, MissingDependency,
-                     ModelLoadError, SchemaError, SchemaMismatch, ScoringError)
+                     ModelLoadError, ModelUnavailable, SchemaError, SchemaMismatch, ScoringError, UnavailableError)
 from .jobs.options import RayOptions, ScoreOptions, ScoreReport, SparkOptions, StreamOptions, StreamReport
 from .model import Model, Signature, load_model, save_model
 from .runners import score
@@ -59,6 +59,6 @@ __all__ = [
     "load_model", "run_job", "Model", "save_model", "Signature", "score", "stream", "serve", "ServeOptions", "ScoreOptions", "ScoreReport",
     "RayOptions", "SparkOptions", "StreamOptions", "StreamReport",
     "EngineError", "ConfigError", "ModelLoadError", "FlavorNotFound", "MissingDependency",
-    "SchemaError", "SchemaMismatch", "ScoringError", "ConnectorError",
+    "SchemaError", "SchemaMismatch", "ScoringError", "ConnectorError", "UnavailableError", "ModelUnavailable",
 ]
 __version__ = "0.1.0"

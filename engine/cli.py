@@ -2,7 +2,8 @@
 
 Reads argv and the ``ARROWSCORE_*`` environment variables; below it, only the Ray and Spark
 runners read the variables their own tools set (``RAY_ADDRESS``; ``PYSPARK_PYTHON`` and
-spark-submit's conf). Errors are one line on stderr; the exit status says whose move it is (``EXIT``).
+spark-submit's conf), and the model cache the platform's ``XDG_CACHE_HOME``. Errors are one line on
+stderr; the exit status says whose move it is (``EXIT``). Flag helpers live in ``engine.cliflags``.
 """
 
 from __future__ import annotations
@@ -10,118 +11,24 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import logging
 import os
 import sys
 
+from .cliflags import (MODEL_CONVERT, add_flags, csv_list, json_object, json_or_file, load_flags, log_flags,
+                       model_arg, model_flags, pairs, place, positional, properties, setup_logging, values)
+
 __all__ = ["main"]
 
-EXIT = """exit status:
+EXIT = """exit status (for scripts and retry policies):
   0    done
-  1    the job failed while running: the model raised (ScoringError), an I/O error, or a bug (a traceback)
-  2    arrowscore refused the command or what it names: usage, options, model, input, paths
-       (ConfigError, SchemaError, ModelLoadError, ConnectorError, a path that does not exist or cannot be opened)
+  1    the job failed while running: the model raised (ScoringError), another I/O error, or a bug (a traceback);
+       look before retrying
+  2    refused: the command, options, model, input data or paths must be fixed first; a retry fails alike
+       (usage, ConfigError, SchemaError, ModelLoadError, ConnectorError, a path that does not exist or cannot be opened)
+  3    unavailable: a Kafka broker, Ray cluster, Spark master, object store or model store did not answer
+       (UnavailableError, a network error or timeout); a retry later may work
   130  interrupted (Ctrl-C / SIGINT, or SIGTERM); a local score job removes its staged output first and leaves a previous
        output as it was"""
-
-
-# ---- flags from option dataclasses ------------------------------------------------------------
-def _type_of(f: dataclasses.Field):
-    hint = str(f.type)
-    for name, kind in (("int", int), ("float", float), ("bool", bool), ("dict", dict), ("tuple", tuple)):
-        if hint.startswith(name):
-            return kind
-    return str
-
-
-def add_flags(parser, cls, prefix: str = "", skip=(), **overrides) -> None:
-    """One ``--[prefix-]name`` flag per field of ``cls`` (help from its metadata); a flag not given is
-    absent from the parsed args, so the class's own default applies. ``overrides`` replaces a flag's
-    argparse arguments (``flag``: its name; ``default``: a default that is not the class's)."""
-    for f in dataclasses.fields(cls):
-        if not f.metadata.get("cli", True) or f.name in skip:
-            continue
-        kind = _type_of(f)
-        default = f.default if f.default is not dataclasses.MISSING else None
-        name = f"--{prefix}{f.name.replace('_', '-')}"
-        kwargs = {"dest": f"{prefix.replace('-', '_')}{f.name}", "help": f.metadata.get("help", ""),
-                  "default": argparse.SUPPRESS}
-        if kind is bool:
-            kwargs.update(action="store_true")
-        else:
-            kwargs.update(type={int: int, float: float}.get(kind, str))
-            if "metavar" in f.metadata:
-                kwargs["metavar"] = f.metadata["metavar"]
-            if default not in (None, "", ()) and not isinstance(default, tuple):
-                kwargs["help"] += f" (default {default})"
-        kwargs.update(overrides.get(f.name, {}))
-        parser.add_argument(kwargs.pop("flag", name), **kwargs)
-
-
-def values(args, cls, prefix: str = "", convert=None, skip=()) -> dict:
-    """The values of ``cls``'s flags that were given (present and not None), converted by ``convert[name]``."""
-    out = {}
-    for f in dataclasses.fields(cls):
-        dest = f"{prefix}{f.name}"
-        if f.name in skip or not f.metadata.get("cli", True):
-            continue
-        if hasattr(args, dest) and getattr(args, dest) is not None:
-            value = getattr(args, dest)
-            out[f.name] = (convert or {}).get(f.name, lambda v: v)(value)
-    return out
-
-
-def _csv(text: str | None) -> list[str]:
-    return [c.strip() for c in text.split(",") if c.strip()] if text else []
-
-
-def _pairs(items: list[str] | None, flag: str) -> dict:
-    from .errors import ConfigError
-
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key or not value:
-            raise ConfigError(f"{flag} takes KEY=VALUE, got {item!r}")
-        out[key] = value
-    return out
-
-
-def _json_or_file(text: str, flag: str) -> dict:
-    """A JSON object given inline, or the path of a JSON/YAML file holding one."""
-    import yaml
-
-    from .errors import ConfigError
-
-    try:
-        value = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(open(text))
-    except (OSError, ValueError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{flag} takes a JSON object or a JSON/YAML file: {exc}") from None
-    if not isinstance(value, dict):
-        raise ConfigError(f"{flag} must hold a JSON object (a mapping), got {type(value).__name__}")
-    return value
-
-
-def _json_object(text: str) -> dict:
-    from .errors import ConfigError
-
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise ConfigError(f"--params takes a JSON object such as '{{\"k\": 1}}', got {text!r} ({exc})") from None
-    if not isinstance(value, dict):
-        raise ConfigError(f"--params takes a JSON object such as '{{\"k\": 1}}', got {type(value).__name__} {text!r}")
-    return value
-
-
-def _model_arg(parser) -> None:
-    parser.add_argument("model_uri", metavar="MODEL_URI", help="path, file://, runs:/, models:/ URI")
-
-
-def _load_flags(parser) -> None:
-    parser.add_argument("--flavor", help="load with this flavor instead of the native one")
-    parser.add_argument("--cache-dir", default=os.environ.get("ARROWSCORE_CACHE_DIR"),
-                        help="where downloaded models are cached (env ARROWSCORE_CACHE_DIR)")
 
 
 # ---- info ----------------------------------------------------------------------------------------
@@ -169,8 +76,8 @@ def _info(args) -> int:
 
 def _add_info(sub) -> None:
     p = sub.add_parser("info", help="flavors, signature and requirements check of a model (read, not loaded)")
-    _model_arg(p)
-    _load_flags(p)
+    model_arg(p)
+    load_flags(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=_info)
 
@@ -180,27 +87,34 @@ def _predict(args) -> int:
     from .errors import ConfigError
     from .model import load_model, payload
 
-    extra = _json_object(args.params) if args.params else {}
-    if args.output:
-        payload.check_output(args.output)  # before the model runs, not after
-        if os.path.realpath(args.output) == os.path.realpath(args.input):
+    extra = json_object(args.params) if args.params else {}
+    output = None if args.output in (None, "-") else args.output
+    if output:
+        payload.check_output(output)  # before the model runs, not after
+        if args.input != "-" and os.path.realpath(output) == os.path.realpath(args.input):
             raise ConfigError(f"output {args.output!r} is the input; write the predictions to another file")
     model = load_model(args.model_uri, flavor=args.flavor, cache_dir=args.cache_dir)
     names = [f.name for f in model.input_schema] if model.input_schema else None
-    table, params = payload.read_input(args.input, names)
+    table, params = payload.read_input(args.input, names, args.content_type, sys.stdin.buffer)
     if extra:
         params = {**(params or {}), **extra}
     result = model.predict(table, params=params)
-    payload.write_output(result, args.output, sys.stdout)
+    payload.write_output(result, output, sys.stdout)
     return 0
 
 
 def _add_predict(sub) -> None:
+    from .model import payload
+
     p = sub.add_parser("predict", help="score one input file (json, csv, parquet), like `mlflow models predict`")
-    _model_arg(p)
-    _load_flags(p)
-    p.add_argument("-i", "--input", required=True, help="input .json (MLflow serving formats), .csv or .parquet")
-    p.add_argument("-o", "--output", help="output .json, .csv or .parquet (default: JSON on stdout)")
+    model_arg(p)
+    load_flags(p)
+    p.add_argument("-i", "--input-path", "--input", dest="input", default="-",
+                   help="input .json (MLflow serving formats), .csv or .parquet; - or none: stdin")
+    p.add_argument("-t", "--content-type", choices=payload.FORMATS,
+                   help="the input's format (default: its extension; json for stdin)")
+    p.add_argument("-o", "--output-path", "--output", dest="output",
+                   help="output .json, .csv or .parquet (default, or -: JSON on stdout)")
     p.add_argument("--params", help="inference params as a JSON object")
     p.set_defaults(run=_predict)
 
@@ -214,18 +128,56 @@ def _score(args) -> int:
     from .jobs.options import RayOptions, ScoreOptions, SparkOptions
     from .runners import score
 
-    given = {"ray": values(args, RayOptions, "ray_", {"runtime_env": lambda v: _json_or_file(v, "--ray-runtime-env")}),
-             "spark": values(args, SparkOptions, "spark_")}
+    given = {"ray": values(args, RayOptions, "ray_", {"runtime_env": lambda v: json_or_file(v, "--ray-runtime-env")}),
+             "spark": values(args, SparkOptions, "spark_", {"conf": lambda v: pairs(v, "--spark-conf")})}
     for runner, opts in given.items():
         if opts and args.runner != runner:
             raise ConfigError(f"the --{runner}-* options go with --runner {runner}; add --runner {runner} or drop them")
-    options = values(args, ScoreOptions, skip=_SCORE_SKIP, convert={"keep_columns": _csv, "feature_columns": _csv,
-                                                   "rename": lambda v: _pairs(v, "--rename"),
-                                                   "params": _json_object})
+    options = values(args, ScoreOptions, skip=_SCORE_SKIP, convert={**MODEL_CONVERT, "keep_columns": csv_list,
+                                                                     "rename": lambda v: pairs(v, "--rename")})
+    if args.dry_run:
+        return _dry_run(args, options)
     report = score(args.model_uri, args.input, args.output, runner=args.runner,
                    runner_options=given.get(args.runner), progress=False if args.no_progress else None, **options)
-    print(report)
+    _print_report(report, args.json)
     return 0
+
+
+def _dry_run(args, options: dict) -> int:
+    """The plan of a score job: checked as the job checks it, nothing scored or written."""
+    from .jobs.options import ScoreOptions
+    from .jobs.parquet import plan_parquet_job
+    from .model import load_model
+
+    opts = ScoreOptions(**options)
+    model = load_model(args.model_uri, **opts.load_kwargs())
+    plan = {"runner": args.runner, **plan_parquet_job(model, args.input, args.output, opts)}
+    if args.json:
+        print(json.dumps(plan, indent=2))
+        return 0
+    out = plan["output"]
+    print(f"would score {plan['rows']:,} rows from {len(plan['files'])} files with {plan['model']} "
+          f"(flavor {plan['flavor']}, runner {plan['runner']})")
+    for f in plan["files"]:
+        print(f"  {f['path']}  {f['rows']:,} rows")
+    print(f"columns read: {', '.join(plan['columns_read'])}")
+    print(f"output: {out['path']} (mode {out['mode']}, {out['part_files']} part files, {out['files_there_now']} "
+          f"files there now), columns {', '.join(out['columns']) if out['columns'] else '(from the first batch)'}"
+          + (f", partitioned by {out['partition_by']}" if out["partition_by"] else ""))
+    if plan["dead_letter"]:
+        print(f"rejected rows: {plan['dead_letter']}")
+    return 0
+
+
+def _print_report(report, as_json: bool) -> None:
+    """The report as the human line, or as one JSON object (its fields, and rows_per_s where it has one)."""
+    if not as_json:
+        print(report)
+        return
+    doc = dataclasses.asdict(report)
+    if hasattr(report, "rows_per_s"):
+        doc["rows_per_s"] = report.rows_per_s
+    print(json.dumps(doc, default=str))
 
 
 def _add_score(sub) -> None:
@@ -235,55 +187,37 @@ def _add_score(sub) -> None:
     from .runners import RUNNERS
 
     p = sub.add_parser("score", help="score a Parquet file, directory or glob into a Parquet directory")
-    _model_arg(p)
-    p.add_argument("input", metavar="INPUT", help="Parquet file, directory (hive partitions too), glob, or s3://...")
-    p.add_argument("output", metavar="OUTPUT", help="output directory (local or s3://...)")
+    model_arg(p)
+    positional(p, "input", "INPUT", "Parquet file, directory (hive partitions too), glob, or s3://...",
+                "-i", "--input-path")
+    positional(p, "output", "OUTPUT", "output directory (local or s3://...)", "-o", "--output-path")
     p.add_argument("--runner", choices=sorted(RUNNERS), default="local",
                    help="local (default), ray or spark (with arrowscore[ray|spark])")
-    add_flags(p, ScoreOptions, skip=_SCORE_SKIP,
-              cache_dir={"default": os.environ.get("ARROWSCORE_CACHE_DIR"),
-                         "help": "where downloaded models are cached (env ARROWSCORE_CACHE_DIR)"},
+    add_flags(p, ScoreOptions, skip=_SCORE_SKIP, **model_flags(),
               keep_columns={"metavar": "COL,COL", "help": "comma-separated input columns to copy to the output"},
-              feature_columns={"metavar": "COL,COL",
-                               "help": "comma-separated scalar columns that make up a tensor input, in order"},
               mode={"choices": MODES}, rename={"action": "append", "metavar": "OLD=NEW",
                                                "help": "rename an output column (repeatable)"},
-              params={"help": "inference params as a JSON object, for every batch"},
               # one value each, so that they may come before the positionals too
               on_error={"choices": ON_ERROR, "help": "rows failing the signature: stop (fail, the default) or "
                                                      "write them to --dead-letter PATH (dead-letter)"},
               dead_letter={"metavar": "PATH", "help": "Parquet file for the rejected rows (with --on-error dead-letter)"})
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the job and print its plan (files, rows from the footers, columns read, output), "
+                        "without scoring or writing anything")
     add_flags(p, RayOptions, prefix="ray-")
-    add_flags(p, SparkOptions, prefix="spark-")
+    add_flags(p, SparkOptions, prefix="spark-", conf={"action": "append", "metavar": "KEY=VALUE",
+                                                      "help": "a Spark setting for the session arrowscore starts "
+                                                              "(repeatable), as spark-submit's --conf"})
     p.set_defaults(run=_score)
 
 
 # ---- stream --------------------------------------------------------------------------------------
-def _properties(path: str) -> dict:
-    """A Java-style properties file: KEY=VALUE lines, # or ! comments, blank lines."""
-    from .errors import ConfigError
-
-    try:
-        lines = open(path, encoding="utf-8").read().splitlines()
-    except OSError as exc:
-        raise ConfigError(f"--kafka-config {path!r} cannot be read: {exc.strerror}") from None
-    out = {}
-    for n, line in enumerate(lines, 1):
-        line = line.strip()
-        if not line or line[0] in "#!":
-            continue
-        key, sep, value = line.partition("=")
-        if not sep or not key.strip():  # the line is not echoed: it may hold a secret
-            raise ConfigError(f"{path}:{n} is not a KEY=VALUE line; --kafka-config takes KEY=VALUE lines and # comments")
-        out[key.strip()] = value.strip()
-    return out
-
-
 def _kafka_settings(args) -> dict:
     """client_config, consumer_config, producer_config from --kafka-config then -X (the command line wins);
     a ``consumer.`` or ``producer.`` prefix sends a setting to that client alone."""
-    given = {**(_properties(args.kafka_config) if args.kafka_config else {}), **_pairs(args.X, "-X")}
+    given = {**(properties(args.kafka_config) if args.kafka_config else {}), **pairs(args.X, "-X")}
     out = {"client_config": {}, "consumer_config": {}, "producer_config": {}}
     for key, value in given.items():
         role, _, rest = key.partition(".")
@@ -298,9 +232,9 @@ def _stream(args) -> int:
     from .jobs.options import StreamOptions
     from .runners.stream import stream
 
-    options = values(args, StreamOptions, convert={"keep_columns": _csv})
+    options = values(args, StreamOptions, convert={**MODEL_CONVERT, "keep_columns": csv_list}, skip=("model_config",))
     report = stream(args.model_uri, handle_signals=True, **_kafka_settings(args), **options)
-    print(report)
+    _print_report(report, args.json)
     return 0
 
 
@@ -310,9 +244,9 @@ def _add_stream(sub) -> None:
     from .jobs.options import GUARANTEES, StreamOptions
 
     p = sub.add_parser("stream", help="score a Kafka topic into another, continuously")
-    _model_arg(p)
+    model_arg(p)
     required = {n: {"required": True} for n in ("bootstrap_servers", "input_topic", "output_topic", "group_id")}
-    add_flags(p, StreamOptions, guarantee={"choices": GUARANTEES},
+    add_flags(p, StreamOptions, skip=("model_config",), **model_flags(), guarantee={"choices": GUARANTEES},
               value_format={"choices": FORMATS, "flag": "--format"},
               keep_columns={"metavar": "COL,COL", "default": None,
                             "help": "comma-separated input fields or pass-through columns (_key, _partition, "
@@ -324,6 +258,7 @@ def _add_stream(sub) -> None:
     p.add_argument("--kafka-config", metavar="FILE",
                    help="a properties file of such settings (KEY=VALUE lines, # comments), read before -X: "
                         "keeps SASL secrets out of the command line")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.set_defaults(run=_stream)
 
 
@@ -343,7 +278,7 @@ def _add_serve(sub) -> None:
     p.add_argument("models", nargs="*", metavar="MODEL",
                    help="model URI, or NAME=URI (several allowed); none: /opt/ml/model under SageMaker, "
                         "AIP_STORAGE_URI under Vertex AI, else ARROWSCORE_MODEL")
-    _load_flags(p)
+    load_flags(p)
     add_flags(p, ServeOptions)
     p.set_defaults(run=_serve)
 
@@ -355,9 +290,13 @@ def _run(args) -> int:
     options = RunOptions(**values(args, RunOptions))
     # the scheduled mode stops after its current run on SIGTERM; --once stops at once, like score
     result = run_job(args.job, once=options.once, dry_run=options.dry_run, rerun=options.rerun, output=options.output,
+                     cache_dir=options.cache_dir,
                      handle_signals=not (options.once or options.dry_run or options.rerun))
+    if isinstance(result, list) and args.json:  # a scheduled job's runs, in one object
+        print(json.dumps({"runs": [dataclasses.asdict(r) for r in result]}, default=str))
+        return 0
     for report in result if isinstance(result, list) else [result]:
-        print(report)
+        _print_report(report, args.json)
     return 0
 
 
@@ -366,7 +305,10 @@ def _add_run(sub) -> None:
 
     p = sub.add_parser("run", help="run a job file: score the input files it has not scored, on its schedule or once")
     p.add_argument("job", metavar="JOB.yaml", help="the job file (name, model, input, output, schedule, ...)")
-    add_flags(p, RunOptions)
+    add_flags(p, RunOptions, cache_dir={"default": os.environ.get("ARROWSCORE_CACHE_DIR"),
+                                        "help": "where downloaded models are cached, for a job file that names no "
+                                                "cache_dir (env ARROWSCORE_CACHE_DIR)"})
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.set_defaults(run=_run)
 
 
@@ -403,13 +345,69 @@ def _add_runs(sub) -> None:
     p.set_defaults(run=_runs)
 
 
+# ---- cache ---------------------------------------------------------------------------------------
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return ""
+
+
+def _cache(args) -> int:
+    import datetime
+
+    from .errors import ConfigError
+    from .model import cache
+
+    root = args.cache_dir or str(cache.default_cache_dir())
+    if args.action == "prune":
+        if args.all == (args.older_than_days is not None):
+            raise ConfigError("cache prune needs exactly one of --older-than-days N (entries not used for N days) "
+                               "or --all")
+        if args.older_than_days is not None and args.older_than_days < 0:
+            raise ConfigError(f"--older-than-days must be 0 or more, got {args.older_than_days:g}")
+        found = cache.prune(root, None if args.all else args.older_than_days)
+    else:
+        found = cache.entries(root)
+    if args.json:
+        print(json.dumps({"cache_dir": root, "entries": [dataclasses.asdict(e) for e in found]}))
+        return 0
+    if args.action == "prune":
+        print(f"removed {len(found)} cached models ({_size(sum(e.bytes for e in found))}) from {root}")
+    elif not found:
+        print(f"no cached models in {root}")
+    for e in found:
+        used = datetime.datetime.fromtimestamp(e.last_used).isoformat(" ", "seconds")
+        print(f"{e.uri or '(unknown URI)'}  {_size(e.bytes)}  last used {used}  {e.path}")
+    return 0
+
+
+def _add_cache(sub) -> None:
+    p = sub.add_parser("cache", help="the downloaded-model cache: list its entries, or prune them")
+    p.add_argument("action", choices=("list", "prune"), help="list: URI, size, last used (least recent first); "
+                                                              "prune: remove entries")
+    p.add_argument("--cache-dir", default=os.environ.get("ARROWSCORE_CACHE_DIR"),
+                   help="the cache (env ARROWSCORE_CACHE_DIR; default $XDG_CACHE_HOME/arrowscore/models, "
+                        "else ~/.cache/arrowscore/models)")
+    p.add_argument("--older-than-days", type=float, metavar="N", help="prune: entries not used for N days")
+    p.add_argument("--all", action="store_true", help="prune: every entry")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run=_cache)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="arrowscore", description="Score MLflow models fast, on Arrow batches.",
                                 epilog=EXIT, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    from . import __version__
+
+    p.add_argument("--version", action="version", version=f"arrowscore {__version__}")
+    log_flags(p)
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (_add_info, _add_predict, _add_score, _add_stream, _add_serve, _add_run, _add_runs):
+    for add in (_add_info, _add_predict, _add_score, _add_stream, _add_serve, _add_run, _add_runs, _add_cache):
         add(sub)
+    for command in sub.choices.values():  # before or after the subcommand alike
+        log_flags(command)
     return p
 
 
@@ -420,14 +418,17 @@ _PATH_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirec
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
+    flagged = ["/".join(f) for d, _, f in getattr(args, "_places", None) or [] if getattr(args, d) is not None]
+    extra = place(args, extra)
     if extra:
         hint = ""
         if getattr(args, "on_error", None) == "dead-letter" and getattr(args, "dead_letter", None) is None:
             hint = " (--on-error takes one value; give the rejected rows' path with --dead-letter PATH)"
-        parser.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    from .errors import EngineError, ScoringError
+        if flagged and not hint:
+            hint = f" ({', '.join(flagged)} given as a flag: give each argument once, by position or by flag)"
+        getattr(args, "_parser", parser).error(f"unrecognized arguments: {' '.join(extra)}{hint}")
+    setup_logging(args)
+    from .errors import EngineError, ScoringError, UnavailableError, unreachable
 
     if args.command in ("score", "predict") or (args.command == "run" and any(
             getattr(args, flag, None) for flag in ("once", "dry_run", "rerun"))):
@@ -442,8 +443,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except EngineError as exc:
         print(f"arrowscore: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1 if isinstance(exc, ScoringError) else 2
-    except OSError as exc:  # the system's own words say which path
+        return 3 if isinstance(exc, UnavailableError) else 1 if isinstance(exc, ScoringError) else 2
+    except OSError as exc:  # the system's own words say which path or host
         print(f"arrowscore: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, _PATH_ERRORS) else 1
+        return 3 if unreachable(exc) else 2 if isinstance(exc, _PATH_ERRORS) else 1
 

@@ -64,9 +64,12 @@ def test_onnx_tensor_from_list_column(logged_models):
 
 def test_registry_download_is_cached(logged_models, tmp_path):
     case = logged_models["xgboost_booster"]
+    from engine.model import cache
+
     first = engine.load_model(case.uris["alias"], cache_dir=tmp_path)
-    entries = sorted(p.name for p in tmp_path.iterdir())
-    assert len(entries) == 1 and first.path.parent == tmp_path
+    entries = [e.path for e in cache.entries(tmp_path)]
+    assert entries == [str(first.path)] and first.path.parent == tmp_path
     second = engine.load_model(case.uris["version"], cache_dir=tmp_path)  # same model id: same cache entry
     assert second.path == first.path
-    assert sorted(p.name for p in tmp_path.iterdir()) == entries
+    assert [e.path for e in cache.entries(tmp_path)] == entries
+    assert sorted(p.name for p in tmp_path.iterdir()) == [first.path.name, first.path.name + ".json"]

@@ -132,6 +132,18 @@ def test_dry_run_lists_what_would_be_scored_and_why_and_writes_nothing(job):
     assert len(run_history(job)) == 1  # a dry run is no run
 
 
+def test_run_json_prints_one_object(job):
+    import json
+
+    out = _cli("run", job, "--once", "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert (doc["files"], doc["rows"], doc["rows_scored"], doc["status"]) == (3, 3 * ROWS, 3 * ROWS, "succeeded")
+    assert doc["run_id"] == run_history(job)[0].run_id
+    dry = json.loads(_cli("run", job, "--dry-run", "--json").stdout)
+    assert dry["dry_run"] is True and dry["planned"] == [] and dry["input_files"] == 3
+
+
 def test_runs_prints_the_history(job):
     for _ in range(2):
         assert _cli("run", job, "--once").returncode == 0
@@ -209,6 +221,30 @@ def test_a_bad_job_file_on_the_command_line_is_one_line_and_exit_2(tmp_path):
     out = _cli("run", tmp_path / "job.yaml", "--once")
     assert out.returncode == 2
     assert out.stderr.strip().endswith("job.yaml line 5: batch_rows must be an integer, got bool True")
+
+
+def test_cache_dir_flag_and_env_for_a_job_file_without_one(tmp_path):
+    from mlflow import MlflowClient
+
+    from engine.model import cache
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("cache", artifact_location=(tmp_path / "artifacts").as_uri())
+    run = client.create_run(experiment).info.run_id
+    client.log_artifacts(run, str(engine.save_model(tmp_path / "model", _double, signature=SIGNATURE)), "model")
+    (tmp_path / "in").mkdir()
+    _write(tmp_path / "in", 0)
+    job = _job(tmp_path, f"runs:/{run}/model")
+    env = {"MLFLOW_TRACKING_URI": uri, "XDG_CACHE_HOME": str(tmp_path / "xdg"), "ARROWSCORE_CACHE_DIR": ""}
+    out = _cli("run", job, "--once", "--cache-dir", tmp_path / "flag", env=env)
+    assert out.returncode == 0, out.stderr
+    assert [e.uri for e in cache.entries(tmp_path / "flag")] == [f"runs:/{run}/model"]
+    assert not (tmp_path / "xdg").exists()
+    _write(tmp_path / "in", 1)
+    out = _cli("run", job, "--once", env={**env, "ARROWSCORE_CACHE_DIR": str(tmp_path / "env")})
+    assert out.returncode == 0, out.stderr
+    assert [e.uri for e in cache.entries(tmp_path / "env")] == [f"runs:/{run}/model"]
 
 
 # ---- model versions --------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -194,6 +195,44 @@ def test_cli_spark_runner_without_pyspark_python(logged_models, tmp_path):
                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     assert_same_predictions(pq.read_table(tmp_path / "out").select(["prediction"]), case.expected)
+
+
+def test_cli_spark_master_and_conf(logged_models, tmp_path):
+    """--spark-master and --spark-conf reach the session arrowscore starts: its event log says so."""
+    case = logged_models["xgboost_booster"]
+    (tmp_path / "in").mkdir()
+    pq.write_table(case.arrow_input, tmp_path / "in" / "a.parquet")
+    (tmp_path / "events").mkdir()
+    cli = [sys.executable, "-m", "engine", "score", case.uris["path"], str(tmp_path / "in"), str(tmp_path / "out"),
+           "--runner", "spark", "--spark-master", "local[1]", "--spark-conf", "spark.eventLog.enabled=true",
+           "--spark-conf", "spark.eventLog.compress=false",
+           "--spark-conf", f"spark.eventLog.dir={(tmp_path / 'events').as_uri()}", "--spark-conf",
+           "spark.app.name=cli-conf-test", "--no-progress", "--json"]
+    run = subprocess.run(cli, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads(run.stdout)["runner"] == "spark"
+    assert_same_predictions(pq.read_table(tmp_path / "out").select(["prediction"]), case.expected)
+    (app,) = list((tmp_path / "events").iterdir())  # one application: a file, or a folder of them (event log v2)
+    text = "".join(f.read_text() for f in [app, *app.rglob("*")] if f.is_file())
+    assert '"spark.master":"local[1]"' in text and '"spark.app.name":"cli-conf-test"' in text
+    bad = subprocess.run([sys.executable, "-m", "engine", "score", case.uris["path"], str(tmp_path / "in"),
+                          str(tmp_path / "out2"), "--runner", "spark", "--spark-conf", "spark.executor.memory"],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert bad.returncode == 2 and "--spark-conf takes KEY=VALUE, got 'spark.executor.memory'" in bad.stderr
+    alone = subprocess.run([sys.executable, "-m", "engine", "score", case.uris["path"], str(tmp_path / "in"),
+                            str(tmp_path / "out2"), "--spark-conf", "a=b"], capture_output=True, text=True, timeout=300)
+    assert alone.returncode == 2 and "add --runner spark" in alone.stderr
+
+
+def test_conf_cannot_change_a_running_session(spark, logged_models, tmp_path):
+    case = logged_models["xgboost_booster"]
+    (tmp_path / "in").mkdir()
+    pq.write_table(case.arrow_input, tmp_path / "in" / "a.parquet")
+    with pytest.raises(engine.ConfigError, match=r"a Spark session is already running in this process, so the "
+                                                 r"settings \['spark.executor.memory'\] cannot be applied"):
+        engine.score(case.uris["path"], tmp_path / "in", tmp_path / "out", runner="spark",
+                     runner_options={"conf": {"spark.executor.memory": "2g"}})
+    assert not (tmp_path / "out").exists()
 
 
 def test_success_marker_comes_last(spark, logged_models, tmp_path, monkeypatch):

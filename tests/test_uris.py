@@ -57,8 +57,11 @@ def test_plain_paths_are_not_percent_decoded(model_dir):
 
 def test_home_is_expanded(monkeypatch, tmp_path, model_dir):
     monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     assert uris.resolve(f"~/{model_dir.name}") == model_dir
     assert uris.default_cache_dir() == tmp_path / ".cache" / "arrowscore" / "models"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # the platform's place for caches, when set
+    assert uris.default_cache_dir() == tmp_path / "xdg" / "arrowscore" / "models"
 
 
 @pytest.mark.parametrize("uri, shown", [("/no/such/model", "/no/such/model"),
@@ -132,7 +135,7 @@ def test_a_second_resolve_reuses_the_cache(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(mlflow.artifacts, "download_artifacts", no_download)
     assert uris.resolve(f"runs:/{tiny}/model", tmp_path) == first
     assert uris.resolve(f"runs:/{tiny}/model/", tmp_path) == first  # same content key
-    assert [p.name for p in tmp_path.iterdir()] == [first.name]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [first.name, first.name + ".json"]  # the entry, its record
 
 
 @LATEST_IS_DEPRECATED

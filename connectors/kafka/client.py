@@ -7,7 +7,7 @@ producer that delivers them, acknowledged (at-least-once) or in transactions (ex
     sink.begin(); sink.produce("scores", b"...", msgs[0].key()); sink.commit(source, msgs)
 
 Brokers that do not answer for ``broker_timeout_s`` (at start, or once librdkafka reports them all
-down) raise one ConnectorError; librdkafka's own log lines, which repeat many times a second while
+down) raise one UnavailableError (a ConnectorError); librdkafka's own log lines, which repeat many times a second while
 brokers are down, go to the ``arrowscore.kafka`` logger at debug level.
 """
 
@@ -17,7 +17,7 @@ import logging
 import time
 from contextlib import contextmanager
 
-from engine.errors import ConnectorError, TransactionAborted, require
+from engine.errors import ConnectorError, TransactionAborted, UnavailableError, require
 
 __all__ = ["KafkaSource", "KafkaSink"]
 
@@ -77,9 +77,9 @@ class _Brokers:
         elif time.monotonic() - self.down_since >= self.timeout_s:
             raise self.error()
 
-    def error(self) -> ConnectorError:
+    def error(self) -> UnavailableError:
         why = f" (last error: {self.reason})" if self.reason else ""
-        return ConnectorError(f"the Kafka brokers at {self.servers} could not be reached for {self.timeout_s:g} s{why}; "
+        return UnavailableError(f"the Kafka brokers at {self.servers} could not be reached for {self.timeout_s:g} s{why}; "
                               "check --bootstrap-servers and that the brokers are up, or wait longer with "
                               "--broker-timeout-s")
 
@@ -132,7 +132,7 @@ class KafkaSource:
 
     def consume(self, max_messages: int, max_wait_ms: int, stop=None) -> list:
         """Up to ``max_messages``: wait (up to 0.5 s) for the first, then at most ``max_wait_ms`` more.
-        Raises ConnectorError once the brokers have been down for ``broker_timeout_s``."""
+        Raises UnavailableError once the brokers have been down for ``broker_timeout_s``."""
         self._revoked.clear()
         msgs = self._settled(self._checked(self.consumer.consume(1, 0.5)))
         if not msgs:

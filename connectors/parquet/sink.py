@@ -90,7 +90,7 @@ class ParquetSink:
     # ---- lifecycle ---------------------------------------------------------------------------
     def check(self) -> None:
         """Refuse, before any work, an output that is a file, or is not empty in mode error."""
-        visible = self._visible_files()
+        visible = self.visible_files()
         if visible and self.mode == "error":
             raise ConnectorError(f"output {self.uri!r} is not empty ({len(visible)} files); choose an empty "
                                  "location, or pass mode 'overwrite' or 'append' (--mode)")
@@ -114,7 +114,7 @@ class ParquetSink:
                 self.lock.clean_stale()  # first: an output a killed job had moved aside comes back
             self.check()  # again under the lock: the job that held it may have committed meanwhile
             if self.mode == "append":
-                parts = sorted(p for p in self._visible_files() if p.endswith(".parquet"))
+                parts = sorted(p for p in self.visible_files() if p.endswith(".parquet"))
                 self._existing = pq.read_schema(parts[0], filesystem=self.fs) if parts else None
             self.fs.create_dir(self._staging, recursive=True)
         except BaseException:
@@ -191,7 +191,8 @@ class ParquetSink:
             self._files.append(rel)
         return writer
 
-    def _visible_files(self) -> list[str]:
+    def visible_files(self) -> list[str]:
+        """The output's files a reader sees now (its parts and _SUCCESS)."""
         info = self.fs.get_file_info(self.path)
         if info.type == pafs.FileType.NotFound:
             return []
@@ -223,7 +224,7 @@ class ParquetSink:
 
     def _move_files(self, staged: list[str]) -> list[str]:
         if self.mode == "overwrite":
-            for path in self._visible_files():
+            for path in self.visible_files():
                 self.fs.delete_file(path)
         final = []
         for rel in staged:

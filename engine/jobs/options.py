@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from ..errors import ConfigError
 
-__all__ = ["ScoreOptions", "ScoreReport", "LocalOptions", "RayOptions", "SparkOptions", "StreamOptions",
+__all__ = ["ModelOptions", "ScoreOptions", "ScoreReport", "LocalOptions", "RayOptions", "SparkOptions", "StreamOptions",
            "StreamReport", "ON_ERROR", "GUARANTEES", "runner_options"]
 
 ON_ERROR = ("fail", "dead-letter")
@@ -65,7 +65,30 @@ def _at_least(obj, minimum, *names) -> None:
 
 
 @dataclass(frozen=True)
-class ScoreOptions:
+class ModelOptions:
+    """How a mode loads and calls its model: the options batch jobs and streams share."""
+
+    params: dict | None = _opt(None, "inference params for every batch, checked against the params schema")
+    feature_columns: tuple | None = _opt(None, "scalar columns that make up a tensor input, in order")
+    model_config: dict | None = _opt(None, "overrides for a python_function model's model_config")
+    flavor: str | None = _opt(None, "load with this flavor instead of the native one")
+    cache_dir: str | None = _opt(None, "where downloaded models are cached")
+
+    def __post_init__(self):
+        if self.feature_columns is not None:
+            object.__setattr__(self, "feature_columns", _names(self.feature_columns, "feature_columns") or None)
+        if self.params is not None and not isinstance(self.params, dict):
+            raise ConfigError(f"params must be a mapping of name to value, got {type(self.params).__name__} "
+                              f"{self.params!r}; decode JSON with json.loads first")
+
+    def load_kwargs(self) -> dict:
+        """The ``load_model`` arguments these options imply."""
+        return {"feature_columns": list(self.feature_columns) if self.feature_columns else None,
+                "model_config": self.model_config, "flavor": self.flavor, "cache_dir": self.cache_dir}
+
+
+@dataclass(frozen=True)
+class ScoreOptions(ModelOptions):
     """Everything a batch job can be told; validated once, passed to whichever runner runs it."""
 
     keep_columns: tuple = _opt((), "input columns to copy to the output (ids, ...)")
@@ -78,13 +101,8 @@ class ScoreOptions:
     row_group_rows: int | None = _opt(None, "rows per output row group")
     partition_by: str | None = _opt(None, "write output partitioned by this (kept) column")
     rename: dict = _opt({}, "rename output columns {old: new}")
-    params: dict | None = _opt(None, "inference params for every batch, checked against the params schema")
     read_ahead: int = _opt(4, "batches in flight between reading, scoring and writing")
     progress: bool | None = _opt(None, "None: a bar on a terminal, log lines otherwise")
-    feature_columns: tuple | None = _opt(None, "scalar columns that make up a tensor input, in order")
-    model_config: dict | None = _opt(None, "overrides for a python_function model's model_config")
-    flavor: str | None = _opt(None, "load with this flavor instead of the native one")
-    cache_dir: str | None = _opt(None, "where downloaded models are cached")
     input_files: tuple | None = _opt(None, "score only these of the input's files (as list_files names them): "
                                            "scheduled jobs pass the new ones", cli=False)
 
@@ -92,14 +110,10 @@ class ScoreOptions:
         from connectors.parquet import MODES
 
         object.__setattr__(self, "keep_columns", _names(self.keep_columns, "keep_columns"))
+        super().__post_init__()
         object.__setattr__(self, "rename", dict(self.rename or {}))
-        if self.feature_columns is not None:
-            object.__setattr__(self, "feature_columns", _names(self.feature_columns, "feature_columns") or None)
         if self.input_files is not None:
             object.__setattr__(self, "input_files", _names(self.input_files, "input_files"))
-        if self.params is not None and not isinstance(self.params, dict):
-            raise ConfigError(f"params must be a mapping of name to value, got {type(self.params).__name__} "
-                              f"{self.params!r}; decode JSON with json.loads first")
         _at_least(self, 1, "batch_rows", "read_ahead", "row_group_rows")
         if self.mode not in MODES:
             raise ConfigError(f"mode {self.mode!r} is not one of {MODES}")
@@ -117,11 +131,6 @@ class ScoreOptions:
         if not _codec_available(self.compression):
             raise ConfigError(f"compression {self.compression!r} is not one this pyarrow writes; use snappy, zstd, "
                               "gzip, brotli, lz4 or none")
-
-    def load_kwargs(self) -> dict:
-        """The ``load_model`` arguments these options imply."""
-        return {"feature_columns": list(self.feature_columns) if self.feature_columns else None,
-                "model_config": self.model_config, "flavor": self.flavor, "cache_dir": self.cache_dir}
 
 
 @dataclass(frozen=True)
@@ -157,7 +166,14 @@ class SparkOptions:
     """The Spark runner's options (``--spark-*``)."""
 
     master: str | None = _opt(None, "Spark master (default: spark-submit's, else local[*])")
+    conf: dict = _opt({}, "Spark settings for the session arrowscore starts (spark.executor.memory, ...)",
+                      metavar="KEY=VALUE")
     load_log: str | None = _opt(None, "append one line per model load in a worker (tests count loads)", cli=False)
+
+    def __post_init__(self):
+        if not isinstance(self.conf, dict):
+            raise ConfigError(f"conf must be a mapping of Spark setting to value, got {type(self.conf).__name__}")
+        object.__setattr__(self, "conf", {str(k): str(v) for k, v in self.conf.items()})
 
 
 RUNNER_OPTIONS = {"local": LocalOptions, "ray": RayOptions, "spark": SparkOptions}
@@ -214,7 +230,7 @@ class ScoreReport:
 
 
 @dataclass(frozen=True)
-class StreamOptions:
+class StreamOptions(ModelOptions):
     """A Kafka stream: where from, where to, with which guarantee (``arrowscore stream``)."""
 
     bootstrap_servers: str = _opt("", "Kafka bootstrap servers, host:port[,...]")
@@ -235,13 +251,14 @@ class StreamOptions:
     transactional_id: str | None = _opt(None, "exactly-once: this replica's transactional.id, unique per replica "
                                               "(default arrowscore-GROUP-TOPIC-HOST-PID-RANDOM)")
     stats_every_s: float = _opt(10.0, "seconds between progress log lines")
-    max_messages: int | None = _opt(None, "stop after this many input messages (tests, backfills)", cli=False)
-    idle_timeout_s: float | None = _opt(None, "stop after this long without messages", cli=False)
+    max_messages: int | None = _opt(None, "stop after this many input messages (tests, backfills)")
+    idle_timeout_s: float | None = _opt(None, "stop after this many seconds without messages (backfills)")
     broker_timeout_s: float = _opt(60.0, "fail when no Kafka broker has answered for this long, at start or later")
 
     def __post_init__(self):
         from connectors.kafka import FORMATS
 
+        super().__post_init__()
         object.__setattr__(self, "keep_columns", _names(self.keep_columns, "keep_columns"))
         if self.guarantee not in GUARANTEES:
             raise ConfigError(f"guarantee {self.guarantee!r} is not one of {GUARANTEES}")

@@ -11,7 +11,7 @@ import pyarrow as pa
 from ..errors import ConfigError
 from .scoring import JobScorer
 
-__all__ = ["check_paths", "open_parquet_job", "commit_parquet_job", "dead_letters", "check_dead_letter_columns"]
+__all__ = ["check_paths", "open_parquet_job", "plan_parquet_job", "commit_parquet_job", "dead_letters", "check_dead_letter_columns"]
 
 log = logging.getLogger("arrowscore.job")
 
@@ -60,6 +60,19 @@ def open_parquet_job(model, input: str, output: str, options, filesystem=None):
     the dead-letter file and the sink: each takes its path's lock (a second job there is refused),
     refuses a path it would overwrite without mode overwrite, and removes what killed jobs staged.
     """
+    source, parts, sink = _open_source(model, input, output, options, filesystem)
+    dead = dead_letters(options, filesystem)
+    dead.open()
+    try:
+        sink.open()
+    except BaseException:
+        dead.abort()
+        raise
+    return source, parts, sum(p.num_rows for p in parts), sink, dead
+
+
+def _open_source(model, input: str, output: str, options, filesystem=None):
+    """(source, parts, sink not opened yet), the paths checked and every footer read."""
     from connectors.parquet import ParquetSink, ParquetSource
 
     check_paths(input, output, options, filesystem, model.path)
@@ -71,14 +84,26 @@ def open_parquet_job(model, input: str, output: str, options, filesystem=None):
     parts = source.parts()
     sink = ParquetSink(output, mode=options.mode, compression=options.compression,
                        row_group_rows=options.row_group_rows, partition_by=options.partition_by, filesystem=filesystem)
-    dead = dead_letters(options, filesystem)
-    dead.open()
-    try:
-        sink.open()
-    except BaseException:
-        dead.abort()
-        raise
-    return source, parts, sum(p.num_rows for p in parts), sink, dead
+    return source, parts, sink
+
+
+def plan_parquet_job(model, input: str, output: str, options, filesystem=None) -> dict:
+    """What a job would do, refused where the job would be, without scoring or writing anything: the
+    input files with their rows (from the footers), the columns read, and the output plan."""
+    job = JobScorer.from_options(model, options)  # clashes and renames, as the job checks them
+    source, parts, sink = _open_source(model, input, output, options, filesystem)
+    sink.check()
+    out = job.output_names(model.output_schema) if model.output_schema is not None else None
+    return {
+        "model": str(model.path), "flavor": model.flavor,
+        "files": [{"path": p.path, "rows": p.num_rows} for p in parts],
+        "rows": sum(p.num_rows for p in parts),
+        "columns_read": source.columns or source.schema.names,
+        "output": {"path": output, "mode": options.mode, "part_files": len(parts),
+                   "files_there_now": len(sink.visible_files()), "columns": out, "partition_by": options.partition_by, "compression": options.compression,
+                   "row_group_rows": options.row_group_rows},
+        "dead_letter": options.dead_letter if options.on_error == "dead-letter" else None,
+    }
 
 
 def check_dead_letter_columns(columns, options) -> None:

@@ -21,7 +21,7 @@ import pyarrow as pa
 from . import convert
 from ..errors import ConfigError
 
-__all__ = ["decode_json", "decode_doc", "FloatRows", "read_input", "encode_json", "write_output", "check_output", "jsonable"]
+__all__ = ["decode_json", "decode_doc", "FloatRows", "read_input", "FORMATS", "encode_json", "write_output", "check_output", "jsonable"]
 
 KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 
@@ -214,35 +214,51 @@ def _table(key: str, value, names) -> pa.Table:
     return _tensor_or_table(value, names)
 
 
-def read_input(path: str | Path, names: list[str] | None = None) -> tuple[pa.Table, dict | None]:
-    """Read a .json, .csv or .parquet input file (format from the extension)."""
+FORMATS = ("json", "csv", "parquet")
+_SUFFIXES = {".json": "json", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+
+def read_input(path: str | Path, names: list[str] | None = None, fmt: str | None = None,
+               stdin=None) -> tuple[pa.Table, dict | None]:
+    """Read a json, csv or parquet input: ``fmt`` when given, else the file's extension. ``-`` reads
+    ``stdin`` (a binary stream), JSON unless ``fmt`` says otherwise, as ``mlflow models predict`` does."""
+    if fmt is not None and fmt not in FORMATS:
+        raise ConfigError(f"content type {fmt!r} is not one of {list(FORMATS)}")
+    if str(path) == "-":
+        data = stdin.read()
+        return _decode(pa.BufferReader(data), fmt or "json", "stdin", len(data), data, names)
     p = Path(path)
     if p.is_dir():
         raise ConfigError(f"input {str(p)!r} is a directory; predict reads one file (.json, .csv or .parquet): "
                           "name a file, or score a Parquet directory with `arrowscore score`")
     if not p.is_file():
         raise ConfigError(f"input file {str(p)!r} does not exist")
-    suffix = p.suffix.lower()
-    if suffix == ".json":
-        return decode_json(p.read_bytes(), names)
-    if suffix == ".csv":
+    fmt = fmt or _SUFFIXES.get(p.suffix.lower())
+    if fmt is None:
+        raise ConfigError(f"cannot read {p.name!r}: the input must end in .json, .csv or .parquet, or name its "
+                          "format with -t/--content-type json|csv|parquet")
+    return _decode(p, fmt, repr(p.name), p.stat().st_size, None, names)
+
+
+def _decode(source, fmt: str, name: str, size: int, data: bytes | None, names) -> tuple[pa.Table, dict | None]:
+    if fmt == "json":
+        return decode_json(data if data is not None else Path(source).read_bytes(), names)
+    if fmt == "csv":
         import pyarrow.csv as pcsv
 
-        if p.stat().st_size == 0:
-            raise ConfigError(f"input {p.name!r} is empty; a CSV input needs a header line and one line per row")
+        if size == 0:
+            raise ConfigError(f"input {name} is empty; a CSV input needs a header line and one line per row")
         try:
-            return pcsv.read_csv(p), None
+            return pcsv.read_csv(source), None
         except pa.ArrowInvalid as exc:
-            raise ConfigError(f"cannot read {p.name!r} as CSV ({exc}); fix the file") from None
-    if suffix in (".parquet", ".pq"):
-        import pyarrow.parquet as pq
+            raise ConfigError(f"cannot read {name} as CSV ({exc}); fix the file") from None
+    import pyarrow.parquet as pq
 
-        try:
-            return pq.read_table(p), None
-        except pa.ArrowInvalid as exc:
-            raise ConfigError(f"cannot read {p.name!r} as Parquet ({exc}); the file is truncated or not Parquet: "
-                              "rewrite it") from None
-    raise ConfigError(f"cannot read {p.name!r}: the input must end in .json, .csv or .parquet")
+    try:
+        return pq.read_table(source), None
+    except pa.ArrowInvalid as exc:
+        raise ConfigError(f"cannot read {name} as Parquet ({exc}); the file is truncated or not Parquet: "
+                          "rewrite it") from None
 
 
 def jsonable(v):

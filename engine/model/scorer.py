@@ -10,7 +10,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -26,6 +28,8 @@ from .params import ParamsPlan
 from .requirements import warn_once
 
 __all__ = ["Model", "load_model"]
+
+log = logging.getLogger("arrowscore.model")
 
 
 class Model:
@@ -125,6 +129,7 @@ def load_model(uri: str | os.PathLike, *, flavor: str | None = None, model_confi
     shared_cpu: the model shares the CPUs with other busy threads (batch runners set it): model
         libraries are told not to spin idle threads.
     """
+    started = time.perf_counter()
     path = uris.resolve(uri, cache_dir)
     meta = read_mlmodel(path)
     name, chosen = flavors.choose(meta, flavor)
@@ -133,4 +138,5 @@ def load_model(uri: str | os.PathLike, *, flavor: str | None = None, model_confi
         conf["config"] = {**(conf.get("config") or {}), **model_config}
     warn_once(path)
     predictor = chosen.load(meta, conf, flavors.LoadOptions(shared_cpu=shared_cpu))
+    log.debug("loaded %s (flavor %s) from %s in %.3f s", os.fspath(uri), name, path, time.perf_counter() - started)
     return Model(meta, name, predictor, feature_columns)

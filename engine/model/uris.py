@@ -25,7 +25,8 @@ import tempfile
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from ..errors import ConfigError, MissingDependency, ModelLoadError, require
+from .cache import default_cache_dir, record_use
+from ..errors import ConfigError, MissingDependency, ModelLoadError, ModelUnavailable, require, unreachable
 
 __all__ = ["resolve", "default_cache_dir", "cache_key", "registry_version"]
 
@@ -35,10 +36,6 @@ _TRACKED = ("runs:/", "models:/")
 _CLIENTS = {"s3": "boto3", "r2": "boto3", "b2": "boto3", "gs": "google-cloud-storage",
             "wasbs": "azure-storage-blob azure-identity", "abfss": "azure-storage-file-datalake azure-identity",
             "sftp": "pysftp"}
-
-
-def default_cache_dir() -> Path:
-    return Path.home() / ".cache" / "arrowscore" / "models"
 
 
 def _safe(key: str) -> str:
@@ -74,12 +71,18 @@ def _fetch(mlflow, uri: str, dst: Path, what: str) -> Path:
     try:
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
     except mlflow.exceptions.MlflowException as exc:
+        if unreachable(exc):
+            raise ModelUnavailable(f"cannot download {what} {uri!r}: the store did not answer ({exc.message}); "
+                                   "check the network and the store's address, or retry later") from exc
         raise ModelLoadError(f"cannot download {what} {uri!r}: {exc.message}") from exc
     except ImportError as exc:  # the artifact store's client (boto3, google-cloud-storage, ...) is missing
         scheme, package = urlparse(uri).scheme, (exc.name or "").split(".")[0]
         raise MissingDependency(f"the model URI {uri!r} needs the Python package {package!r}, which is not "
                                 f"installed; pip install {_CLIENTS.get(scheme, package)}") from exc
     except Exception as exc:  # the store's own client failed (network, credentials, a path it cannot parse)
+        if unreachable(exc):
+            raise ModelUnavailable(f"cannot download {what} {uri!r}: the store did not answer ({type(exc).__name__}: "
+                                   f"{exc}); check the network and the store's address, or retry later") from exc
         raise ModelLoadError(f"cannot download {what} {uri!r}: {type(exc).__name__}: {exc}; check the URI, the "
                              "network and the store's credentials") from exc
 
@@ -146,10 +149,12 @@ def cache_key(uri: str) -> tuple[str, str]:
     return uri, uri
 
 
-def _download(uri: str, key: str, cache_dir: Path) -> Path:
+def _download(uri: str, key: str, cache_dir: Path, given: str) -> Path:
+    """The cache entry for ``key``, downloaded from ``uri`` unless it is there (``given``: the URI the user named)."""
     mlflow = require("mlflow", "mlflow", f"the model URI {uri!r}")
     target = cache_dir / _safe(key)
     if (target / "MLmodel").is_file():
+        record_use(target, given, key)
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".download-", dir=cache_dir))
@@ -164,6 +169,7 @@ def _download(uri: str, key: str, cache_dir: Path) -> Path:
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    record_use(target, given, key)
     return target
 
 
@@ -183,4 +189,4 @@ def resolve(uri: str | os.PathLike, cache_dir: str | os.PathLike | None = None) 
     key, download_uri = cache_key(text)
     if text.startswith(_TRACKED):
         _check_tracking(text)
-    return _download(download_uri, key, Path(cache_dir) if cache_dir else default_cache_dir())
+    return _download(download_uri, key, Path(cache_dir) if cache_dir else default_cache_dir(), text)

@@ -30,9 +30,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from ..errors import ConfigError, EngineError, require
+from ..errors import ConfigError, EngineError, UnavailableError, require
 from ..jobs.options import RayOptions, ScoreOptions, ScoreReport
 from ..jobs.progress import Progress
+from .reach import check_reachable, host_ports
 
 __all__ = ["run_ray", "ScoreActor"]
 
@@ -145,12 +146,18 @@ def _connect(ray, address: str | None, num_cpus: int | None, runtime_env: dict |
                               "give it where Ray starts: ray.init(runtime_env=...) or `ray job submit --runtime-env-json`")
         return
     extra = {"runtime_env": runtime_env} if runtime_env else {}
-    if address:
-        ray.init(address=address, logging_level=logging.WARNING, **extra)
-    elif os.environ.get("RAY_ADDRESS"):  # set by `ray job submit` and by users of a running cluster
-        ray.init(logging_level=logging.WARNING, **extra)
-    else:
+    given = address or os.environ.get("RAY_ADDRESS")  # set by `ray job submit` and by users of a running cluster
+    if not given:
         ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING, **extra)
+        return
+    hint = (f"check {'--ray-address' if address else 'RAY_ADDRESS'} and that the cluster is up (`ray status`); "
+            "a retry may work once it is")
+    if given not in ("auto", "local"):
+        check_reachable("the Ray cluster", host_ports(given, 10001 if given.startswith("ray://") else 6379), hint)
+    try:
+        ray.init(address=address, logging_level=logging.WARNING, **extra)
+    except ConnectionError as exc:  # Ray's own word for a cluster it did not find or could not join
+        raise UnavailableError(f"the Ray cluster at {given} could not be joined ({exc}); {hint}") from exc
 
 
 def run_ray(model_uri, input: str, output: str, options: ScoreOptions, ray_opts: RayOptions = RayOptions()) -> ScoreReport:

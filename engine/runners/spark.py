@@ -29,6 +29,7 @@ from connectors.parquet import filesystem_for
 from .. import errors
 from ..errors import ConfigError, ConnectorError, require
 from ..jobs.options import ScoreOptions, ScoreReport, SparkOptions
+from .reach import check_reachable, host_ports
 from .spark_udf import FILE, ROW
 
 __all__ = ["run_spark"]
@@ -86,11 +87,20 @@ def _run(model_uri, input, output, options: ScoreOptions, spark_opts: SparkOptio
         master = "local[*]"
     if master:
         builder = builder.master(master)
+    if master and master.startswith("spark://") and SparkSession.getActiveSession() is None:
+        # Spark's standalone client retries an absent master for a minute, then fails the job obscurely
+        check_reachable("the Spark master", host_ports(master, 7077), "check --spark-master and that the master "
+                        "is up; a retry may work once it is")
     if master and master.startswith("local") and SparkSession.getActiveSession() is None \
             and "spark.pyspark.python" not in _submitted_conf() and not os.environ.get("PYSPARK_PYTHON"):
         # local workers run this interpreter, which has arrowscore (Spark's default is `python3` on the
         # PATH); PySpark reads the variable, not the conf, when the driver is a plain Python process
         os.environ["PYSPARK_PYTHON"] = sys.executable
+    if spark_opts.conf and SparkSession.getActiveSession() is not None:
+        raise ConfigError(f"a Spark session is already running in this process, so the settings {sorted(spark_opts.conf)} "
+                          "cannot be applied; set them where that session is built, or drop conf")
+    for key, value in spark_opts.conf.items():
+        builder = builder.config(key, value)
     if options.progress is False and SparkSession.getActiveSession() is None:
         builder = builder.config("spark.ui.showConsoleProgress", "false")  # --no-progress: no stage bars either
     spark = builder.getOrCreate()

@@ -51,7 +51,7 @@ class _Loop:
             raise ConfigError(f"keep_columns {unknown} are not pass-through columns {list(PASS_THROUGH)}")
         self.opts, self.stop = opts, stop
         # failing messages are isolated, then go to the dead-letter topic (or stop the stream)
-        self.job = JobScorer(model, keep_columns=("_msg", *opts.keep_columns), isolate_rejects=True)
+        self.job = JobScorer(model, keep_columns=("_msg", *opts.keep_columns), params=opts.params, isolate_rejects=True)
         # the user's settings over the clients' defaults; those a guarantee needs were checked by StreamOptions
         common = {"log_level": 3, **opts.client_config, "bootstrap.servers": opts.bootstrap_servers}
         transactional = None
@@ -181,7 +181,7 @@ def stream(model_uri, *, stop: threading.Event | None = None, handle_signals: bo
 
     opts = StreamOptions(**options)
     stop = stop or threading.Event()
-    model = model_uri if isinstance(model_uri, Model) else load_model(model_uri)
+    model = model_uri if isinstance(model_uri, Model) else load_model(model_uri, **opts.load_kwargs())
     loop = _Loop(model, opts, stop)
     if handle_signals:
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -17,6 +17,7 @@ engine.errors.ConfigError: job: the job has no schedule; ...
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 
@@ -31,22 +32,24 @@ __all__ = ["run_job", "run_history", "JobSpec", "load_job", "RunReport", "RunRec
 
 def run_job(job, once: bool = True, *, dry_run: bool = False, stop: threading.Event | None = None,
             handle_signals: bool = False, max_runs: int | None = None, rerun: str | None = None,
-            output: str | None = None):
+            output: str | None = None, cache_dir: str | None = None):
     """Run a job (a job file's path, a mapping of its keys, or a ``JobSpec``).
 
     once: score every input file the job has not scored yet, then return its ``RunReport``; else run
     on the job's schedule until ``stop`` is set (or SIGTERM with ``handle_signals``, or ``max_runs``
     runs) and return the runs' reports. dry_run: the report lists what would be scored and why.
     rerun, output: score the files run ``rerun`` committed again, with its model version, into the new
-    directory ``output`` (see ``rerun``).
+    directory ``output`` (see ``rerun``). cache_dir: the model cache, where the job names none.
     """
     from .catchup import run_once
     from .cron import run_scheduled
     from .rerun import rerun as rerun_run
 
     options = RunOptions(once=once, dry_run=dry_run, max_runs=max_runs, rerun=rerun,
-                         output=None if output is None else os.fspath(output))
+                         output=None if output is None else os.fspath(output), cache_dir=cache_dir)
     spec = load_job(job)
+    if options.cache_dir and spec.options.cache_dir is None:
+        spec = dataclasses.replace(spec, options=dataclasses.replace(spec.options, cache_dir=options.cache_dir))
     if options.rerun:
         return rerun_run(spec, options.rerun, options.output)
     if options.once or options.dry_run:

@@ -22,6 +22,8 @@ class RunOptions:
                                    "its model version, into --output", metavar="RUN_ID")
     output: str | None = _opt(None, "with --rerun: a new directory for the files scored again (the job's output is "
                                     "left as it is)", metavar="DIR")
+    cache_dir: str | None = _opt(None, "where downloaded models are cached, for a job file that names no cache_dir",
+                                 metavar="DIR")
 
     def __post_init__(self):
         if self.rerun and not self.output:
