@@ -334,9 +334,9 @@ def _run(spec, ledger, run_id, place: Place, scheduled_for, start) -> RunReport:
 
 def _file_error(exc: EngineError) -> bool:
     """An error of one input file (its data, its rows), not of the run (the model, the output, the ledger)."""
-    from ..errors import ConfigError, ConnectorError, ModelLoadError, SchemaError, ScoringError
+    from ..errors import ConfigError, ConnectorError, ModelLoadError, SchemaError, ScoringError, UnavailableError
 
-    if isinstance(exc, ModelLoadError):
+    if isinstance(exc, (ModelLoadError, UnavailableError)):  # the next files would fail the same way: stop
         return False
     return isinstance(exc, (ConnectorError, SchemaError, ScoringError, ConfigError))
 
