@@ -29,8 +29,10 @@ log = logging.getLogger("arrowscore.serve")
 
 # A model call that took less than this runs the next one on the event loop: a thread hop (submit,
 # wake the thread, call_soon_threadsafe back) costs tens of microseconds, as much as scoring a small
-# batch, and blocking the loop this long delays other requests less than the hops would.
-INLINE_S = 0.001
+# batch. Longer calls go to the thread, where they overlap with reading the next requests (measured
+# with benchmarks/bench_serve.py: 1 ms here put 10,000-row Arrow calls on the loop, 0.30x of the
+# in-process scorer against 0.39-0.41x on the thread; 1-row JSON was the same at 0.2 and 1 ms).
+INLINE_S = 0.0002
 
 
 class Overloaded(Exception):
