@@ -288,7 +288,7 @@ class App:
         except ConfigError as exc:
             raise HTTPError(400, str(exc), "BAD_REQUEST") from None
         try:
-            answer = protocols.negotiate(headers.get("accept"))  # before scoring: a 406 costs no model call
+            answer = protocols.negotiate(headers.get("accept"))
         except protocols.Unsupported as exc:
             raise HTTPError(406, str(exc), "NOT_ACCEPTABLE") from None
         out = await self._score(entry, batch, params)

@@ -162,9 +162,9 @@ def negotiate(accept: str | None) -> str:
     return best
 
 
-def encode_mlflow(table: pa.Table | pa.RecordBatch, accept: str | None) -> tuple[bytes, str]:
-    """(body, content type) for the predictions, as the Accept header asks (JSON by default)."""
-    media = negotiate(accept)
+def encode_mlflow(table: pa.Table | pa.RecordBatch, media: str = JSON) -> tuple[bytes, str]:
+    """(body, content type) for the predictions in ``media``, what ``negotiate`` chose from the Accept
+    header (the server negotiates before scoring, so a 406 costs no model call)."""
     if media == ARROW:
         sink = io.BytesIO()
         with pa.ipc.new_stream(sink, table.schema) as writer:
