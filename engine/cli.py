@@ -16,6 +16,7 @@ import sys
 
 from .cliflags import (MODEL_CONVERT, add_flags, csv_list, json_object, json_or_file, load_flags, log_flags,
                        model_arg, model_flags, pairs, place, positional, properties, setup_logging, values)
+from .deploycommands import add_env_manager, add_parsers, in_model_env
 
 __all__ = ["main"]
 
@@ -406,6 +407,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     for add in (_add_info, _add_predict, _add_score, _add_stream, _add_serve, _add_run, _add_runs, _add_cache):
         add(sub)
+    add_parsers(sub)
+    for name in ("predict", "score", "serve", "run"):
+        add_env_manager(sub.choices[name])
     for command in sub.choices.values():  # before or after the subcommand alike
         log_flags(command)
     return p
@@ -437,6 +441,8 @@ def main(argv: list[str] | None = None) -> int:
         # SIGTERM (a scheduler's stop) cleans up as Ctrl-C does, instead of leaving staging behind
         signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
+        if getattr(args, "env_manager", "local") == "uv":
+            return in_model_env(args, sys.argv[1:] if argv is None else list(argv))
         return args.run(args)
     except KeyboardInterrupt:  # the job has cleaned up on its way out
         print("arrowscore: interrupted", file=sys.stderr)

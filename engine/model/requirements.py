@@ -51,6 +51,16 @@ def _version_ok(op: str | None, wanted: str, have: str) -> bool:
     return SpecifierSet(f"{op}{wanted}").contains(have, prereleases=True)
 
 
+def _installed(name: str) -> str:
+    """The installed version of ``name``; MLflow's pyfunc also comes as mlflow-skinny (what images install)."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        if name.lower() != "mlflow":
+            raise
+        return metadata.version("mlflow-skinny")
+
+
 def check_requirements(model_dir: str | Path) -> list[Mismatch]:
     """Requirements of the model that the running environment does not meet."""
     path = Path(model_dir) / "requirements.txt"
@@ -66,7 +76,7 @@ def check_requirements(model_dir: str | Path) -> list[Mismatch]:
             continue
         name, op, wanted = m.group(1), m.group(2), m.group(3)
         try:
-            have = metadata.version(name)
+            have = _installed(name)
         except metadata.PackageNotFoundError:
             out.append(Mismatch(name, f"{op or ''}{wanted}", None))
             continue

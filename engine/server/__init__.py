@@ -12,7 +12,8 @@ Inference v2), the platform contracts below:
   ``SAGEMAKER_BIND_TO_PORT`` (default 8080), bound to 0.0.0.0; ``/ping`` and ``/invocations``.
 - Vertex AI: with ``AIP_HTTP_PORT`` set, the port, ``AIP_HEALTH_ROUTE`` and ``AIP_PREDICT_ROUTE`` come
   from the environment, the model from ``AIP_STORAGE_URI`` when none is given; bound to 0.0.0.0.
-- Elsewhere: 127.0.0.1:8080 unless ``--host`` / ``--port`` say otherwise.
+- Elsewhere: 127.0.0.1:8080 unless ``--host`` / ``--port`` (or ``ARROWSCORE_HOST`` / ``ARROWSCORE_PORT``)
+  say otherwise; the container image (``arrowscore generate-dockerfile``) sets 0.0.0.0.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from ..errors import ConfigError, EngineError, ModelLoadError, require
 from .app import App, Routes, load_entries
 from .options import ServeOptions
 
-__all__ = ["serve", "ServeOptions", "platform", "model_specs", "build_app"]
+__all__ = ["serve", "ServeOptions", "platform", "ping", "model_specs", "build_app"]
 
 log = logging.getLogger("arrowscore.serve")
 SAGEMAKER_MODEL = "/opt/ml/model"
@@ -60,18 +61,44 @@ def _port(environ, key: str) -> int:
 
 
 def platform(environ=None) -> Platform:
-    """The platform contract the environment asks for (Vertex AI, SageMaker, or none)."""
+    """The platform contract the environment asks for (Vertex AI, SageMaker, or none).
+
+    ``ARROWSCORE_PORT`` / ``ARROWSCORE_HOST`` / ``ARROWSCORE_MODEL`` set the defaults a platform's own
+    variables do not (the image sets the host to 0.0.0.0). A model at /opt/ml/model (the image's) is
+    served when neither the platform nor ``ARROWSCORE_MODEL`` names one.
+    """
     environ = os.environ if environ is None else environ
+    own_port = _port(environ, "ARROWSCORE_PORT") if environ.get("ARROWSCORE_PORT") else 8080
+    baked = SAGEMAKER_MODEL if os.path.isdir(SAGEMAKER_MODEL) else None
     if "AIP_HTTP_PORT" in environ or "AIP_PREDICT_ROUTE" in environ:
         routes = Routes(health=tuple(r for r in [environ.get("AIP_HEALTH_ROUTE")] if r),
                         predict=tuple(r for r in [environ.get("AIP_PREDICT_ROUTE")] if r))
-        port = _port(environ, "AIP_HTTP_PORT") if "AIP_HTTP_PORT" in environ else 8080
-        return Platform("vertex", "0.0.0.0", port, routes, environ.get("AIP_STORAGE_URI") or environ.get("ARROWSCORE_MODEL"))
+        port = _port(environ, "AIP_HTTP_PORT") if "AIP_HTTP_PORT" in environ else own_port
+        model = environ.get("AIP_STORAGE_URI") or environ.get("ARROWSCORE_MODEL") or baked
+        return Platform("vertex", "0.0.0.0", port, routes, model)
     sagemaker_model = environ.get("ARROWSCORE_MODEL") or SAGEMAKER_MODEL
-    if "SAGEMAKER_BIND_TO_PORT" in environ or (os.path.isdir(SAGEMAKER_MODEL) and "ARROWSCORE_MODEL" not in environ):
-        port = _port(environ, "SAGEMAKER_BIND_TO_PORT") if "SAGEMAKER_BIND_TO_PORT" in environ else 8080
+    if "SAGEMAKER_BIND_TO_PORT" in environ or (baked and "ARROWSCORE_MODEL" not in environ):
+        port = _port(environ, "SAGEMAKER_BIND_TO_PORT") if "SAGEMAKER_BIND_TO_PORT" in environ else own_port
         return Platform("sagemaker", "0.0.0.0", port, Routes(), sagemaker_model)
-    return Platform(model=environ.get("ARROWSCORE_MODEL"))
+    return Platform(host=environ.get("ARROWSCORE_HOST") or "127.0.0.1", port=own_port,
+                    model=environ.get("ARROWSCORE_MODEL"))
+
+
+def ping(environ=None, timeout_s: float = 4.0) -> bool:
+    """Whether the server this environment describes answers ``GET /ping`` with 200 (the image's
+    HEALTHCHECK: the port comes from the same variables ``serve`` reads)."""
+    import http.client
+
+    where = platform(environ)
+    host = "127.0.0.1" if where.host in ("0.0.0.0", "") else ("::1" if where.host == "::" else where.host)
+    conn = http.client.HTTPConnection(host, where.port, timeout=timeout_s)
+    try:
+        conn.request("GET", "/ping")
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
 
 
 def _name_of(uri: str) -> str:

@@ -1,0 +1,121 @@
+"""``arrowscore env`` and ``--env-manager uv``: the model's own environment, as MLflow's env_manager.
+
+A virtualenv made with uv holding arrowscore (this code, as a wheel) with the extras the model's
+flavor needs and the model's pinned requirements (packages.py), under
+``<cache>/envs/<hash of what it installs>``: the same model, or another with the same requirements,
+reuses it; a changed requirement or arrowscore makes a new one. It is built beside its final place
+and renamed into it, under a lock, so two commands at once build it once and nobody sees half of it.
+
+The Python is the model's major.minor when this machine has it (uv finds installed interpreters;
+it downloads none), else the running one with a warning naming both.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from ..errors import ConfigError, MissingDependency, ModelLoadError
+from .packages import install_plan
+from .wheel import build_wheel
+
+__all__ = ["create_env", "env_python", "uv_binary", "envs_dir"]
+
+log = logging.getLogger("arrowscore.env")
+
+
+def envs_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """``<cache>/envs``: beside the models, in the cache ``--cache-dir`` / ``ARROWSCORE_CACHE_DIR`` name."""
+    from ..model.cache import default_cache_dir
+
+    return Path(cache_dir) / "envs" if cache_dir else default_cache_dir().parent / "envs"
+
+
+def uv_binary() -> str:
+    """The uv executable: the ``uv`` package's, beside this Python, or on PATH."""
+    try:
+        import uv
+
+        return uv.find_uv_bin()
+    except (ImportError, FileNotFoundError):
+        pass
+    here = Path(sys.executable).parent / "uv"
+    found = str(here) if here.is_file() else shutil.which("uv")
+    if not found:
+        raise MissingDependency("--env-manager uv and `arrowscore env` need uv; pip install 'arrowscore[env]' "
+                                "(or put uv on PATH)")
+    return found
+
+
+def _interpreter(uv: str, wanted: str) -> str:
+    """The Python for the model: its major.minor if installed here, else this one (with a warning)."""
+    minor = ".".join(wanted.split(".")[:2])
+    if minor == ".".join(map(str, sys.version_info[:2])):
+        return sys.executable
+    found = subprocess.run([uv, "python", "find", "--no-python-downloads", minor], capture_output=True, text=True)
+    if found.returncode == 0 and found.stdout.strip():
+        return found.stdout.strip()
+    log.warning("the model was logged with Python %s, which this machine does not have; its environment uses "
+                "Python %s (install Python %s to match)", wanted, ".".join(map(str, sys.version_info[:3])), minor)
+    return sys.executable
+
+
+def _run(cmd: list[str], what: str) -> None:
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-15:])
+        raise ModelLoadError(f"{what} failed (exit {done.returncode}):\n{tail}")
+
+
+def create_env(model_uri: str, cache_dir: str | None = None, flavor: str | None = None) -> Path:
+    """The model's environment (a virtualenv directory), made on first use and reused after."""
+    from ..model import uris
+
+    model_dir = uris.resolve(model_uri, cache_dir)
+    plan = install_plan(model_dir, flavor)
+    uv = uv_binary()
+    python = _interpreter(uv, plan.python)
+    with tempfile.TemporaryDirectory(prefix="arrowscore-env-") as tmp:
+        wheel = build_wheel(tmp)
+        digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+        # what the environment holds: the requirements with the wheel's content in place of its path
+        spec = plan.requirements_txt(f"file:///arrowscore-{digest}.whl") + f"python {python} {plan.python}\n"
+        key = hashlib.sha256(spec.encode()).hexdigest()[:16]
+        root = envs_dir(cache_dir)
+        target = root / f"{plan.flavor}-{key}"
+        if (target / "bin" / "python").exists():
+            return target
+        root.mkdir(parents=True, exist_ok=True)
+        with open(root / f"{target.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # a second command waits here, then finds it made
+            if (target / "bin" / "python").exists():
+                return target
+            log.info("creating the model's environment %s (%s, Python %s); later commands reuse it", target,
+                     ", ".join(plan.extras), plan.python)
+            building = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
+            try:
+                _run([uv, "venv", "--quiet", "--relocatable", "--no-python-downloads", "--python", python,
+                      str(building / "venv")], "creating the virtualenv with uv")
+                requirements = Path(tmp) / "requirements.txt"
+                requirements.write_text(plan.requirements_txt(str(wheel)))
+                _run([uv, "pip", "install", "--quiet", "--python", str(building / "venv" / "bin" / "python"),
+                      "-r", str(requirements)], f"installing the model's requirements ({model_dir}/requirements.txt)")
+                (building / "venv" / "arrowscore-requirements.txt").write_text(spec)
+                (building / "venv").rename(target)
+            finally:
+                shutil.rmtree(building, ignore_errors=True)
+    return target
+
+
+def env_python(model_uri: str, cache_dir: str | None = None, flavor: str | None = None) -> str:
+    """The Python executable of the model's environment."""
+    if not model_uri:
+        raise ConfigError("--env-manager uv needs the model's URI")
+    return str(create_env(model_uri, cache_dir, flavor) / "bin" / "python")
