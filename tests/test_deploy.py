@@ -401,3 +401,68 @@ def test_env_manager_refuses_cluster_runners_and_several_models(foreign_model, t
     assert done.returncode == 2 and "cluster's environment" in done.stderr
     done = arrowscore("serve", f"a={path}", f"b={path}", "--env-manager", "uv")
     assert done.returncode == 2 and "one model" in done.stderr
+
+
+# ---- a real image, built without a daemon and scored through ------------------------------------
+TEST_BASE = "localhost/arrowscore-test-base:bookworm"
+
+
+@pytest.fixture(scope="module")
+def image_builder():
+    """buildah + a local base image standing in for python:3.11-slim (no registry is reachable here):
+    scripts/container-base.sh installs the tools from Debian and builds the base once."""
+    from needs import STRICT
+
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "container-base.sh")], capture_output=True, text=True,
+                          timeout=900)
+    if done.returncode != 0:
+        message = f"scripts/container-base.sh failed (exit {done.returncode}):\n{done.stderr[-3000:]}"
+        if STRICT or done.returncode != 3:
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return {**ENV, "BUILDAH_ISOLATION": "chroot"}
+
+
+def test_an_image_built_by_buildah_serves_the_model(image_builder, logged_models, tmp_path):
+    import signal
+
+    case = logged_models["onnx"]
+    tag = f"localhost/arrowscore-test-onnx:{os.getpid()}"
+    done = subprocess.run([sys.executable, "-m", "engine", "build-docker", case.uris["path"], "-t", tag,
+                           "--builder", "buildah", "--build-arg", f"BASE_IMAGE={TEST_BASE}"],
+                          env=image_builder, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    container = None
+    try:
+        (image,) = json.loads(subprocess.run(["podman", "image", "inspect", tag], capture_output=True, text=True,
+                                             check=True).stdout)
+        config = image["Config"]
+        assert config["User"] == "10001" and "8080/tcp" in config["ExposedPorts"]
+        assert image["Healthcheck"]["Test"] == ["CMD", "arrowscore", "ping"]
+        argv = [*config["Entrypoint"], *config["Cmd"]]
+        assert argv == ["arrowscore", "serve"]
+        container = subprocess.run(["buildah", "from", tag], capture_output=True, text=True, check=True,
+                                   env=image_builder).stdout.strip()
+        port = _free_port()
+        run = ["buildah", "run", "--env", f"SAGEMAKER_BIND_TO_PORT={port}", container, "--"]
+        proc = subprocess.Popen([*run, *argv], env=image_builder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)
+        try:
+            _wait_ping(proc, port)
+            body = json.dumps({"inputs": case.mlflow_input.tolist()}).encode()
+            status, out = _call(port, "POST", "/invocations", body, {"Content-Type": "application/json"})
+            assert status == 200, out
+            _same(json.loads(out)["predictions"], case.expected, "inside the image")
+            health = subprocess.run([*run, *image["Healthcheck"]["Test"][1:]], env=image_builder,
+                                    capture_output=True, text=True, timeout=60)
+            assert health.returncode == 0, health.stdout + health.stderr
+            user = subprocess.run(["buildah", "run", container, "--", "id", "-u"], env=image_builder,
+                                  capture_output=True, text=True, check=True).stdout.strip()
+            assert user == "10001"
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(60)
+    finally:
+        if container:
+            subprocess.run(["buildah", "rm", container], capture_output=True, env=image_builder)
+        subprocess.run(["buildah", "rmi", tag], capture_output=True, env=image_builder)
