@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_stream.py --spark
 	$(PY) benchmarks/bench_serve.py
 	$(PY) benchmarks/bench_run.py
+	$(PY) benchmarks/bench_deploy.py
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache

@@ -17,7 +17,7 @@ def _docker_options(args):
     from .deploy import DockerOptions
 
     return DockerOptions(base_image=args.base_image, pip_packages=tuple(args.pip_package or ()), port=args.port,
-                         flavor=args.flavor)
+                         flavor=args.flavor, model_requirements=args.model_requirements)
 
 
 def _generate(args) -> int:
@@ -60,6 +60,10 @@ def _image_flags(p) -> None:
     p.add_argument("--pip-package", action="append", metavar="REQ",
                    help="another package to install, as a requirement line (NAME==VERSION); repeatable")
     p.add_argument("--port", type=int, default=8080, help="the port the image serves on (default 8080)")
+    p.add_argument("--model-requirements", choices=("install", "constrain"), default="install",
+                   help="install: every line of the model's requirements.txt, as MLflow does (default); constrain: "
+                        "they only pin the versions of what the flavor installs (MLflow infers them from the "
+                        "logging process, which can bring test or notebook packages along)")
 
 
 def add_parsers(sub) -> None:

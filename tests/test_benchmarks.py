@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -39,3 +40,12 @@ def test_run_benchmark_runs():
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "| (a) in-process" in out.stdout and "| (b) commands" in out.stdout
+
+
+def test_deploy_benchmark_runs():
+    out = subprocess.run([sys.executable, "benchmarks/bench_deploy.py", "--rounds", "1"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:] + out.stdout[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["bench"] == "deploy" and 0 < result["size_ratio_constrained"] < result["size_ratio"]
+    assert all(v > 0 for v in result["cold_start_s"].values())

@@ -163,6 +163,25 @@ def test_python_function_models_get_mlflow_skinny_and_extra_packages(logged_mode
     assert entrypoint(context / "Dockerfile")[1]["ARROWSCORE_PORT"] == "9000"
 
 
+def test_model_requirements_constrain_pins_versions_without_installing_more(tmp_path):
+    import mlflow
+    from sklearn.linear_model import LinearRegression
+
+    path = tmp_path / "model"
+    mlflow.sklearn.save_model(LinearRegression().fit([[0.0], [1.0]], [0.0, 2.0]), path, serialization_format="pickle",
+                              pip_requirements=["mlflow==3.17.2", "scikit-learn==1.5.2", "pytest==8.0.0",
+                                                "pandas[performance]==2.2.0"])
+    context = generate(path, tmp_path, "--model-requirements", "constrain")
+    reqs = (context / "requirements.txt").read_text().splitlines()
+    installs = [r for r in reqs if r and not r.startswith(("#", "-c"))]
+    assert "-c /opt/arrowscore/constraints.txt" in reqs
+    assert not any(r.startswith(("pytest", "pandas", "scikit-learn", "mlflow")) for r in installs), installs
+    constraints = (context / "constraints.txt").read_text().splitlines()[1:]
+    assert constraints == ["scikit-learn==1.5.2", "pytest==8.0.0", "pandas==2.2.0"]  # pip refuses extras there
+    assert "COPY requirements.txt constraints.txt /opt/arrowscore/" in (context / "Dockerfile").read_text()
+    assert [f for f in hadolint(context / "Dockerfile") if f["level"] not in ("info", "style")] == []
+
+
 def test_generate_refuses_a_directory_with_files_and_a_bad_port(logged_models, tmp_path):
     uri = logged_models["onnx"].uris["path"]
     (tmp_path / "busy").mkdir()

@@ -3,6 +3,7 @@
     DIR/Dockerfile          slim Python base (the model's version), a venv, a non-root user,
                             EXPOSE, HEALTHCHECK, ENTRYPOINT ["arrowscore"] CMD ["serve"]
     DIR/requirements.txt    arrowscore[<the flavor's extras>,serve,run] + the model's pins (packages.py)
+    DIR/constraints.txt     the model's pins as constraints only (--model-requirements constrain)
     DIR/wheels/             the running arrowscore as a wheel (wheel.py)
     DIR/model/              the resolved model; the image holds it at /opt/ml/model
 
@@ -40,8 +41,11 @@ class DockerOptions:
     pip_packages: tuple[str, ...] = ()
     port: int = 8080
     flavor: str | None = None
+    model_requirements: str = "install"  # or "constrain": versions only (packages.install_plan)
 
     def __post_init__(self):
+        if self.model_requirements not in ("install", "constrain"):
+            raise ConfigError(f"--model-requirements {self.model_requirements!r} is not install or constrain")
         if not 0 < int(self.port) < 65536:
             raise ConfigError(f"port {self.port} is not a port number (1-65535)")
         bad = [p for p in self.pip_packages if not p.strip() or "\n" in p]
@@ -75,7 +79,7 @@ ENV PYTHONUNBUFFERED=1 \\
     ARROWSCORE_HOST=0.0.0.0 \\
     ARROWSCORE_CACHE_DIR=/tmp/arrowscore-cache{port_env}
 
-COPY requirements.txt /opt/arrowscore/requirements.txt
+COPY requirements.txt constraints.txt /opt/arrowscore/
 COPY wheels/ /opt/arrowscore/wheels/
 RUN python3 -m venv /opt/venv \\
     && /opt/venv/bin/pip install --no-cache-dir -r /opt/arrowscore/requirements.txt \\
@@ -106,12 +110,15 @@ def generate_dockerfile(model_uri: str, directory: str | os.PathLike, options: D
         raise ConfigError(f"{str(target)!r} exists and is not an empty directory; pass a new directory with -d "
                           "(the build context is written whole, never merged into other files)")
     model_dir = uris.resolve(model_uri, cache_dir)
-    plan = install_plan(model_dir, options.flavor, pip_packages=options.pip_packages)
+    plan = install_plan(model_dir, options.flavor, pip_packages=options.pip_packages,
+                        constrain=options.model_requirements == "constrain")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         wheel = build_wheel(staging / "wheels")
-        (staging / "requirements.txt").write_text(plan.requirements_txt(f"/opt/arrowscore/wheels/{wheel.name}"))
+        (staging / "requirements.txt").write_text(plan.requirements_txt(f"/opt/arrowscore/wheels/{wheel.name}",
+                                                                        "/opt/arrowscore/constraints.txt"))
+        (staging / "constraints.txt").write_text(plan.constraints_txt())
         _copy_model(Path(model_dir), staging / "model")
         (staging / "Dockerfile").write_text(dockerfile_text(plan, options, model_uri))
         (staging / ".dockerignore").write_text("# the context holds only what the image needs\n")

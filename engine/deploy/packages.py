@@ -58,14 +58,21 @@ class InstallPlan:
     extras: tuple[str, ...]
     requirements: tuple[str, ...]
     notes: tuple[str, ...]
+    constraints: tuple[str, ...] = ()  # the model's pins, when they only constrain (constrain=True)
 
     def arrowscore_line(self, wheel: str) -> str:
         """The requirement line installing arrowscore with its extras from ``wheel`` (a path or file URL)."""
         url = wheel if "://" in wheel else Path(wheel).resolve().as_uri()
         return f"arrowscore[{','.join(self.extras)}] @ {url}"
 
-    def requirements_txt(self, wheel: str) -> str:
-        return "\n".join([*(f"# {n}" for n in self.notes), self.arrowscore_line(wheel), *self.requirements]) + "\n"
+    def requirements_txt(self, wheel: str, constraints: str | None = None) -> str:
+        """requirements.txt installing the plan; ``constraints``: where constraints_txt() is (if any)."""
+        head = [*(f"# {n}" for n in self.notes), *([f"-c {constraints}"] if constraints and self.constraints else [])]
+        return "\n".join([*head, self.arrowscore_line(wheel), *self.requirements]) + "\n"
+
+    def constraints_txt(self) -> str:
+        return "\n".join(["# the model's requirements, as versions for what is installed, not as installs",
+                          *self.constraints]) + "\n"
 
 
 def _python(model_dir: Path) -> str:
@@ -125,9 +132,25 @@ def _ours(extras: tuple[str, ...], named: set[str]) -> list[str]:
     return sorted(pins.values())
 
 
+def _as_constraint(line: str) -> str | None:
+    """A requirement line as a pip constraint (no extras, no options), or None when it cannot be one."""
+    name = line_name(line)
+    if not name:
+        return None
+    rest = line.strip()[len(name):]
+    if rest.startswith("["):
+        rest = rest.split("]", 1)[1]
+    return name + rest if not rest.lstrip().startswith("@") else None
+
+
 def install_plan(model_dir: str | Path, flavor: str | None = None, extras: tuple[str, ...] = ("serve", "run"),
-                 pip_packages: tuple[str, ...] = ()) -> InstallPlan:
-    """The install plan for the model in ``model_dir`` (a local directory holding MLmodel)."""
+                 pip_packages: tuple[str, ...] = (), constrain: bool = False) -> InstallPlan:
+    """The install plan for the model in ``model_dir`` (a local directory holding MLmodel).
+
+    constrain: the model's requirements pin the versions of what arrowscore and its flavor install,
+    but add no packages of their own (MLflow infers them from the logging process, which brings
+    test and notebook packages along); the default installs them all, as MLflow does.
+    """
     from flavors import choose
 
     from ..model.mlmodel import read_mlmodel
@@ -139,6 +162,13 @@ def install_plan(model_dir: str | Path, flavor: str | None = None, extras: tuple
                              "--pip-package NAME==VERSION and --flavor python_function")
     all_extras = tuple(dict.fromkeys([*FLAVOR_EXTRAS[name], *extras]))
     lines, notes = _model_lines(model_dir, name)
+    constraints: list[str] = []
+    if constrain:
+        constraints = [c for c in map(_as_constraint, lines) if c]
+        notes.append("the model's requirements constrain versions only (--model-requirements constrain): "
+                     + ", ".join(constraints))
+        lines = []
     lines += list(pip_packages)
-    named = {_key(n) for n in map(line_name, lines) if n}
-    return InstallPlan(name, _python(model_dir), all_extras, tuple(lines + _ours(all_extras, named)), tuple(notes))
+    named = {_key(n) for n in map(line_name, lines + constraints) if n}
+    return InstallPlan(name, _python(model_dir), all_extras, tuple(lines + _ours(all_extras, named)), tuple(notes),
+                       tuple(constraints))
