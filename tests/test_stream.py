@@ -108,6 +108,44 @@ def test_arrow_messages_exactly_once(kafka, logged_models):
     np.testing.assert_allclose(preds, expected, rtol=1e-6)
 
 
+def _at_most_7_rows(df):
+    if len(df) > 7:
+        raise ValueError(f"called with {len(df)} rows")
+    return df["x"] * 2
+
+
+def test_arrow_messages_are_scored_in_calls_of_max_batch_rows(kafka, tmp_path):
+    """--max-batch-rows bounds every model call, also when one Arrow message holds more rows; each
+    message still gets one output with all of its rows."""
+    model = engine.save_model(tmp_path / "m", _at_most_7_rows, signature=pa.schema([pa.field("x", pa.float64(), False)]))
+    topic = f"rows-{uuid.uuid4().hex[:8]}"
+    _topics(kafka, topic, topic + "-out")
+    tables = [pa.table({"x": [float(10 * m + i) for i in range(10)]}) for m in range(4)]
+    _produce(kafka, topic, [_ipc(t) for t in tables], [f"m{m}" for m in range(4)])
+    report = stream(str(model), bootstrap_servers=kafka, input_topic=topic, output_topic=topic + "-out",
+                    group_id=f"g-{topic}", value_format="arrow", max_messages=4, max_batch_rows=7,
+                    max_batch_messages=100)
+    assert (report.messages, report.rows, report.dead_lettered) == (4, 40, 0)
+    out = {m.key().decode(): pa.ipc.open_stream(m.value()).read_all() for m in _consume_all(kafka, topic + "-out", 4)}
+    for m, table in enumerate(tables):
+        assert out[f"m{m}"].column("prediction").to_pylist() == [2 * v for v in table.column("x").to_pylist()]
+
+
+def test_max_batch_messages_is_a_flag_and_both_bounds_are_checked(capsys):
+    from engine.errors import ConfigError
+    from engine.jobs.options import StreamOptions
+
+    with pytest.raises(ConfigError, match="max_batch_rows and max_batch_messages must be >= 1"):
+        StreamOptions(bootstrap_servers="127.0.0.1:1", input_topic="a", output_topic="b", group_id="g",
+                      max_batch_messages=0)
+    from engine.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["stream", "--help"])
+    help_text = capsys.readouterr().out
+    assert "--max-batch-messages" in help_text and "--max-batch-rows" in help_text
+
+
 def test_poison_messages_go_to_the_dead_letter_topic(kafka, xgb_case):
     case, rows, expected = xgb_case
     topic = f"poison-{uuid.uuid4().hex[:8]}"

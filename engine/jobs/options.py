@@ -242,7 +242,9 @@ class StreamOptions(ModelOptions):
     value_format: str = _opt("json", "message values: one JSON object each, or an Arrow IPC stream each")
     keep_columns: tuple = _opt(("_key",), "input fields or pass-through columns (_key, _partition, _offset, "
                                           "_timestamp) to copy into each output")
-    max_batch_rows: int = _opt(10_000, "messages per micro-batch at most")
+    max_batch_messages: int = _opt(10_000, "messages per micro-batch at most")
+    max_batch_rows: int = _opt(10_000, "rows per model call at most: a micro-batch holds at most this many messages, "
+                                       "and Arrow IPC messages holding more rows are scored in calls of this many")
     max_wait_ms: int = _opt(100, "longest wait to fill a micro-batch once its first message arrived")
     # librdkafka settings, applied over arrowscore's defaults; not in repr: they may hold SASL secrets
     client_config: dict = _opt({}, "Kafka settings for the consumer and the producer", cli=False, repr=False)
@@ -264,8 +266,8 @@ class StreamOptions(ModelOptions):
             raise ConfigError(f"guarantee {self.guarantee!r} is not one of {GUARANTEES}")
         if self.value_format not in FORMATS:
             raise ConfigError(f"value format {self.value_format!r} is not one of {FORMATS}")
-        if self.max_batch_rows < 1 or self.max_wait_ms < 0:
-            raise ConfigError("max_batch_rows must be >= 1 and max_wait_ms >= 0")
+        if self.max_batch_rows < 1 or self.max_batch_messages < 1 or self.max_wait_ms < 0:
+            raise ConfigError("max_batch_rows and max_batch_messages must be >= 1 and max_wait_ms >= 0")
         if not self.broker_timeout_s > 0:
             raise ConfigError(f"broker_timeout_s must be above 0, got {self.broker_timeout_s}")
         for name in ("bootstrap_servers", "input_topic", "output_topic", "group_id"):

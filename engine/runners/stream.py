@@ -4,9 +4,10 @@
         --group-id scorer [--guarantee exactly-once] [--dead-letter-topic dead] [-X producer.linger.ms=20] \\
         [--kafka-config client.properties]
 
-Each loop turn consumes up to ``max_batch_rows`` messages (waiting at most ``max_wait_ms``), decodes
-them to one RecordBatch, scores it with ``JobScorer`` -> ``Model.score_batch`` and produces one output
-message per input message (same key, same headers). Then:
+Each loop turn consumes up to ``max_batch_messages`` messages, and no more than ``max_batch_rows``
+(waiting at most ``max_wait_ms``), decodes them to one RecordBatch, scores it with ``JobScorer`` ->
+``Model.score_batch`` in calls of at most ``max_batch_rows`` rows (Arrow IPC messages hold many rows
+each) and produces one output message per input message (same key, same headers). Then:
 - at-least-once: wait until the broker acknowledged every output, then commit the consumed offsets;
 - exactly-once: outputs, dead letters and the consumed offsets go in one Kafka transaction, under a
   transactional id of this replica's own, with the consumer's group metadata (KIP-447): replicas in
@@ -79,16 +80,19 @@ class _Loop:
         A message with any rejected row is rejected whole; every other one gets one output value."""
         batches, bad = decode(msgs, self.opts.value_format, keep=self.opts.keep_columns)
         outputs, rows = [], 0
+        step = self.opts.max_batch_rows
         for batch in batches:  # one, unless the messages' values could not share one schema
-            good, rejected = self.job.score(batch, Where(self.opts.input_topic, 0))
-            dead = {}
-            if rejected is not None:
-                for i, reason in zip(rejected.column("_msg").to_pylist(), rejected.column("_error").to_pylist()):
-                    dead.setdefault(i, reason)
-                bad.extend(dead.items())
+            good, dead = [], {}
+            for start in range(0, max(batch.num_rows, 1), step):
+                scored, rejected = self.job.score(batch.slice(start, step), Where(self.opts.input_topic, 0))
+                good.extend(scored)
+                if rejected is not None:
+                    for i, reason in zip(rejected.column("_msg").to_pylist(), rejected.column("_error").to_pylist()):
+                        dead.setdefault(i, reason)
+            bad.extend(dead.items())
             if not good:
                 continue
-            # bisection may cut a message's rows (Arrow IPC values) into several batches: join them again
+            # calls of max_batch_rows and bisection may cut a message's rows (Arrow IPC values): join them again
             out = pa.concat_tables([pa.Table.from_batches([b]) for b in good], promote_options="permissive")
             if dead:
                 out = out.filter(pc.invert(pc.is_in(out.column("_msg"), pa.array(list(dead), pa.int32()))))
@@ -104,7 +108,8 @@ class _Loop:
         self.sink.produce(self.opts.dead_letter_topic, src.value(), src.key(), headers)
 
     def turn(self) -> int:
-        msgs = self.source.consume(self.opts.max_batch_rows, self.opts.max_wait_ms, self.stop)
+        msgs = self.source.consume(min(self.opts.max_batch_messages, self.opts.max_batch_rows), self.opts.max_wait_ms,
+                                   self.stop)
         if not msgs:
             return 0
         if self.first_at is None:
