@@ -146,6 +146,102 @@ def test_max_batch_messages_is_a_flag_and_both_bounds_are_checked(capsys):
     assert "--max-batch-messages" in help_text and "--max-batch-rows" in help_text
 
 
+def _get(port: int, path: str) -> tuple[int, str]:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode()
+    finally:
+        conn.close()
+
+
+def _metric(text: str, name: str) -> float:
+    (line,) = [x for x in text.splitlines() if x.startswith(name + " ")]
+    return float(line.split()[1])
+
+
+def test_health_and_metrics_endpoint_of_a_running_stream(kafka, xgb_case):
+    import socket
+
+    case, rows, _ = xgb_case
+    topic = f"mon-{uuid.uuid4().hex[:8]}"
+    _topics(kafka, topic, topic + "-out")
+    _produce(kafka, topic, [json.dumps(r).encode() for r in rows], [f"k{i}" for i in range(len(rows))])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    stop, result = threading.Event(), {}
+    worker = threading.Thread(target=lambda: result.update(report=stream(
+        case.uris["path"], bootstrap_servers=kafka, input_topic=topic, output_topic=topic + "-out",
+        group_id=f"g-{topic}", stop=stop, metrics_port=port, max_batch_rows=16)))
+    worker.start()
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                status, text = _get(port, "/metrics")
+                if status == 200 and _metric(text, "arrowscore_stream_messages_total") == len(rows):
+                    break
+            except (OSError, ValueError):
+                pass
+            assert time.monotonic() < deadline and worker.is_alive(), "the metrics never counted every message"
+            time.sleep(0.2)
+        assert _metric(text, "arrowscore_stream_rows_total") == len(rows)
+        assert _metric(text, "arrowscore_stream_batches_total") >= len(rows) / 16
+        assert _metric(text, "arrowscore_stream_up") == 1
+        assert 'arrowscore_stream_batch_seconds_bucket{le="+Inf"}' in text
+        time.sleep(1.2)  # the lag is read at most once a second
+        assert _metric(_get(port, "/metrics")[1], "arrowscore_stream_lag") == 0
+        assert _get(port, "/health") == (200, '{"status": "ok"}')
+        assert _get(port, "/ready") == (200, '{"status": "ok"}')
+        assert _get(port, "/nothing")[0] == 404
+    finally:
+        stop.set()
+        worker.join(60)
+    assert result["report"].messages == len(rows)
+    with pytest.raises(OSError):
+        _get(port, "/health")  # closed with the stream
+
+
+def test_stream_is_alive_but_not_ready_while_brokers_do_not_answer(xgb_case):
+    import socket
+
+    case, _, _ = xgb_case
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dead = _closed_port()
+    errors = []
+
+    def run():
+        try:
+            stream(case.uris["path"], bootstrap_servers=f"127.0.0.1:{dead}", input_topic="a", output_topic="b",
+                   group_id="g", metrics_port=port, broker_timeout_s=8)
+        except Exception as exc:  # the stream gives up after broker_timeout_s
+            errors.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 6
+        while True:
+            try:
+                health = _get(port, "/health")
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        assert health == (200, '{"status": "ok"}')
+        status, body = _get(port, "/ready")
+        assert status == 503 and "brokers do not answer" in body
+    finally:
+        worker.join(60)
+    assert errors and "could not be reached" in str(errors[0])
+
+
 def test_poison_messages_go_to_the_dead_letter_topic(kafka, xgb_case):
     case, rows, expected = xgb_case
     topic = f"poison-{uuid.uuid4().hex[:8]}"

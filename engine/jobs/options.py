@@ -256,6 +256,8 @@ class StreamOptions(ModelOptions):
     max_messages: int | None = _opt(None, "stop after this many input messages (tests, backfills)")
     idle_timeout_s: float | None = _opt(None, "stop after this many seconds without messages (backfills)")
     broker_timeout_s: float = _opt(60.0, "fail when no Kafka broker has answered for this long, at start or later")
+    metrics_port: int | None = _opt(None, "serve GET /health, /ready and /metrics (Prometheus) on this port")
+    metrics_host: str = _opt("127.0.0.1", "the address --metrics-port listens on (0.0.0.0 for probes from outside)")
 
     def __post_init__(self):
         from connectors.kafka import FORMATS
@@ -268,6 +270,8 @@ class StreamOptions(ModelOptions):
             raise ConfigError(f"value format {self.value_format!r} is not one of {FORMATS}")
         if self.max_batch_rows < 1 or self.max_batch_messages < 1 or self.max_wait_ms < 0:
             raise ConfigError("max_batch_rows and max_batch_messages must be >= 1 and max_wait_ms >= 0")
+        if self.metrics_port is not None and not 0 <= self.metrics_port < 65536:
+            raise ConfigError(f"metrics_port {self.metrics_port} is not a port number (0: any free port)")
         if not self.broker_timeout_s > 0:
             raise ConfigError(f"broker_timeout_s must be above 0, got {self.broker_timeout_s}")
         for name in ("bootstrap_servers", "input_topic", "output_topic", "group_id"):

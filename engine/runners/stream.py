@@ -62,13 +62,25 @@ class _Loop:
             transactional = opts.transactional_id or (f"arrowscore-{opts.group_id}-{opts.input_topic}-"
                                                       f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
             log.info("exactly-once, transactional.id %s", transactional)
-        # the source first: it waits for the brokers (broker_timeout_s) before anything else talks to them
-        self.source = KafkaSource({**common, **opts.consumer_config, "group.id": opts.group_id}, opts.input_topic,
-                                  opts.broker_timeout_s)
+        self.monitor = None
+        if opts.metrics_port is not None:  # alive (not ready) while the source waits for the brokers
+            from .streamhealth import StreamMonitor
+
+            self.monitor = StreamMonitor(opts.metrics_host, opts.metrics_port, max(60.0, opts.broker_timeout_s))
+            log.info("health and metrics on http://%s:%d/ (/health, /ready, /metrics)", opts.metrics_host,
+                     self.monitor.port)
         try:
-            self.sink = KafkaSink({**common, **opts.producer_config}, transactional, opts.broker_timeout_s)
+            # the source first: it waits for the brokers (broker_timeout_s) before anything else talks to them
+            self.source = KafkaSource({**common, **opts.consumer_config, "group.id": opts.group_id}, opts.input_topic,
+                                      opts.broker_timeout_s)
+            try:
+                self.sink = KafkaSink({**common, **opts.producer_config}, transactional, opts.broker_timeout_s)
+            except BaseException:
+                self.source.close()
+                raise
         except BaseException:
-            self.source.close()
+            if self.monitor is not None:
+                self.monitor.close()
             raise
         self.report = StreamReport()
         self.aborted = 0  # transactions aborted in a row
@@ -148,6 +160,8 @@ class _Loop:
         self.report.dead_lettered += len(bad)
         self.report.batches += 1
         self.latency = time.perf_counter() - started
+        if self.monitor is not None:
+            self.monitor.batch(len(msgs), rows, len(bad), self.latency)
         return len(msgs)
 
     def run(self) -> StreamReport:
@@ -157,6 +171,8 @@ class _Loop:
             while not self.stop.is_set():
                 n = self.turn()
                 now = time.perf_counter()
+                if self.monitor is not None:
+                    self.monitor.turned(self.source.reachable, self.source.lag)
                 if n:
                     idle_since = time.monotonic()
                 elif self.opts.idle_timeout_s is not None and time.monotonic() - idle_since > self.opts.idle_timeout_s:
@@ -173,6 +189,8 @@ class _Loop:
                 self.report.busy_seconds = time.perf_counter() - self.first_at
             self.sink.close()
             self.source.close()
+            if self.monitor is not None:
+                self.monitor.close()
         log.info("%s", self.report)
         return self.report
 
