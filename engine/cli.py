@@ -16,7 +16,7 @@ import sys
 
 from .cliflags import (MODEL_CONVERT, add_flags, csv_list, json_object, json_or_file, load_flags, log_flags,
                        model_arg, model_flags, pairs, place, positional, properties, setup_logging, values)
-from .deploycommands import add_env_manager, add_parsers, in_model_env
+from .deploycommands import IN_MODEL_ENV, add_env_manager, add_parsers, in_model_env
 
 __all__ = ["main"]
 
@@ -29,7 +29,7 @@ EXIT = """exit status (for scripts and retry policies):
   3    unavailable: a Kafka broker, Ray cluster, Spark master, object store or model store did not answer
        (UnavailableError, a network error or timeout); a retry later may work
   130  interrupted (Ctrl-C / SIGINT, or SIGTERM); a local score job removes its staged output first and leaves a previous
-       output as it was"""
+       output as it was. `serve` and a scheduled `run` stop cleanly on SIGTERM (after draining / their current run): 0"""
 
 
 # ---- info ----------------------------------------------------------------------------------------
@@ -50,7 +50,7 @@ def _info(args) -> int:
     path = uris.resolve(args.model_uri, args.cache_dir)
     meta = read_mlmodel(path)
     flavor, _ = flavors.choose(meta, args.flavor)
-    warn_once(path)
+    warn_once(path, flavor)
     sig = meta.signature
     doc = {
         "path": str(path),
@@ -60,7 +60,7 @@ def _info(args) -> int:
         "inputs": _fields(sig.input_schema()),
         "outputs": _fields(sig.output_schema()),
         "params": [p.to_dict() for p in sig.params] if sig.params else None,
-        "requirements_mismatches": [str(m) for m in check_requirements(path)],
+        "requirements_mismatches": [str(m) for m in check_requirements(path, flavor)],
     }
     if args.json:
         print(json.dumps(doc, indent=2))
@@ -420,6 +420,11 @@ _PATH_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirec
 
 
 def main(argv: list[str] | None = None) -> int:
+    args_list = sys.argv[1:] if argv is None else list(argv)
+    if args_list[:1] == ["ping"]:  # the image's HEALTHCHECK, every 30 s: without building every parser
+        from .deploycommands import ping_main
+
+        return ping_main(args_list[1:])
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     flagged = ["/".join(f) for d, _, f in getattr(args, "_places", None) or [] if getattr(args, d) is not None]
@@ -441,8 +446,8 @@ def main(argv: list[str] | None = None) -> int:
         # SIGTERM (a scheduler's stop) cleans up as Ctrl-C does, instead of leaving staging behind
         signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        if getattr(args, "env_manager", "local") == "uv":
-            return in_model_env(args, sys.argv[1:] if argv is None else list(argv))
+        if getattr(args, "env_manager", "local") == "uv" and not os.environ.get(IN_MODEL_ENV):
+            return in_model_env(args, args_list)
         return args.run(args)
     except KeyboardInterrupt:  # the job has cleaned up on its way out
         print("arrowscore: interrupted", file=sys.stderr)

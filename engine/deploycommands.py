@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 
 from .cliflags import model_arg, pairs
@@ -11,6 +12,9 @@ from .cliflags import model_arg, pairs
 __all__ = ["add_parsers", "add_env_manager", "in_model_env"]
 
 ENV_MANAGERS = ("local", "uv")
+IN_MODEL_ENV = "ARROWSCORE_IN_MODEL_ENV"  # set for the command run inside the model's environment: it runs there
+PING_HELP = ("GET /ping on the port `serve` listens on, read from the same variables (SAGEMAKER_BIND_TO_PORT, "
+             "AIP_HTTP_PORT, ARROWSCORE_PORT; 8080), not from serve's flags: exit 0 on 200, else 1 with the reason")
 
 
 def _docker_options(args):
@@ -24,7 +28,7 @@ def _generate(args) -> int:
     from .deploy import generate_dockerfile
 
     path = generate_dockerfile(args.model_uri, args.output_directory, _docker_options(args), args.cache_dir)
-    print(f"wrote {path}/Dockerfile; build it with: docker build -t NAME {path}")
+    print(f"wrote {path}/Dockerfile; build it with: docker build -t NAME {shlex.quote(str(path))}")
     return 0
 
 
@@ -45,10 +49,27 @@ def _env(args) -> int:
     return 0
 
 
-def _ping(args) -> int:
+def ping_main(argv: list[str]) -> int:
+    """``arrowscore ping``: 0 when the server answers /ping, else 1 with the reason on stderr (never 2,
+    which Docker's HEALTHCHECK reserves)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="arrowscore ping", description=PING_HELP)
+    p.add_argument("--timeout-s", type=float, default=4.0, help="how long to wait for the answer (default 4)")
+    args = p.parse_args(argv)
+    from .errors import EngineError
     from .server import ping
 
-    return 0 if ping(timeout_s=args.timeout_s) else 1
+    try:
+        if not args.timeout_s > 0:
+            raise EngineError(f"--timeout-s must be above 0, got {args.timeout_s}")
+        failure = ping(timeout_s=args.timeout_s)
+    except EngineError as exc:
+        failure = str(exc)
+    if failure:
+        print(f"arrowscore ping: {failure}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _image_flags(p) -> None:
@@ -90,9 +111,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--python", action="store_true", help="print the environment's python instead of its directory")
     p.set_defaults(run=_env)
 
-    p = sub.add_parser("ping", help="exit 0 when the server this environment describes answers /ping (HEALTHCHECK)")
-    p.add_argument("--timeout-s", type=float, default=4.0, help="how long to wait for the answer")
-    p.set_defaults(run=_ping)
+    p = sub.add_parser("ping", help="exit 0 when the server this environment describes answers /ping (HEALTHCHECK)",
+                       description=PING_HELP)
+    p.add_argument("--timeout-s", type=float, default=4.0, help="how long to wait for the answer (default 4)")
+    p.set_defaults(run=lambda args: ping_main(["--timeout-s", str(args.timeout_s)]))
 
 
 def add_env_manager(p) -> None:
@@ -101,7 +123,7 @@ def add_env_manager(p) -> None:
                         "made once and cached (see `arrowscore env`)")
 
 
-def _model_of(args) -> str:
+def _model_of(args) -> tuple[str, str | None]:
     from .errors import ConfigError
 
     if args.command == "run":
@@ -111,7 +133,7 @@ def _model_of(args) -> str:
         if spec.runner != "local":
             raise ConfigError(f"--env-manager uv runs the job on this machine; runner {spec.runner!r} uses the "
                               "cluster's environment (Ray's runtime_env, Spark's PYSPARK_PYTHON)")
-        return spec.model_path or spec.model
+        return spec.model_path or spec.model, args.cache_dir or spec.options.cache_dir
     if args.command == "serve":
         from .server import model_specs, platform
 
@@ -119,11 +141,24 @@ def _model_of(args) -> str:
         if len(specs) != 1:
             raise ConfigError("--env-manager uv serves one model (its environment is that model's); start one "
                               "server per model")
-        return specs[0][1]
+        return specs[0][1], args.cache_dir
     if getattr(args, "runner", "local") not in (None, "local"):
         raise ConfigError(f"--env-manager uv runs on this machine; --runner {args.runner} uses the cluster's "
                           "environment (Ray's runtime_env, Spark's PYSPARK_PYTHON)")
-    return args.model_uri
+    return args.model_uri, args.cache_dir
+
+
+def _with_model(argv: list[str], uri: str, alone: str, path: str) -> list[str]:
+    """argv with the model's URI given alone (a positional, ``-m URI``) as ``alone``, or after ``=``
+    (``--model-uri=URI``, ``NAME=URI``) as ``path``."""
+    out, done = [], False
+    for a in argv:
+        if not done and a == uri:
+            a, done = alone, True
+        elif not done and a.endswith(f"={uri}"):
+            a, done = a[: -len(uri)] + path, True
+        out.append(a)
+    return out
 
 
 def _without_env_manager(argv: list[str]) -> list[str]:
@@ -142,8 +177,22 @@ def in_model_env(args, argv: list[str]) -> int:
     """Run this command again inside the model's environment (replacing this process)."""
     from .deploy import env_python
 
-    python = env_python(_model_of(args), getattr(args, "cache_dir", None), getattr(args, "flavor", None))
+    from .deploy.packages import resolve_pinned
+
+    uri, cache_dir = _model_of(args)
+    argv = _without_env_manager(argv)
+    if args.command != "run":  # the command gets the local copy: resolved once, MLflow not needed inside
+        path, _ = resolve_pinned(uri, cache_dir)
+        alone = str(path)
+        if args.command == "serve":  # keep the name the URI gave the model (its routes, metrics)
+            from .server import model_specs, platform
+
+            ((name, _),) = model_specs(args.models, platform())
+            alone = f"{name}={path}"
+        argv = _with_model(argv, uri, alone, str(path))
+    python = env_python(uri, cache_dir, getattr(args, "flavor", None), resolves_again=args.command == "run")
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(python, [python, "-m", "engine", *_without_env_manager(argv)])
+    os.environ[IN_MODEL_ENV] = python
+    os.execv(python, [python, "-m", "engine", *argv])
     return 1  # not reached

@@ -131,7 +131,7 @@ def test_context_holds_the_model_the_wheel_and_a_small_secure_image(logged_model
     context = generate(case.uris["path"], tmp_path)
     steps = instructions(context / "Dockerfile")
     args = dict(steps)
-    python = ".".join(map(str, sys.version_info[:3]))  # the tests log models with this Python
+    python = ".".join(map(str, sys.version_info[:2]))  # the tests log models with this Python
     assert args["ARG"] == f"BASE_IMAGE=python:{python}-slim" and args["FROM"] == "${BASE_IMAGE}"
     assert args["USER"] == "10001" and args["EXPOSE"] == "8080"
     assert args["HEALTHCHECK"].endswith('CMD ["arrowscore", "ping"]')
@@ -143,7 +143,7 @@ def test_context_holds_the_model_the_wheel_and_a_small_secure_image(logged_model
     assert [p.name for p in (context / "wheels").iterdir()] == ["arrowscore-0.1.0-py3-none-any.whl"]
     reqs = (context / "requirements.txt").read_text().splitlines()
     ours = next(r for r in reqs if r.startswith("arrowscore["))
-    assert ours.startswith("arrowscore[sklearn,serve,run] @ file:///opt/arrowscore/wheels/"), ours
+    assert ours.startswith("arrowscore[sklearn,pandas,serve,run] @ file:///opt/arrowscore/wheels/"), ours
     installed = [r for r in reqs if r and not r.startswith("#")]
     assert not any(r.split("=")[0].strip() in ("mlflow", "mlflow-skinny", "onnxruntime", "xgboost", "lightgbm",
                                                "pyspark", "ray") for r in installed), installed
@@ -179,6 +179,7 @@ def test_model_requirements_constrain_pins_versions_without_installing_more(tmp_
     constraints = (context / "constraints.txt").read_text().splitlines()[1:]
     assert constraints == ["scikit-learn==1.5.2", "pytest==8.0.0", "pandas==2.2.0"]  # pip refuses extras there
     assert "COPY requirements.txt constraints.txt /opt/arrowscore/" in (context / "Dockerfile").read_text()
+    assert any(r.startswith("arrowscore[sklearn,pandas,") for r in reqs)  # a DataFrame-fitted model needs pandas
     assert [f for f in hadolint(context / "Dockerfile") if f["level"] not in ("info", "style")] == []
 
 
@@ -193,6 +194,63 @@ def test_generate_refuses_a_directory_with_files_and_a_bad_port(logged_models, t
     assert done.returncode == 2 and "not a port number" in done.stderr and not (tmp_path / "new").exists()
     done = arrowscore("generate-dockerfile", tmp_path / "nothing-here", "-d", tmp_path / "new")
     assert done.returncode == 2 and "does not exist" in done.stderr and not (tmp_path / "new").exists()
+
+
+def _sk_model(path, **save):
+    import mlflow
+    from sklearn.linear_model import LinearRegression
+
+    mlflow.sklearn.save_model(LinearRegression().fit([[0.0], [1.0]], [0.0, 2.0]), path, serialization_format="pickle",
+                              pip_requirements=save.pop("pip_requirements", ["mlflow"]), **save)
+    return path
+
+
+def test_values_that_would_change_the_dockerfile_are_refused_or_escaped(tmp_path):
+    model = _sk_model(tmp_path / 'we ird"$HOME')
+    context = generate(model, tmp_path)
+    label = dict(instructions(context / "Dockerfile"))["LABEL"]
+    assert f'io.arrowscore.model-uri="{tmp_path}/we ird\\"\\$HOME"' in label, label
+    assert [f for f in hadolint(context / "Dockerfile") if f["level"] not in ("info", "style")] == []
+
+    done = arrowscore("generate-dockerfile", model, "-d", tmp_path / "b", "--base-image", "python:3.11\nRUN id")
+    assert done.returncode == 2 and "not an image reference" in done.stderr
+    for bad in ("not a req!!", "-e .", "--index-url=http://example.com"):
+        done = arrowscore("generate-dockerfile", model, "-d", tmp_path / "b", f"--pip-package={bad}")
+        assert done.returncode == 2 and "is not a requirement" in done.stderr, (bad, done.stderr)
+    (model / "python_env.yaml").write_text('python: "3.11\\nRUN echo pwned"\n')
+    done = arrowscore("generate-dockerfile", model, "-d", tmp_path / "b")
+    assert done.returncode == 2 and "is not a Python version" in done.stderr
+    (model / "python_env.yaml").write_text("python: 3.8.18\n")
+    done = arrowscore("generate-dockerfile", model, "-d", tmp_path / "b")
+    assert done.returncode == 2 and "arrowscore needs Python 3.10 or newer" in done.stderr
+    assert not (tmp_path / "b").exists()
+
+
+def test_model_pins_are_checked_and_requirement_files_go_along(tmp_path):
+    model = _sk_model(tmp_path / "m", pip_requirements=["mlflow", "pyarrow==15.0.0"])
+    done = arrowscore("generate-dockerfile", model, "-d", tmp_path / "a")
+    assert done.returncode == 2 and "the model pins 'pyarrow==15.0.0', but arrowscore needs pyarrow>=" in done.stderr
+    (model / "requirements.txt").write_text("mlflow\n-r extra.txt\n")
+    (model / "extra.txt").write_text("humanize==4.17.0\n")
+    context = generate(model, tmp_path)
+    assert "-r /opt/arrowscore/requirements.d/0-extra.txt" in (context / "requirements.txt").read_text()
+    assert (context / "requirements.d" / "0-extra.txt").read_text() == "humanize==4.17.0\n"
+    assert "COPY requirements.d/ /opt/arrowscore/requirements.d/" in (context / "Dockerfile").read_text()
+    (model / "requirements.txt").write_text("-r ../elsewhere.txt\n")
+    done = arrowscore("generate-dockerfile", model, "-d", tmp_path / "c")
+    assert done.returncode == 2 and "not a file in the model's directory" in done.stderr
+    done = arrowscore("generate-dockerfile", model, "-d", model / "ctx")
+    assert done.returncode == 2 and "inside the model's directory" in done.stderr and not (model / "ctx").exists()
+
+
+def test_ping_says_why_it_fails_and_never_exits_2(tmp_path):
+    port = _free_port()
+    done = arrowscore("ping", "--timeout-s", "1", env={"ARROWSCORE_PORT": str(port)})
+    assert done.returncode == 1 and f"no answer from http://127.0.0.1:{port}/ping" in done.stderr
+    done = arrowscore("ping", env={"AIP_HTTP_PORT": "99999"})
+    assert done.returncode == 1 and "AIP_HTTP_PORT='99999' is not a port number" in done.stderr
+    done = arrowscore("ping", "--timeout-s", "-5")
+    assert done.returncode == 1 and "--timeout-s must be above 0" in done.stderr
 
 
 def test_the_wheel_is_the_running_code_and_the_same_bytes_each_time(tmp_path):
@@ -282,10 +340,11 @@ def test_entrypoint_meets_the_vertex_contract(logged_models, tmp_path):
 
 def test_platform_reads_arrowscore_port_host_and_the_baked_model(monkeypatch, tmp_path):
     import engine.server as server
+    import engine.server.contracts as contracts
 
     baked = tmp_path / "opt-ml-model"
     baked.mkdir()
-    monkeypatch.setattr(server, "SAGEMAKER_MODEL", str(baked))
+    monkeypatch.setattr(contracts, "SAGEMAKER_MODEL", str(baked))
     # docker run IMAGE: the image's model, on 0.0.0.0, at ARROWSCORE_PORT when the image set one
     assert server.platform({"ARROWSCORE_PORT": "9000"}) == server.Platform("sagemaker", "0.0.0.0", 9000,
                                                                            server.Routes(), str(baked))
@@ -303,6 +362,8 @@ def test_platform_reads_arrowscore_port_host_and_the_baked_model(monkeypatch, tm
 def test_build_docker_names_the_builders_when_none_is_there(logged_models, tmp_path):
     empty = tmp_path / "bin"
     empty.mkdir()
+    done = arrowscore("build-docker", logged_models["onnx"].uris["path"], "-t", "Scorer:1", env={"PATH": str(empty)})
+    assert done.returncode == 2 and "image name 'Scorer:1' is not valid" in done.stderr
     done = arrowscore("build-docker", logged_models["onnx"].uris["path"], "-t", "scorer:1", env={"PATH": str(empty)})
     assert done.returncode == 2, done.stderr
     for name in ("docker", "podman", "buildah"):
@@ -354,6 +415,9 @@ def foreign_model(tmp_path_factory):
     path = root / "model"
     mlflow.pyfunc.save_model(path, python_model=str(code), pip_requirements=["mlflow", "humanize==4.17.0"],
                              signature=infer_signature(frame, [1.0] * len(frame)))
+    # the pin through a -r line, a form MLflow's requirements.txt may hold: the file goes along
+    (path / "requirements.txt").write_text("mlflow\n-r extra-requirements.txt\n")
+    (path / "extra-requirements.txt").write_text("humanize==4.17.0\n")
     return path, frame
 
 
@@ -393,6 +457,22 @@ def test_env_manager_uv_predicts_what_mlflow_predicts_in_the_models_environment(
     assert done.returncode == 0, done.stderr
     assert "creating" not in done.stderr
     assert pq.read_table(tmp_path / "scored").column("prediction").to_pylist() == expected
+    assert len([p for p in (cache / "envs").iterdir() if p.is_dir()]) == 1
+
+
+def test_env_manager_takes_a_registry_uri_and_an_abbreviated_flag(logged_models, mlflow_store, tmp_path):
+    """The command run inside resolves models:/ again, so the environment of a native flavor holds
+    MLflow too; --env-man (argparse's abbreviation) runs once, inside, instead of looping."""
+    case = logged_models["sklearn_skops"]
+    data = tmp_path / "in.json"
+    data.write_text(json.dumps({"dataframe_split": json.loads(case.mlflow_input.to_json(orient="split", index=False))}))
+    tracking = {"MLFLOW_TRACKING_URI": f"sqlite:///{mlflow_store / 'mlflow.db'}"}
+    cache = tmp_path / "cache"
+    done = arrowscore("predict", case.uris["alias"], "-i", data, "--env-man", "uv", "--cache-dir", cache, env=tracking,
+                      timeout=300)
+    assert done.returncode == 0, done.stderr
+    _same(json.loads(done.stdout)["predictions"], case.expected, "models:/ through uv")
+    assert done.stderr.count("creating the model's environment") == 1
     assert len([p for p in (cache / "envs").iterdir() if p.is_dir()]) == 1
 
 

@@ -30,8 +30,14 @@ def _frame(spark, case):
     return spark.createDataFrame(table.to_pandas()).repartition(3)
 
 
+def _arrow(df) -> pa.Table:
+    from engine.runners.spark_udf import _to_arrow  # toArrow is pyspark >= 4.0; the tests run on 3.5 too
+
+    return _to_arrow(df)
+
+
 def _sorted(df) -> pa.Table:
-    return df.toArrow().sort_by("id")
+    return _arrow(df).sort_by("id")
 
 
 @pytest.mark.parametrize("key", MODELS)
@@ -74,7 +80,7 @@ def test_udf_in_spark_sql(spark, logged_models):
     spark.udf.register("xgb_score", engine.spark.udf(spark, case.uris["path"]))
     _frame(spark, case).createOrReplaceTempView("features")
     cols = ", ".join(case.arrow_input.column_names)
-    out = spark.sql(f"SELECT id, xgb_score({cols}) AS prediction FROM features").toArrow().sort_by("id")
+    out = _sorted(spark.sql(f"SELECT id, xgb_score({cols}) AS prediction FROM features"))
     assert_same_predictions(out.drop_columns(["id"]), case.expected)
 
 

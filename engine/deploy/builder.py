@@ -6,6 +6,7 @@ podman and buildah build in Docker's image format, which keeps the HEALTHCHECK (
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import tempfile
@@ -17,6 +18,9 @@ from .dockerfile import DockerOptions, generate_dockerfile
 __all__ = ["BUILDERS", "find_builder", "build_command", "build_docker"]
 
 BUILDERS = ("docker", "podman", "buildah")
+# [registry[:port]/]name[/name...][:tag], names lowercase (Docker's reference grammar, without digests)
+_TAG = re.compile(r"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
+                  r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$")
 
 
 def _docker_answers(path: str) -> bool:
@@ -55,13 +59,15 @@ def build_command(name: str, path: str, context: Path, tag: str, build_args: dic
 def build_docker(model_uri: str, tag: str, options: DockerOptions | None = None, cache_dir: str | None = None,
                  builder: str | None = None, build_args: dict[str, str] | None = None) -> str:
     """Build the image for ``model_uri`` as ``tag``; the builder's output goes to this process's."""
-    if not tag or any(c.isspace() for c in tag):
-        raise ConfigError(f"image name {tag!r} is not valid; pass -t NAME[:TAG]")
+    if not _TAG.match(tag or ""):
+        raise ConfigError(f"image name {tag!r} is not valid; pass -t NAME[:TAG] (lowercase name parts, e.g. "
+                          "registry.example.com/fraud:3)")
     name, path = find_builder(builder)
     with tempfile.TemporaryDirectory(prefix="arrowscore-image-") as tmp:
         context = generate_dockerfile(model_uri, Path(tmp) / "context", options, cache_dir)
         done = subprocess.run(build_command(name, path, context, tag, build_args or {}))
     if done.returncode != 0:
-        raise EngineError(f"{name} could not build {tag!r} (exit {done.returncode}; its output is above); "
-                          "`arrowscore generate-dockerfile` writes the same context to look at")
+        raise EngineError(f"{name} could not build {tag!r} (exit {done.returncode}; its output is above). If the base "
+                          "image could not be pulled, pass --base-image (or --build-arg BASE_IMAGE=...) naming one "
+                          "your registry has; `arrowscore generate-dockerfile` writes the same context to look at")
     return tag

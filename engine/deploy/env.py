@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import ConfigError, MissingDependency, ModelLoadError
-from .packages import install_plan
+from .packages import install_plan, resolve_pinned
 from .wheel import build_wheel
 
 __all__ = ["create_env", "env_python", "uv_binary", "envs_dir"]
@@ -74,19 +74,24 @@ def _run(cmd: list[str], what: str) -> None:
         raise ModelLoadError(f"{what} failed (exit {done.returncode}):\n{tail}")
 
 
-def create_env(model_uri: str, cache_dir: str | None = None, flavor: str | None = None) -> Path:
-    """The model's environment (a virtualenv directory), made on first use and reused after."""
-    from ..model import uris
-
-    model_dir = uris.resolve(model_uri, cache_dir)
-    plan = install_plan(model_dir, flavor)
+def create_env(model_uri: str, cache_dir: str | None = None, flavor: str | None = None,
+               resolves_again: bool = True) -> Path:
+    """The model's environment (a virtualenv directory), made on first use and reused after.
+    resolves_again: the commands run in it get the URI, not the local copy (a job file names its model):
+    registry and remote URIs then need MLflow there too."""
+    model_dir, _ = resolve_pinned(model_uri, cache_dir)
+    remote = resolves_again and ("://" in str(model_uri) or str(model_uri).startswith(("models:/", "runs:/")))
+    plan = install_plan(model_dir, flavor, extras=("serve", "run", *(("mlflow",) if remote else ())))
     uv = uv_binary()
     python = _interpreter(uv, plan.python)
     with tempfile.TemporaryDirectory(prefix="arrowscore-env-") as tmp:
         wheel = build_wheel(tmp)
         digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
-        # what the environment holds: the requirements with the wheel's content in place of its path
-        spec = plan.requirements_txt(f"file:///arrowscore-{digest}.whl") + f"python {python} {plan.python}\n"
+        # what the environment holds: the requirements with the wheel's and the -r files' contents in place
+        # of their paths
+        files = "".join(f"{name} {hashlib.sha256(src.read_bytes()).hexdigest()}\n" for src, name in plan.files)
+        spec = (plan.requirements_txt(f"file:///arrowscore-{digest}.whl", "/files") + files
+                + f"python {python} {plan.python}\n")
         key = hashlib.sha256(spec.encode()).hexdigest()[:16]
         root = envs_dir(cache_dir)
         target = root / f"{plan.flavor}-{key}"
@@ -97,14 +102,21 @@ def create_env(model_uri: str, cache_dir: str | None = None, flavor: str | None 
             fcntl.flock(lock, fcntl.LOCK_EX)  # a second command waits here, then finds it made
             if (target / "bin" / "python").exists():
                 return target
-            log.info("creating the model's environment %s (%s, Python %s); later commands reuse it", target,
-                     ", ".join(plan.extras), plan.python)
+            for stale in root.glob(f".{target.name}-*"):  # left by a build that was killed (we hold its lock)
+                shutil.rmtree(stale, ignore_errors=True)
+            used = subprocess.run([python, "-c", "import platform; print(platform.python_version())"],
+                                  capture_output=True, text=True).stdout.strip()
+            log.info("creating the model's environment %s (%s; Python %s, the model was logged with %s); later "
+                     "commands reuse it", target, ", ".join(plan.extras), used, plan.python)
             building = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
             try:
                 _run([uv, "venv", "--quiet", "--relocatable", "--no-python-downloads", "--python", python,
                       str(building / "venv")], "creating the virtualenv with uv")
+                (Path(tmp) / plan.FILES_DIR).mkdir()
+                for source, name in plan.files:
+                    shutil.copyfile(source, Path(tmp) / plan.FILES_DIR / name)
                 requirements = Path(tmp) / "requirements.txt"
-                requirements.write_text(plan.requirements_txt(str(wheel)))
+                requirements.write_text(plan.requirements_txt(str(wheel), tmp))
                 _run([uv, "pip", "install", "--quiet", "--python", str(building / "venv" / "bin" / "python"),
                       "-r", str(requirements)], f"installing the model's requirements ({model_dir}/requirements.txt)")
                 (building / "venv" / "arrowscore-requirements.txt").write_text(spec)
@@ -114,8 +126,9 @@ def create_env(model_uri: str, cache_dir: str | None = None, flavor: str | None 
     return target
 
 
-def env_python(model_uri: str, cache_dir: str | None = None, flavor: str | None = None) -> str:
+def env_python(model_uri: str, cache_dir: str | None = None, flavor: str | None = None,
+               resolves_again: bool = True) -> str:
     """The Python executable of the model's environment."""
     if not model_uri:
         raise ConfigError("--env-manager uv needs the model's URI")
-    return str(create_env(model_uri, cache_dir, flavor) / "bin" / "python")
+    return str(create_env(model_uri, cache_dir, flavor, resolves_again) / "bin" / "python")

@@ -61,8 +61,9 @@ def _installed(name: str) -> str:
         return metadata.version("mlflow-skinny")
 
 
-def check_requirements(model_dir: str | Path) -> list[Mismatch]:
-    """Requirements of the model that the running environment does not meet."""
+def check_requirements(model_dir: str | Path, flavor: str | None = None) -> list[Mismatch]:
+    """Requirements of the model that the running environment does not meet (``mlflow`` counts only
+    for the python_function flavor: arrowscore loads the native ones without it)."""
     path = Path(model_dir) / "requirements.txt"
     if not path.is_file():
         return []
@@ -75,6 +76,8 @@ def check_requirements(model_dir: str | Path) -> list[Mismatch]:
         if not m or not _marker_applies(m.group(4)):
             continue
         name, op, wanted = m.group(1), m.group(2), m.group(3)
+        if name.lower() == "mlflow" and flavor not in (None, "python_function"):
+            continue
         try:
             have = _installed(name)
         except metadata.PackageNotFoundError:
@@ -85,13 +88,13 @@ def check_requirements(model_dir: str | Path) -> list[Mismatch]:
     return out
 
 
-def warn_once(model_dir: str | Path) -> list[Mismatch]:
+def warn_once(model_dir: str | Path, flavor: str | None = None) -> list[Mismatch]:
     """Log one line per model directory (per process) when requirements differ."""
     key = str(Path(model_dir).resolve())
     if key in _warned:
         return []
     _warned.add(key)
-    found = check_requirements(model_dir)
+    found = check_requirements(model_dir, flavor)
     if found:
         log.warning("model %s was logged with other packages: %s; scoring may differ "
                     "(arrowscore info MODEL lists them)", model_dir, "; ".join(map(str, found)))

@@ -136,7 +136,7 @@ def load_model(uri: str | os.PathLike, *, flavor: str | None = None, model_confi
     conf = dict(meta.flavors[name])
     if model_config:
         conf["config"] = {**(conf.get("config") or {}), **model_config}
-    warn_once(path)
+    warn_once(path, name)
     predictor = chosen.load(meta, conf, flavors.LoadOptions(shared_cpu=shared_cpu))
     log.debug("loaded %s (flavor %s) from %s in %.3f s", os.fspath(uri), name, path, time.perf_counter() - started)
     return Model(meta, name, predictor, feature_columns)

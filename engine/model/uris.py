@@ -66,6 +66,19 @@ def _check_web(uri: str) -> None:
                           "pass its path")
 
 
+def _client(mlflow, uri: str):
+    """``MlflowClient()``, or a ConfigError when this MLflow cannot open the tracking store named."""
+    try:
+        return mlflow.MlflowClient()
+    except mlflow.exceptions.MlflowException as exc:
+        if "unsupported URI" not in str(exc):
+            raise
+        tracking = mlflow.get_tracking_uri()
+        raise ConfigError(f"the model URI {uri!r} needs the registry at {tracking!r}, which the installed MLflow "
+                          "cannot open (mlflow-skinny has no SQL store): pip install mlflow, or reach the registry "
+                          "through a tracking server (MLFLOW_TRACKING_URI=http://...)") from None
+
+
 def _fetch(mlflow, uri: str, dst: Path, what: str) -> Path:
     """``mlflow.artifacts.download_artifacts`` with every failure as one EngineError line."""
     try:
@@ -107,7 +120,7 @@ def registry_version(uri: str):
     if _MODEL_ID.match(body):
         return None
     _check_tracking(uri)
-    client = mlflow.MlflowClient()
+    client = _client(mlflow, uri)
     try:
         if "@" in body:
             name, alias = body.split("@", 1)

@@ -135,7 +135,7 @@ def _run(model_uri, input, output, options: ScoreOptions, spark_opts: SparkOptio
     cached = result.persist(StorageLevel.MEMORY_AND_DISK) if isolate else None
     try:
         if isolate:
-            rejected = cached.where(F.col("dead").isNotNull()).select("dead.*").toArrow()
+            rejected = spark_udf._to_arrow(cached.where(F.col("dead").isNotNull()).select("dead.*"))
             # in input order, as the other runners write them (Spark's tasks finish in any order)
             order = [(DEAD_LETTER_COLUMNS[1], "ascending"), (DEAD_LETTER_COLUMNS[2], "ascending")]
             for batch in rejected.sort_by(order).to_batches():

@@ -8,8 +8,13 @@
 The driver resolves the model URI once (registry lookups, downloads) and hands executors a local
 path (local mode) or ships the directory with ``SparkContext.addFile``. Each Python worker loads the
 model once and keeps it for every later task (Spark reuses Python workers); every batch then goes
-through ``Model.score_batch``, the same hot path as every other mode. No pandas anywhere: the UDF is
-an ``arrow_udf`` (pyspark >= 4.1) and ``score`` a ``mapInArrow``.
+through ``Model.score_batch``, the same hot path as every other mode. No pandas where Spark allows:
+the UDF is an ``arrow_udf`` on pyspark >= 4.1 (an iterator ``pandas_udf`` on 3.5 and 4.0, converting
+each batch to Arrow and back), ``score`` a ``mapInArrow`` (pyspark >= 3.3).
+
+Spark Connect has no SparkContext to ship files with: a model is read where the driver has it when the
+master is local, or from the path as given with ``ship_model=False`` (a path every executor reads:
+a shared file system, /dbfs, a volume); otherwise the call is refused with that advice.
 """
 
 from __future__ import annotations
@@ -28,15 +33,30 @@ _MODELS: dict = {}  # per Python worker process: location -> Model
 _LOCK = threading.Lock()
 
 
-def _locate(spark, model_uri, cache_dir=None):
+def _context(spark):
+    """The session's SparkContext, or None under Spark Connect (which has none)."""
+    try:
+        return spark.sparkContext
+    except Exception:  # pyspark's Connect session raises its own not-implemented error here
+        return None
+
+
+def _locate(spark, model_uri, cache_dir=None, ship_model: bool | None = None):
     """(the driver's local copy, where executors find it, whether it was shipped): the URI is resolved
-    once, so the driver and the executors load the same model version even if an alias moves."""
+    once, so the driver and the executors load the same model version even if an alias moves.
+    ship_model: None ships it unless the master is local; False: executors read the path as given."""
     from ..model import uris
 
     path = uris.resolve(model_uri, cache_dir).resolve()
-    if spark.sparkContext.master.startswith("local"):
+    context = _context(spark)
+    master = context.master if context is not None else (spark.conf.get("spark.master", None) or "")
+    if ship_model is False or (ship_model is None and master.startswith("local")):
         return path, str(path), False
-    spark.sparkContext.addFile(str(path), recursive=True)
+    if context is None:
+        raise ConfigError(f"under Spark Connect arrowscore cannot ship the model {model_uri!r} to the executors "
+                          "(there is no SparkContext.addFile); put the model where every executor can read it (a "
+                          "shared file system, /dbfs, a volume) and pass that path with ship_model=False")
+    context.addFile(str(path), recursive=True)
     return path, path.name, True
 
 
@@ -114,7 +134,7 @@ def _plan(df, model, job, what: str) -> tuple[list[str], list[pa.Field], pa.Sche
         raise SchemaError(f"the model needs columns {absent} that {what} lacks (it has {df.columns}); "
                           "add or rename those columns")
     columns = list(dict.fromkeys([*(model.input_columns or df.columns), *job.keep]))
-    sample = df.select(*columns).limit(64).toArrow() if model.output_schema is None else None
+    sample = _to_arrow(df.select(*columns).limit(64)) if model.output_schema is None else None
     out = _output_schema(model, sample, what)
     fields = [pa.field(c, _arrow_of(df, c)) for c in columns]
     names = job.output_names(out)
@@ -185,16 +205,15 @@ def _local(path: str) -> str:
 
 
 def udf(spark, model_uri, result_type=None, *, params: dict | None = None, feature_columns=None,
-        model_config: dict | None = None, load_log: str | None = None, cache_dir=None):
+        model_config: dict | None = None, load_log: str | None = None, cache_dir=None, ship_model: bool | None = None):
     """A Spark column function scoring the model: ``predict(col, ...)``, ``predict(struct(...))`` or
     ``predict(array_col)``. One output -> that column's type; several -> a struct."""
     require("pyspark", "spark", "engine.spark.udf")
-    from pyspark.sql.functions import arrow_udf
     from pyspark.sql.types import StructType
 
     from ..model import load_model
 
-    path, location, shipped = _locate(spark, model_uri, cache_dir)
+    path, location, shipped = _locate(spark, model_uri, cache_dir, ship_model)
     driver_model = load_model(path, feature_columns=feature_columns, model_config=model_config)
     if result_type is None:
         result_type = spark_schema(_output_schema(driver_model))
@@ -206,18 +225,48 @@ def udf(spark, model_uri, result_type=None, *, params: dict | None = None, featu
     struct_out = isinstance(result_type, StructType) or (isinstance(result_type, str) and result_type.strip().startswith("struct"))
     options = {"feature_columns": feature_columns, "model_config": model_config, "load_log": load_log}
 
+    def score_arrays(arrays: tuple) -> pa.Array:  # the one per-batch path of both UDF kinds
+        out = _worker_model(location, shipped, options).score_batch(_arguments(arrays, names), params)
+        if struct_out:
+            return pa.StructArray.from_arrays([_for_spark(c) for c in out.columns], out.schema.names)
+        return _for_spark(out.column(0))
+
+    try:
+        from pyspark.sql.functions import arrow_udf
+    except ImportError:  # pyspark < 4.1
+        return _pandas_udf(score_arrays, result_type, struct_out)
+
     def predict(batches: Iterator[Tuple[pa.Array, ...]]) -> Iterator[pa.Array]:
-        model = _worker_model(location, shipped, options)
         for arrays in batches:
-            if isinstance(arrays, pa.Array):
-                arrays = (arrays,)
-            out = model.score_batch(_arguments(arrays, names), params)
-            if struct_out:
-                yield pa.StructArray.from_arrays([_for_spark(c) for c in out.columns], out.schema.names)
-            else:
-                yield _for_spark(out.column(0))
+            yield score_arrays((arrays,) if isinstance(arrays, pa.Array) else arrays)
 
     return arrow_udf(predict, result_type)
+
+
+def _pandas_udf(score_arrays, result_type, struct_out: bool):
+    """The UDF on pyspark 3.5 and 4.0 (no arrow_udf): an iterator pandas_udf whose batches go to Arrow
+    and back around the same ``score_arrays``."""
+    import pandas as pd
+    from pyspark.sql.functions import pandas_udf
+
+    def to_arrow(value) -> pa.Array:
+        if isinstance(value, pd.DataFrame):  # a struct(...) argument
+            batch = pa.RecordBatch.from_pandas(value, preserve_index=False)
+            return pa.StructArray.from_arrays(batch.columns, batch.schema.names)
+        return pa.Array.from_pandas(value)
+
+    def predict(batches: Iterator[Tuple[pd.Series, ...]]) -> Iterator[pd.Series]:
+        for values in batches:
+            values = values if isinstance(values, tuple) else (values,)
+            out = score_arrays(tuple(to_arrow(v) for v in values))
+            if struct_out:
+                yield pa.RecordBatch.from_struct_array(out).to_pandas()
+            else:
+                yield out.to_pandas()
+
+    # pyspark reads the UDF kind from the hints; pd is not a module global, so they are objects, not strings
+    predict.__annotations__ = {"batches": Iterator[Tuple[pd.Series, ...]], "return": Iterator[pd.Series]}
+    return pandas_udf(predict, result_type)
 
 
 def _arguments(arrays: tuple, names: list[str] | None) -> pa.RecordBatch:
@@ -233,7 +282,8 @@ def _arguments(arrays: tuple, names: list[str] | None) -> pa.RecordBatch:
 
 
 def score(df, model_uri, keep_columns=(), *, rename: dict | None = None, params: dict | None = None,
-          feature_columns=None, model_config: dict | None = None, load_log: str | None = None, cache_dir=None):
+          feature_columns=None, model_config: dict | None = None, load_log: str | None = None, cache_dir=None,
+          ship_model: bool | None = None):
     """Score a whole DataFrame through mapInArrow: keep_columns + the model's output columns."""
     require("pyspark", "spark", "engine.spark.score")
     from ..jobs.options import ScoreOptions
@@ -242,10 +292,17 @@ def score(df, model_uri, keep_columns=(), *, rename: dict | None = None, params:
 
     opts = ScoreOptions(keep_columns=keep_columns, rename=rename or {}, params=params, feature_columns=feature_columns,
                         model_config=model_config)
-    path, location, shipped = _locate(df.sparkSession, model_uri, cache_dir)
+    path, location, shipped = _locate(df.sparkSession, model_uri, cache_dir, ship_model)
     model = load_model(path, **opts.load_kwargs())
     columns, _, result = _plan(df, model, JobScorer.from_options(model, opts), "the DataFrame")
     return df.select(*columns).mapInArrow(_map_function(location, shipped, opts, load_log, result), spark_schema(result))
+
+
+def _to_arrow(df) -> pa.Table:
+    """``DataFrame.toArrow`` (pyspark >= 4.0), or the Arrow collect it is built on (3.5)."""
+    if hasattr(df, "toArrow"):
+        return df.toArrow()
+    return pa.Table.from_batches(df._collect_as_arrow())
 
 
 def _arrow_of(df, column: str) -> pa.DataType:

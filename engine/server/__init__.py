@@ -28,77 +28,20 @@ import signal
 import socket
 import tempfile
 import threading
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 
 from ..errors import ConfigError, EngineError, ModelLoadError, require
-from .app import App, Routes, load_entries
+from .contracts import Platform, Routes, ping, platform
 from .options import ServeOptions
 
-__all__ = ["serve", "ServeOptions", "platform", "ping", "model_specs", "build_app"]
+# the app (pyarrow, orjson, the model core) is imported where a server starts: `arrowscore ping`, the
+# image's HEALTHCHECK every 30 s, needs only the contracts
+
+__all__ = ["serve", "ServeOptions", "platform", "ping", "Platform", "Routes", "model_specs", "build_app"]
 
 log = logging.getLogger("arrowscore.serve")
-SAGEMAKER_MODEL = "/opt/ml/model"
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _CONFIG = "ARROWSCORE_SERVE_CONFIG"  # how worker processes get their models and options
-
-
-@dataclass(frozen=True)
-class Platform:
-    """Where the server runs, read from the environment: which host, port, extra routes and model."""
-
-    name: str = "local"
-    host: str = "127.0.0.1"
-    port: int = 8080
-    routes: Routes = Routes()
-    model: str | None = None
-
-
-def _port(environ, key: str) -> int:
-    try:
-        return int(environ[key])
-    except ValueError:
-        raise ConfigError(f"{key}={environ[key]!r} is not a port number") from None
-
-
-def platform(environ=None) -> Platform:
-    """The platform contract the environment asks for (Vertex AI, SageMaker, or none).
-
-    ``ARROWSCORE_PORT`` / ``ARROWSCORE_HOST`` / ``ARROWSCORE_MODEL`` set the defaults a platform's own
-    variables do not (the image sets the host to 0.0.0.0). A model at /opt/ml/model (the image's) is
-    served when neither the platform nor ``ARROWSCORE_MODEL`` names one.
-    """
-    environ = os.environ if environ is None else environ
-    own_port = _port(environ, "ARROWSCORE_PORT") if environ.get("ARROWSCORE_PORT") else 8080
-    baked = SAGEMAKER_MODEL if os.path.isdir(SAGEMAKER_MODEL) else None
-    if "AIP_HTTP_PORT" in environ or "AIP_PREDICT_ROUTE" in environ:
-        routes = Routes(health=tuple(r for r in [environ.get("AIP_HEALTH_ROUTE")] if r),
-                        predict=tuple(r for r in [environ.get("AIP_PREDICT_ROUTE")] if r))
-        port = _port(environ, "AIP_HTTP_PORT") if "AIP_HTTP_PORT" in environ else own_port
-        model = environ.get("AIP_STORAGE_URI") or environ.get("ARROWSCORE_MODEL") or baked
-        return Platform("vertex", "0.0.0.0", port, routes, model)
-    sagemaker_model = environ.get("ARROWSCORE_MODEL") or SAGEMAKER_MODEL
-    if "SAGEMAKER_BIND_TO_PORT" in environ or (baked and "ARROWSCORE_MODEL" not in environ):
-        port = _port(environ, "SAGEMAKER_BIND_TO_PORT") if "SAGEMAKER_BIND_TO_PORT" in environ else own_port
-        return Platform("sagemaker", "0.0.0.0", port, Routes(), sagemaker_model)
-    return Platform(host=environ.get("ARROWSCORE_HOST") or "127.0.0.1", port=own_port,
-                    model=environ.get("ARROWSCORE_MODEL"))
-
-
-def ping(environ=None, timeout_s: float = 4.0) -> bool:
-    """Whether the server this environment describes answers ``GET /ping`` with 200 (the image's
-    HEALTHCHECK: the port comes from the same variables ``serve`` reads)."""
-    import http.client
-
-    where = platform(environ)
-    host = "127.0.0.1" if where.host in ("0.0.0.0", "") else ("::1" if where.host == "::" else where.host)
-    conn = http.client.HTTPConnection(host, where.port, timeout=timeout_s)
-    try:
-        conn.request("GET", "/ping")
-        return conn.getresponse().status == 200
-    except OSError:
-        return False
-    finally:
-        conn.close()
 
 
 def _name_of(uri: str) -> str:
@@ -155,13 +98,17 @@ def _resolve(pairs, options: ServeOptions) -> list[tuple]:
     return specs
 
 
-def build_app(specs: list[tuple], options: ServeOptions, routes: Routes = Routes(), auth_token: str | None = None) -> App:
+def build_app(specs: list[tuple], options: ServeOptions, routes: Routes = Routes(), auth_token: str | None = None):
     """The ASGI app for resolved models (what each worker runs)."""
+    from .app import App, load_entries
+
     return App(lambda: load_entries(specs, options), options, routes, auth_token)
 
 
-def _worker_app() -> App:
+def _worker_app():
     """uvicorn's app factory in a worker process: the models and options the parent resolved."""
+    from .app import App, load_entries
+
     config = json.loads(os.environ[_CONFIG])
     options = ServeOptions(**config["options"])
     specs = [tuple(s) for s in config["specs"]]
@@ -199,6 +146,8 @@ def serve(models=None, options: ServeOptions | None = None, **kwargs) -> None:
     """Serve ``models`` (a URI, ``NAME=URI`` strings, a list, or a {name: uri} dict) until SIGTERM or
     SIGINT, which stop accepting, finish the requests in flight, then return."""
     uvicorn = require("uvicorn", "serve", "arrowscore serve")
+    from .app import App, load_entries
+
     options = replace(options or ServeOptions(), **kwargs) if kwargs else (options or ServeOptions())
     where = platform()
     pairs = model_specs(models, where)

@@ -31,6 +31,7 @@ from ..errors import ConfigError, EngineError, ModelLoadError, SchemaError, Scor
 from . import protocols
 from .batcher import Batcher, Overloaded
 from .options import ServeOptions
+from .contracts import Routes
 
 __all__ = ["App", "Entry", "Routes"]
 
@@ -72,14 +73,6 @@ class Entry:
         if model is not self.model:
             self._schema = (self.model, self.model.input_schema)
         return self._schema[1]
-
-
-@dataclass(frozen=True)
-class Routes:
-    """Extra paths a cloud platform names (Vertex AI's AIP_HEALTH_ROUTE and AIP_PREDICT_ROUTE)."""
-
-    health: tuple = ()
-    predict: tuple = ()
 
 
 def _version() -> str:

@@ -1,4 +1,5 @@
-"""Fetch Spark's Kafka connector jars (scripts/spark_kafka/pom.xml) into .cache/spark-kafka/libs.
+"""Fetch Spark's Kafka connector jars (scripts/spark_kafka/pom.xml) for the installed pyspark into
+.cache/spark-kafka/<spark version>/libs (Scala 2.12 builds for Spark 3, 2.13 for Spark 4).
 
     python scripts/spark_kafka/jars.py        # prints the comma-separated jar list for spark.jars / --jars
 
@@ -13,20 +14,26 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-LIBS = HERE.parents[1] / ".cache" / "spark-kafka" / "libs"
-ARTIFACTS = "spark-sql-kafka-0-10_2.13,spark-token-provider-kafka-0-10_2.13,kafka-clients,commons-pool2"
+CACHE = HERE.parents[1] / ".cache" / "spark-kafka"
 
 
 def jars() -> list[str]:
-    if not any(LIBS.glob("spark-sql-kafka-0-10_2.13-*.jar")):
+    import pyspark
+
+    version = pyspark.__version__
+    scala = "2.12" if version.startswith(("2.", "3.")) else "2.13"
+    libs = CACHE / version / "libs"
+    artifacts = f"spark-sql-kafka-0-10_{scala},spark-token-provider-kafka-0-10_{scala},kafka-clients,commons-pool2"
+    if not any(libs.glob(f"spark-sql-kafka-0-10_{scala}-*.jar")):
         mvn = shutil.which("mvn")
         if mvn is None:
             raise RuntimeError("Maven (mvn) is needed to fetch Spark's Kafka connector from Maven Central")
-        LIBS.mkdir(parents=True, exist_ok=True)
+        libs.mkdir(parents=True, exist_ok=True)
         subprocess.run([mvn, "-q", "-B", "-f", str(HERE / "pom.xml"), "dependency:copy-dependencies",
-                        "-DincludeScope=runtime", f"-DincludeArtifactIds={ARTIFACTS}", f"-DoutputDirectory={LIBS}"],
+                        f"-Dspark.version={version}", f"-Dscala.binary={scala}", "-DincludeScope=runtime",
+                        f"-DincludeArtifactIds={artifacts}", f"-DoutputDirectory={libs}"],
                        check=True, timeout=900, stdout=subprocess.DEVNULL)
-    return sorted(str(p) for p in LIBS.glob("*.jar"))
+    return sorted(str(p) for p in libs.glob("*.jar"))
 
 
 if __name__ == "__main__":
