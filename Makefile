@@ -18,8 +18,22 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
-test: $(STAMP)
+# the Spark suite again on pyspark 3.5 (the long-term line of many platforms): arrow_udf and toArrow
+# are missing there, so the fallbacks run; everything else as constraints.txt pins it
+SPARK35 := .venv-spark35
+SPARK35_STAMP := $(SPARK35)/.installed
+
+$(SPARK35_STAMP): pyproject.toml constraints.txt $(STAMP)
+	test -x $(SPARK35)/bin/python || $(UV) venv --quiet --python $(PY) $(SPARK35)
+	grep -v -E '^(pyspark|pandas|py4j)==' constraints.txt > $(SPARK35)/constraints.txt
+	$(UV) pip install --python $(SPARK35)/bin/python --quiet -c $(SPARK35)/constraints.txt \
+		-e '.[sklearn,onnx,xgboost,lightgbm,mlflow,pandas,serve,run]' mlflow skl2onnx pytest pytest-timeout \
+		hypothesis 'pyspark==3.5.7' 'pandas<2.3'   # 3.5.7: the newest 3.5 whose Kafka connector Maven Central serves
+	touch $(SPARK35_STAMP)
+
+test: $(STAMP) $(SPARK35_STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(SPARK35)/bin/python -m pytest -q -p no:cacheprovider tests/test_spark.py -k 'not connect'
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_core.py
@@ -32,4 +46,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_deploy.py
 
 clean:
-	rm -rf $(VENV) demo .pytest_cache
+	rm -rf $(VENV) $(SPARK35) demo .pytest_cache

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -15,6 +16,7 @@ import pytest
 from needs import need  # noqa: E402
 
 pyspark = need("pyspark", "the Spark suite")
+ROOT = Path(__file__).resolve().parents[1]
 
 import contract  # noqa: E402
 import engine  # noqa: E402
@@ -282,3 +284,38 @@ def test_files_spark_would_read_as_one_schema_are_refused_by_name(spark, tmp_pat
     with pytest.raises(engine.SchemaError, match=r"b.parquet' holds column 'x' as float, '.*a.parquet' as double"):
         engine.score(model, tmp_path / "in", tmp_path / "out", runner="spark")
     assert not (tmp_path / "out").exists()
+
+
+CONNECT = r"""
+import json, os, sys
+sys.path.insert(0, sys.argv[1])
+os.environ["PYSPARK_PYTHON"] = sys.executable
+from pyspark.sql import SparkSession
+import engine.spark
+from engine.runners.spark_udf import _to_arrow
+
+spark = SparkSession.builder.remote("local[2]").getOrCreate()
+assert type(spark).__module__.startswith("pyspark.sql.connect"), type(spark)
+model, rows = sys.argv[2], json.loads(sys.argv[3])
+names = list(rows[0])
+df = spark.createDataFrame([[r[n] for n in names] for r in rows], ", ".join(f"{n} double" for n in names))
+scored = _to_arrow(engine.spark.score(df, model)).column(0).to_pylist()
+shared = _to_arrow(engine.spark.score(df, model, ship_model=False)).column(0).to_pylist()
+predict = engine.spark.udf(spark, model)
+by_udf = _to_arrow(df.select(predict(*names).alias("p"))).column(0).to_pylist()
+print(json.dumps({"score": scored, "shared": shared, "udf": by_udf}))
+spark.stop()
+"""
+
+
+def test_spark_connect_session_scores_without_a_spark_context(logged_models):
+    """Spark Connect (here its local server, `remote("local")`): no SparkContext on the client; score and
+    the UDF read the model where the driver has it, or a shared path with ship_model=False."""
+    case = logged_models["xgboost_booster"]
+    rows = case.arrow_input.to_pylist()
+    done = subprocess.run([sys.executable, "-c", CONNECT, str(ROOT), case.uris["path"], json.dumps(rows)],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-4000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    for how in ("score", "shared", "udf"):
+        np.testing.assert_allclose(got[how], np.asarray(case.expected).ravel(), rtol=1e-5, err_msg=how)
