@@ -358,6 +358,7 @@ def _size(n: int) -> str:
 def _cache(args) -> int:
     import datetime
 
+    from .deploy.env import env_entries, prune_envs
     from .errors import ConfigError
     from .model import cache
 
@@ -369,15 +370,16 @@ def _cache(args) -> int:
         if args.older_than_days is not None and args.older_than_days < 0:
             raise ConfigError(f"--older-than-days must be 0 or more, got {args.older_than_days:g}")
         found = cache.prune(root, None if args.all else args.older_than_days)
+        found += prune_envs(args.cache_dir, None if args.all else args.older_than_days)
     else:
-        found = cache.entries(root)
+        found = cache.entries(root) + env_entries(args.cache_dir)
     if args.json:
         print(json.dumps({"cache_dir": root, "entries": [dataclasses.asdict(e) for e in found]}))
         return 0
     if args.action == "prune":
-        print(f"removed {len(found)} cached models ({_size(sum(e.bytes for e in found))}) from {root}")
+        print(f"removed {len(found)} cached models and environments ({_size(sum(e.bytes for e in found))}) from {root}")
     elif not found:
-        print(f"no cached models in {root}")
+        print(f"no cached models or environments in {root}")
     for e in found:
         used = datetime.datetime.fromtimestamp(e.last_used).isoformat(" ", "seconds")
         print(f"{e.uri or '(unknown URI)'}  {_size(e.bytes)}  last used {used}  {e.path}")
@@ -385,7 +387,7 @@ def _cache(args) -> int:
 
 
 def _add_cache(sub) -> None:
-    p = sub.add_parser("cache", help="the downloaded-model cache: list its entries, or prune them")
+    p = sub.add_parser("cache", help="the downloaded-model cache and the models' environments (--env-manager uv): list or prune them")
     p.add_argument("action", choices=("list", "prune"), help="list: URI, size, last used (least recent first); "
                                                               "prune: remove entries")
     p.add_argument("--cache-dir", default=os.environ.get("ARROWSCORE_CACHE_DIR"),

@@ -475,6 +475,12 @@ def test_env_manager_takes_a_registry_uri_and_an_abbreviated_flag(logged_models,
     assert done.stderr.count("creating the model's environment") == 1
     assert len([p for p in (cache / "envs").iterdir() if p.is_dir()]) == 1
 
+    # the environment is a cache entry: listed, and pruned with the models
+    listed = arrowscore("cache", "list", "--cache-dir", cache)
+    assert listed.returncode == 0 and "environment sklearn-" in listed.stdout, listed.stdout
+    pruned = arrowscore("cache", "prune", "--all", "--cache-dir", cache)
+    assert pruned.returncode == 0 and not [p for p in (cache / "envs").iterdir() if p.is_dir()], pruned.stdout
+
 
 def test_serve_with_env_manager_uv(foreign_model, tmp_path):
     path, frame = foreign_model

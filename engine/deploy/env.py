@@ -26,7 +26,7 @@ from ..errors import ConfigError, MissingDependency, ModelLoadError
 from .packages import install_plan, resolve_pinned
 from .wheel import build_wheel
 
-__all__ = ["create_env", "env_python", "uv_binary", "envs_dir"]
+__all__ = ["create_env", "env_python", "uv_binary", "envs_dir", "env_entries", "prune_envs"]
 
 log = logging.getLogger("arrowscore.env")
 
@@ -96,6 +96,7 @@ def create_env(model_uri: str, cache_dir: str | None = None, flavor: str | None 
         root = envs_dir(cache_dir)
         target = root / f"{plan.flavor}-{key}"
         if (target / "bin" / "python").exists():
+            _used(target)
             return target
         root.mkdir(parents=True, exist_ok=True)
         with open(root / f"{target.name}.lock", "w") as lock:
@@ -119,11 +120,56 @@ def create_env(model_uri: str, cache_dir: str | None = None, flavor: str | None 
                 requirements.write_text(plan.requirements_txt(str(wheel), tmp))
                 _run([uv, "pip", "install", "--quiet", "--python", str(building / "venv" / "bin" / "python"),
                       "-r", str(requirements)], f"installing the model's requirements ({model_dir}/requirements.txt)")
-                (building / "venv" / "arrowscore-requirements.txt").write_text(spec)
+                (building / "venv" / _SPEC).write_text(spec)
                 (building / "venv").rename(target)
             finally:
                 shutil.rmtree(building, ignore_errors=True)
     return target
+
+
+_SPEC = "arrowscore-requirements.txt"  # what an environment holds; its mtime: when it was last used
+
+
+def _used(target: Path) -> None:
+    try:
+        os.utime(target / _SPEC)
+    except OSError:  # read-only cache: the time is a hint for prune only
+        pass
+
+
+def env_entries(cache_dir: str | os.PathLike | None = None) -> list:
+    """The model environments (``CacheEntry``, uri: "environment <name>"), least recently used first."""
+    from ..model.cache import CacheEntry
+
+    root = envs_dir(cache_dir)
+    out = []
+    for path in root.iterdir() if root.is_dir() else []:
+        spec = path / _SPEC
+        if not path.name.startswith(".") and spec.is_file():
+            size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+            out.append(CacheEntry(str(path), f"environment {path.name}", size, spec.stat().st_mtime))
+    return sorted(out, key=lambda e: e.last_used)
+
+
+def prune_envs(cache_dir: str | os.PathLike | None = None, older_than_days: float | None = None) -> list:
+    """Remove the environments not used for ``older_than_days`` (all when None), each renamed out of sight
+    first; returns them."""
+    import time
+    import uuid
+
+    removed = []
+    for entry in env_entries(cache_dir):
+        if older_than_days is not None and time.time() - entry.last_used < older_than_days * 86400:
+            continue
+        path = Path(entry.path)
+        doomed = path.with_name(f".prune-{uuid.uuid4().hex[:8]}-{path.name}")
+        try:
+            os.rename(path, doomed)
+        except OSError:
+            continue
+        shutil.rmtree(doomed, ignore_errors=True)
+        removed.append(entry)
+    return removed
 
 
 def env_python(model_uri: str, cache_dir: str | None = None, flavor: str | None = None,
