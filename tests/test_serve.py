@@ -841,3 +841,16 @@ def test_following_an_alias_needs_one(serve, slow_model):
     server = serve([slow_model, "--reload-every-s", "1"])
     assert server("GET", "/ping")[0] == 200
     assert "--reload-every-s follows models:/NAME@ALIAS URIs; slow" in server.stop()
+
+
+def test_a_model_that_loads_but_cannot_score_is_said_at_start(serve, tmp_path):
+    """A model missing a package it needs only to predict (an image built without it) answers /ping:
+    the server says at start that it could not score a sample, instead of only every request's 500."""
+    import engine
+
+    path = engine.save_model(tmp_path / "broken", _broken, signature=pa.schema([pa.field("x", pa.float64(), False)]))
+    server = serve([path])
+    assert server("GET", "/ping")[0] == 200
+    out = server.stop()
+    assert "could not score a sample of its signature (rows of zeros): ScoringError" in out, out
+    assert "this version cannot score anything" in out

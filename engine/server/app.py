@@ -377,4 +377,21 @@ def load_entries(specs: list[tuple], options: ServeOptions) -> list[Entry]:
         entries.append(Entry(name, uri, model, version, time.perf_counter() - started))
         log.info("serving %s (%s, flavor %s, version %s) loaded in %.2f s", name, uri, model.flavor, version,
                  entries[-1].load_seconds)
+        _probe(name, model)
     return entries
+
+
+def _probe(name: str, model) -> None:
+    """Score rows of zeros in the signature once: a model that loads but cannot score (a package missing
+    from an image) is said at start, not by every request's 500. A warning only: zeros may be no valid
+    input for some models."""
+    from .reload import sample
+
+    rows = sample(model)
+    if rows is None:
+        return
+    try:
+        model.score_batch(rows)
+    except Exception as exc:
+        log.warning("model %s loaded but could not score a sample of its signature (rows of zeros): %s: %s; "
+                    "requests may fail the same way", name, type(exc).__name__, exc)
