@@ -4,18 +4,31 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 UV     := $(VENV)/bin/uv
 STAMP  := $(VENV)/.installed
+# the demo needs only these extras: the demo model is scikit-learn, and its next commands include serve
+DEMO_EXTRAS := sklearn,serve
+DEMO_STAMP  := $(VENV)/.demo-installed
 
 .PHONY: setup demo test bench clean
 
-$(STAMP): pyproject.toml constraints.txt
+# $(1): the extras to install (editable), pinned by constraints.txt
+define install
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check uv
-	$(UV) pip install --python $(PY) --quiet -c constraints.txt -e '.[dev]'
-	touch $(STAMP)
+	$(UV) pip install --python $(PY) --quiet -c constraints.txt -e '.[$(1)]'
+endef
+
+# dev holds every extra, so a test setup is a demo setup too: both stamps
+$(STAMP): pyproject.toml constraints.txt
+	$(call install,dev)
+	touch $(STAMP) $(DEMO_STAMP)
+
+$(DEMO_STAMP): pyproject.toml constraints.txt
+	$(call install,$(DEMO_EXTRAS))
+	touch $(DEMO_STAMP)
 
 setup: $(STAMP)
 
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(PY) examples/demo.py
 
 # the Spark suite again on pyspark 3.5 (the long-term line of many platforms): arrow_udf and toArrow

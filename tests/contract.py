@@ -26,7 +26,7 @@ def three_files(case, directory: Path) -> pa.Table:
 
 
 def check(report, out: Path, dead: Path, files_by_spark: bool = False) -> None:
-    """What the README promises every runner, checked on the files themselves."""
+    """What docs/batch.md promises every runner, checked on the files themselves."""
     parts = sorted(p for p in out.iterdir() if p.suffix == ".parquet")
     ids = [pq.read_table(p).column("id").to_pylist() for p in parts]
     good = [[i for i in range(a, b) if i not in BAD_IDS] for a, b in zip(BOUNDS, BOUNDS[1:])]

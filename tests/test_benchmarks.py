@@ -1,4 +1,4 @@
-"""The benchmark scripts run (tiny sizes); their figures live in README.md, never asserted here."""
+"""The benchmark scripts run (tiny sizes); their figures live in docs/benchmarks.md, never asserted here."""
 
 from __future__ import annotations
 

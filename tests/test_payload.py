@@ -12,6 +12,7 @@ import pytest
 
 from engine.errors import ConfigError
 from engine.model.payload import decode_json, encode_json, jsonable, read_input, write_output
+from without import run_without
 
 
 def _decode(doc, names=None):
@@ -211,3 +212,28 @@ def test_json_numbers_take_the_signature_types():
     assert decode_doc(big, schema=schema)[0].schema.field("b").type == pa.int64()
     nulls = {"dataframe_split": {"columns": ["a", "b"], "data": [[None, 1.0]]}}
     assert decode_doc(nulls, schema=schema)[0].column("a").null_count == 1
+
+
+def test_json_requests_decode_without_pandas():
+    """Found by `make demo` (which installs no pandas): every JSON request to `arrowscore serve` was a 500,
+    "No module named 'pandas'", from pyarrow's to_pandas_dtype in the float fast path and the v2 metadata."""
+    # a finder that fails the import as a missing install does: pyarrow's pandas shim trips over the
+    # None that run_without puts in sys.modules
+    hide = ("import importlib.abc\n"
+            "class Missing(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, name, path, target=None):\n"
+            "        if name.split('.')[0] == 'pandas':\n"
+            "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+            "sys.meta_path.insert(0, Missing())\n")
+    code = (hide + "import pyarrow as pa\n"
+            "from engine.model.payload import decode_doc\n"
+            "from engine.server.protocols import v2_type\n"
+            "schema = pa.schema([('a', pa.float32()), ('b', pa.float64())])\n"
+            "split = {'dataframe_split': {'columns': ['a', 'b'], 'data': [[0.5, 2.5]]}}\n"
+            "rows, _ = decode_doc(split, schema=schema, float_rows=True)\n"
+            "print(rows.to_batch().schema.types, v2_type(pa.float32()), v2_type(pa.list_(pa.int64())),"
+            " v2_type(pa.string()))\n"
+            "assert 'pandas' not in sys.modules\n")
+    out = run_without([], code)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["[DataType(float),", "DataType(double)]", "FP32", "INT64", "BYTES"]

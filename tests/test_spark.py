@@ -152,7 +152,7 @@ def test_score_runner_and_spark_submit(spark, logged_models, tmp_path):
 
 
 def test_output_contract(spark, logged_models, tmp_path):
-    """The local runner's contract (tests/contract.py), but part files as Spark's tasks write them (README);
+    """The local runner's contract (tests/contract.py), but part files as Spark's tasks write them (docs/spark.md);
     rows_scored is counted from the written files, not assumed."""
     case = logged_models["xgboost_booster"]
     contract.three_files(case, tmp_path / "in")

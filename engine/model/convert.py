@@ -11,13 +11,26 @@ FixedSizeListType(fixed_size_list<item: double>[2])
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import ConfigError, SchemaError
 
-__all__ = ["matrix", "list_tensor", "to_arrow", "to_table"]
+__all__ = ["matrix", "list_tensor", "numpy_dtype", "to_arrow", "to_table"]
+
+
+@functools.lru_cache(maxsize=256)
+def numpy_dtype(arrow_type: pa.DataType) -> np.dtype:
+    """The numpy dtype Arrow converts ``arrow_type``'s values to, without pandas (pyarrow's
+    ``to_pandas_dtype`` imports it, and pandas is an extra). Types without a numpy one give object.
+
+    >>> numpy_dtype(pa.float32()), numpy_dtype(pa.string())
+    (dtype('float32'), dtype('O'))
+    """
+    return pa.array([], type=arrow_type).to_numpy(zero_copy_only=False).dtype
 
 
 def _null_columns(batch: pa.RecordBatch) -> list[str]:

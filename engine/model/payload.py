@@ -91,7 +91,7 @@ def _float_plan(schema: pa.Schema) -> tuple:
     compare when the server's batcher groups requests)."""
     found = _FLOAT_PLANS.get(id(schema))
     if found is None or found[0] is not schema:
-        floats = {f.name: np.dtype(f.type.to_pandas_dtype()) for f in schema if pa.types.is_floating(f.type)}
+        floats = {f.name: convert.numpy_dtype(f.type) for f in schema if pa.types.is_floating(f.type)}
         found = _FLOAT_PLANS[id(schema)] = (schema, floats, {})
     return found
 

@@ -2,7 +2,7 @@
 
 Every runner takes a model, an input, an output, ``ScoreOptions`` and its own options dataclass,
 calls ``JobScorer`` -> ``Model.score_batch`` for every batch and keeps one output contract: one part
-file per input file (Spark: see the README), rows in input order within a file, nothing visible
+file per input file (Spark: see docs/spark.md), rows in input order within a file, nothing visible
 before commit, ``_SUCCESS``, modes, keep columns, and dead letters that name the input file and row.
 
 Runners are listed in ``RUNNERS``; a runner module is imported only when a job asks for it.

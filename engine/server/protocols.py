@@ -194,8 +194,8 @@ def v2_type(arrow_type: pa.DataType) -> str:
     while is_list(arrow_type):
         arrow_type = arrow_type.value_type
     try:
-        return _V2_NAMES.get(np.dtype(arrow_type.to_pandas_dtype()).name, "BYTES")
-    except (NotImplementedError, TypeError):
+        return _V2_NAMES.get(convert.numpy_dtype(arrow_type).name, "BYTES")
+    except (NotImplementedError, TypeError, pa.ArrowException):
         return "BYTES"
 
 
