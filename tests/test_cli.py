@@ -356,6 +356,14 @@ def test_an_object_store_that_does_not_answer_exits_3(small, tmp_path):
     _one_line(run("score", str(small / "model"), str(tmp_path / "no-such-input"), str(tmp_path / "out")), 2)
 
 
+def test_a_tracking_server_that_does_not_answer_exits_3():
+    import os
+
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{_closed_port()}", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    for uri in ("models:/fraud@champion", "models:/fraud/3", "runs:/0123456789abcdef/model"):
+        _one_line(run("info", uri, env=env), 3, "ModelUnavailable", "did not answer")
+
+
 # ---- --json reports and score --dry-run ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def xgb_input(logged_models, tmp_path_factory):

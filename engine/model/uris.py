@@ -138,6 +138,9 @@ def registry_version(uri: str):
             raise ModelLoadError(f"registered model {name!r} has no version for {ver!r}")
         return max(found, key=lambda v: int(v.version))
     except mlflow.exceptions.MlflowException as exc:
+        if unreachable(exc):
+            raise ModelUnavailable(f"cannot resolve {uri!r}: the model registry did not answer ({exc.message}); "
+                                   "check MLFLOW_TRACKING_URI and the network, or retry later") from exc
         raise ModelLoadError(f"cannot resolve {uri!r} in the model registry: {exc.message}") from exc
 
 
