@@ -57,6 +57,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_serve.py
 	$(PY) benchmarks/bench_run.py
 	$(PY) benchmarks/bench_deploy.py
+	$(PY) benchmarks/bench_gpu.py   # on the CPU where torch sees no GPU: what arrowscore adds there
 
 clean:
 	rm -rf $(VENV) $(SPARK35) demo .pytest_cache

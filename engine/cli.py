@@ -87,6 +87,7 @@ def _add_info(sub) -> None:
 def _predict(args) -> int:
     from .errors import ConfigError
     from .model import load_model, payload
+    from .model.device import check_device, with_device
 
     extra = json_object(args.params) if args.params else {}
     output = None if args.output in (None, "-") else args.output
@@ -94,7 +95,8 @@ def _predict(args) -> int:
         payload.check_output(output)  # before the model runs, not after
         if args.input != "-" and os.path.realpath(output) == os.path.realpath(args.input):
             raise ConfigError(f"output {args.output!r} is the input; write the predictions to another file")
-    model = load_model(args.model_uri, flavor=args.flavor, cache_dir=args.cache_dir)
+    model = load_model(args.model_uri, flavor=args.flavor, cache_dir=args.cache_dir,
+                       model_config=with_device(None, check_device(args.device)))
     names = [f.name for f in model.input_schema] if model.input_schema else None
     table, params = payload.read_input(args.input, names, args.content_type, sys.stdin.buffer)
     if extra:
@@ -117,6 +119,8 @@ def _add_predict(sub) -> None:
     p.add_argument("-o", "--output-path", "--output", dest="output",
                    help="output .json, .csv or .parquet (default, or -: JSON on stdout)")
     p.add_argument("--params", help="inference params as a JSON object")
+    p.add_argument("--device", metavar="DEVICE", help="cpu, cuda or cuda:N: where the model runs (model_config's "
+                                                      "device); default: the model's own, else cuda when torch sees a GPU")
     p.set_defaults(run=_predict)
 
 

@@ -11,6 +11,7 @@ import threading
 import numpy as np
 
 from engine.errors import ModelLoadError, require
+from engine.model.device import device_of, gpu_index, is_gpu
 from engine.model.signature import TensorSpec
 
 from . import Predictor
@@ -52,9 +53,24 @@ def _session_options(ort, conf: dict, shared_cpu: bool = False):
     return opts
 
 
-def _providers(ort, conf: dict) -> list[str]:
+_GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")  # in order of preference
+
+
+def _providers(ort, conf: dict) -> list:
+    """ONNX Runtime providers: from model_config's device when it names one, else the MLmodel's list
+    (those this onnxruntime has); the CPU when none of them is here, said once in the log."""
+    available = ort.get_available_providers()
+    device = device_of(conf.get("config"))
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if is_gpu(device):
+        gpu = next((p for p in _GPU_PROVIDERS if p in available), None)
+        if gpu is None:
+            log.warning("device %s asked for, but this onnxruntime has no GPU provider (it has %s): scoring on the "
+                        "CPU; install onnxruntime-gpu for CUDA", device, available)
+            return ["CPUExecutionProvider"]
+        return [(gpu, {"device_id": gpu_index(device)}), "CPUExecutionProvider"]
     wanted = list(conf.get("providers") or ["CPUExecutionProvider"])
-    available = set(ort.get_available_providers())
     chosen = [p for p in wanted if p in available]
     missing = [p for p in wanted if p not in available]
     if missing:

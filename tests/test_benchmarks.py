@@ -49,3 +49,13 @@ def test_deploy_benchmark_runs():
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["bench"] == "deploy" and 0 < result["size_ratio_constrained"] < result["size_ratio"]
     assert all(v > 0 for v in result["cold_start_s"].values())
+
+
+def test_gpu_benchmark_runs_on_the_cpu_too():
+    need("torch", "the PyTorch benchmark")
+    out = subprocess.run([sys.executable, "benchmarks/bench_gpu.py", "--device", "cpu", "--rows", "4096",
+                          "--sizes", "1024", "--rounds", "1"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["device"] == "cpu" and [f["batch_rows"] for f in result["feeds"]] == [1024]
+    assert result["feeds"][0]["ratio"] > 0 and result["parquet"]["ratio"] > 0

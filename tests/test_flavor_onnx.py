@@ -64,6 +64,30 @@ def test_missing_provider_falls_back_to_cpu_with_one_log_line(multi, caplog):
     assert len(lines) == 1 and "['CUDAExecutionProvider'] are not available" in lines[0]
 
 
+def test_device_chooses_the_providers(multi, caplog, monkeypatch):
+    """model_config's device (--device) over the MLmodel's providers: cpu is the CPU alone; a GPU device takes
+    CUDA (or TensorRT) when this onnxruntime has it, else the CPU, said in one log line."""
+    import onnxruntime as ort
+
+    from flavors import onnx as onnx_flavor
+
+    _edit_mlmodel(multi, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert engine.load_model(multi, model_config={"device": "cpu"}).predictor.native.get_providers() == \
+        ["CPUExecutionProvider"]
+    with caplog.at_level(logging.INFO, logger="arrowscore.flavors.onnx"):
+        model = engine.load_model(multi, model_config={"device": "cuda:1"})
+    lines = [r.getMessage() for r in caplog.records if r.name == "arrowscore.flavors.onnx"]
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        assert model.predictor.native.get_providers() == ["CPUExecutionProvider"]
+        assert len(lines) == 1 and "device cuda:1 asked for, but this onnxruntime has no GPU provider" in lines[0]
+    # what a GPU build of onnxruntime is asked for (the session itself needs the GPU to start)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["TensorrtExecutionProvider", "CPUExecutionProvider"])
+    assert onnx_flavor._providers(ort, {"config": {"device": "cuda:1"}}) == \
+        [("TensorrtExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
+    with pytest.raises(engine.ConfigError, match="device 'npu' is not one of"):
+        engine.load_model(multi, model_config={"device": "npu"})
+
+
 def test_session_options_are_honoured(multi):
     """All five of MLflow's onnx_session_options, each set away from ONNX Runtime's default so a dropped one shows."""
     import onnxruntime as ort

@@ -67,6 +67,21 @@ def test_dead_letters_and_modes(ray_head, logged_models, tmp_path):
         engine.score(case.uris["path"], tmp_path / "in", tmp_path / "out", runner="ray")
 
 
+def test_gpu_device_asks_ray_for_gpus_and_fails_fast_on_a_cluster_without(ray_head, logged_models, tmp_path):
+    """The driver plans on the CPU; the actors would take one GPU each (Ray sets their CUDA_VISIBLE_DEVICES).
+    A cluster with no GPUs fails at once with what to do, instead of waiting forever for actors."""
+    case = logged_models["xgboost_booster"]
+    _input(case, tmp_path / "in", files=1)
+    with pytest.raises(engine.ConfigError, match=r"ask for 1 GPU\(s\) each .* the Ray cluster has 0.*--device cpu"):
+        engine.score(case.uris["path"], tmp_path / "in", tmp_path / "out", runner="ray", device="cuda")
+    with pytest.raises(engine.ConfigError, match=r"ask for 0.5 GPU\(s\) each"):
+        engine.score(case.uris["path"], tmp_path / "in", tmp_path / "out", runner="ray",
+                     runner_options={"gpus_per_actor": 0.5})
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    report = engine.score(case.uris["path"], tmp_path / "in", tmp_path / "out", runner="ray", device="cpu")
+    assert report.rows_scored == report.rows > 0
+
+
 def test_output_contract(ray_head, logged_models, tmp_path):
     """The local runner's contract (tests/contract.py): a part file per input file in input order, dead letters
     with the real file and row, and a fail naming the file and rows, although Ray moves rows in blocks."""

@@ -19,12 +19,14 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from ..errors import ConfigError
+from ..model.device import GPU_BATCH_ROWS, check_device, device_of, for_driver, is_gpu, with_device
 
 __all__ = ["ModelOptions", "ScoreOptions", "ScoreReport", "LocalOptions", "RayOptions", "SparkOptions", "StreamOptions",
            "StreamReport", "ON_ERROR", "GUARANTEES", "runner_options"]
 
 ON_ERROR = ("fail", "dead-letter")
 GUARANTEES = ("at-least-once", "exactly-once")
+CPU_BATCH_ROWS = 32_768
 
 
 def _opt(default, help: str, cli: bool = True, repr: bool = True, **extra):
@@ -73,18 +75,25 @@ class ModelOptions:
     model_config: dict | None = _opt(None, "overrides for a python_function model's model_config")
     flavor: str | None = _opt(None, "load with this flavor instead of the native one")
     cache_dir: str | None = _opt(None, "where downloaded models are cached")
+    device: str | None = _opt(None, "cpu, cuda or cuda:N: where the model runs (model_config's device); default: "
+                                    "the model's own choice, else cuda when torch sees a GPU", metavar="DEVICE")
 
     def __post_init__(self):
+        # --device wins over model_config's, as the command line over the file; either is the job's device
+        object.__setattr__(self, "device", check_device(self.device) or device_of(self.model_config))
         if self.feature_columns is not None:
             object.__setattr__(self, "feature_columns", _names(self.feature_columns, "feature_columns") or None)
         if self.params is not None and not isinstance(self.params, dict):
             raise ConfigError(f"params must be a mapping of name to value, got {type(self.params).__name__} "
                               f"{self.params!r}; decode JSON with json.loads first")
 
-    def load_kwargs(self) -> dict:
-        """The ``load_model`` arguments these options imply."""
+    def load_kwargs(self, driver: bool = False) -> dict:
+        """The ``load_model`` arguments these options imply. ``driver``: for a cluster job's driver, which
+        only plans the job (schemas, columns): it loads the model on the CPU, the workers on the device."""
+        config = with_device(self.model_config, self.device)
         return {"feature_columns": list(self.feature_columns) if self.feature_columns else None,
-                "model_config": self.model_config, "flavor": self.flavor, "cache_dir": self.cache_dir}
+                "model_config": for_driver(config) if driver else config, "flavor": self.flavor,
+                "cache_dir": self.cache_dir}
 
 
 @dataclass(frozen=True)
@@ -93,7 +102,8 @@ class ScoreOptions(ModelOptions):
 
     keep_columns: tuple = _opt((), "input columns to copy to the output (ids, ...)")
     # a batch of 16 doubles stays in cache between stages; 64k halved ONNX rows/s
-    batch_rows: int = _opt(32_768, "rows per scored batch")
+    batch_rows: int | None = _opt(None, f"rows per scored batch (default {CPU_BATCH_ROWS:,}; {GPU_BATCH_ROWS:,} "
+                                        "with a GPU --device)")
     mode: str = _opt("error", "what to do when OUTPUT is not empty")
     on_error: str = _opt("fail", "rows failing the signature: stop, or write them to a dead-letter file")
     dead_letter: str | None = _opt(None, "Parquet file for rejected rows (with on_error dead-letter)")
@@ -111,6 +121,8 @@ class ScoreOptions(ModelOptions):
 
         object.__setattr__(self, "keep_columns", _names(self.keep_columns, "keep_columns"))
         super().__post_init__()
+        if self.batch_rows is None:
+            object.__setattr__(self, "batch_rows", GPU_BATCH_ROWS if is_gpu(self.device) else CPU_BATCH_ROWS)
         object.__setattr__(self, "rename", dict(self.rename or {}))
         if self.input_files is not None:
             object.__setattr__(self, "input_files", _names(self.input_files, "input_files"))
@@ -151,10 +163,12 @@ class RayOptions:
     runtime_env: dict | None = _opt(None, "Ray runtime env for the workers (pip, py_modules, env_vars)",
                                     metavar="JSON|FILE")
     ship_code: bool = _opt(False, "send this arrowscore's code to the workers (py_modules), for nodes without it")
+    gpus_per_actor: float | None = _opt(None, "GPUs each actor reserves (default 1 with a GPU --device, else 0)")
     load_log: str | None = _opt(None, "append one line per model load in an actor (tests count loads)", cli=False)
 
     def __post_init__(self):
         _at_least(self, 1, "actors", "num_cpus")
+        _at_least(self, 0, "gpus_per_actor")
         if self.cpus_per_actor <= 0:
             raise ConfigError(f"cpus_per_actor must be above 0, got {self.cpus_per_actor}")
         if self.runtime_env is not None and not isinstance(self.runtime_env, dict):

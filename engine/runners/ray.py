@@ -33,6 +33,7 @@ import pyarrow as pa
 from ..errors import ConfigError, EngineError, UnavailableError, require
 from ..jobs.options import RayOptions, ScoreOptions, ScoreReport
 from ..jobs.progress import Progress
+from ..model.device import is_gpu
 from .reach import check_reachable, host_ports
 
 __all__ = ["run_ray", "ScoreActor"]
@@ -139,6 +140,19 @@ def _runtime_env(runtime_env: dict | None, ship_code: bool) -> dict | None:
     return env or None
 
 
+def _gpus_per_actor(ray, ray_opts: RayOptions, device: str | None) -> float:
+    """GPUs each actor asks Ray for: gpus_per_actor, else 1 with a GPU device (Ray then sets the actor's
+    CUDA_VISIBLE_DEVICES, so ``cuda`` is its own GPU). A cluster without them fails now, not by waiting."""
+    gpus = ray_opts.gpus_per_actor if ray_opts.gpus_per_actor is not None else (1.0 if is_gpu(device) else 0.0)
+    if gpus:
+        have = ray.cluster_resources().get("GPU", 0)
+        if have < gpus:
+            raise ConfigError(f"the actors ask for {gpus:g} GPU(s) each (--device {device or 'cpu'}, gpus_per_actor "
+                              f"{ray_opts.gpus_per_actor}), but the Ray cluster has {have:g}: start Ray on GPU nodes, "
+                              "or pass --device cpu")
+    return gpus
+
+
 def _connect(ray, address: str | None, num_cpus: int | None, runtime_env: dict | None):
     if ray.is_initialized():
         if runtime_env:
@@ -169,7 +183,7 @@ def run_ray(model_uri, input: str, output: str, options: ScoreOptions, ray_opts:
     loading = time.perf_counter()
     # resolved once, in the driver: workers never touch the registry
     path = (model_uri.path if isinstance(model_uri, Model) else uris.resolve(model_uri, options.cache_dir)).resolve()
-    model = load_model(path, **options.load_kwargs())
+    model = load_model(path, **options.load_kwargs(driver=True))
     start = time.perf_counter()
     job = JobScorer.from_options(model, options)  # option errors (clashes, renames) surface here, before any cluster work
     # so do input, keep-column and output errors: the job opens before Ray starts
@@ -181,6 +195,7 @@ def run_ray(model_uri, input: str, output: str, options: ScoreOptions, ray_opts:
         connecting = time.perf_counter()
         _connect(ray, ray_opts.address, ray_opts.num_cpus, _runtime_env(ray_opts.runtime_env, ray_opts.ship_code))
         startup = time.perf_counter() - connecting
+        gpus = _gpus_per_actor(ray, ray_opts, options.device)
         # a model directory only travels when some actor may run on another machine
         packed = ray.put(_pack(path)) if len(ray.nodes()) > 1 else None
         reads = _source(parts, source.schema, columns, options.batch_rows)
@@ -190,7 +205,8 @@ def run_ray(model_uri, input: str, output: str, options: ScoreOptions, ray_opts:
         scoredset = dataset.map_batches(
             ScoreActor, fn_constructor_args=(str(path), packed, options, [p.path for p in parts], ray_opts.load_log),
             batch_format="pyarrow", batch_size=None,  # one call per block (fewer Ray tasks); the actor slices it
-            compute=ray.data.ActorPoolStrategy(size=ray_opts.actors), num_cpus=ray_opts.cpus_per_actor)
+            compute=ray.data.ActorPoolStrategy(size=ray_opts.actors), num_cpus=ray_opts.cpus_per_actor,
+            num_gpus=gpus)
         current = None
         for table in _results(scoredset):
             outs, deads, indices = table.column("out"), table.column("dead"), table.column("part").to_pylist()

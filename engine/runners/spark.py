@@ -29,6 +29,7 @@ from connectors.parquet import filesystem_for
 from .. import errors
 from ..errors import ConfigError, ConnectorError, require
 from ..jobs.options import ScoreOptions, ScoreReport, SparkOptions
+from ..model.device import is_gpu
 from .reach import check_reachable, host_ports
 from .spark_udf import FILE, ROW
 
@@ -99,7 +100,8 @@ def _run(model_uri, input, output, options: ScoreOptions, spark_opts: SparkOptio
     if spark_opts.conf and SparkSession.getActiveSession() is not None:
         raise ConfigError(f"a Spark session is already running in this process, so the settings {sorted(spark_opts.conf)} "
                           "cannot be applied; set them where that session is built, or drop conf")
-    for key, value in spark_opts.conf.items():
+    gpu = gpu_conf(master, spark_opts.conf, options.device) if SparkSession.getActiveSession() is None else {}
+    for key, value in {**gpu, **spark_opts.conf}.items():
         builder = builder.config(key, value)
     if options.progress is False and SparkSession.getActiveSession() is None:
         builder = builder.config("spark.ui.showConsoleProgress", "false")  # --no-progress: no stage bars either
@@ -107,7 +109,7 @@ def _run(model_uri, input, output, options: ScoreOptions, spark_opts: SparkOptio
     loading = time.perf_counter()
     path, location, shipped = spark_udf._locate(spark, model_uri.path if isinstance(model_uri, Model) else model_uri,
                                                 options.cache_dir)
-    model = load_model(path, **options.load_kwargs())
+    model = load_model(path, **options.load_kwargs(driver=True))
     start = time.perf_counter()
     job = JobScorer.from_options(model, options)  # clashes and renames fail before Spark reads anything
     check_paths(input, output, options, model_path=model.path)
@@ -250,6 +252,26 @@ def _count_rows(fs, files: list[str]) -> int:
         with fs.open_input_file(f) as handle:
             total += pq.ParquetFile(handle).metadata.num_rows
     return total
+
+
+GPU_CONF = {"spark.executor.resource.gpu.amount": "1", "spark.task.resource.gpu.amount": "1"}
+
+
+def gpu_conf(master: str | None, conf: dict, device: str | None, submitted: dict | None = None) -> dict:
+    """The Spark settings a GPU device asks of a cluster: one GPU per executor, one per task (so each task's
+    model has the GPU Spark gave it), unless given. Local masters schedule no resources: none.
+
+    >>> gpu_conf("spark://h:7077", {}, "cuda", submitted={})
+    {'spark.executor.resource.gpu.amount': '1', 'spark.task.resource.gpu.amount': '1'}
+    >>> gpu_conf("local[2]", {}, "cuda", submitted={}), gpu_conf("yarn", {}, "cpu", submitted={})
+    ({}, {})
+    >>> gpu_conf("yarn", {"spark.task.resource.gpu.amount": "0.25"}, "cuda:0", submitted={})
+    {'spark.executor.resource.gpu.amount': '1'}
+    """
+    given = {**(_submitted_conf() if submitted is None else submitted), **conf}
+    if not is_gpu(device) or (master or given.get("spark.master", "")).startswith("local"):
+        return {}
+    return {k: v for k, v in GPU_CONF.items() if k not in given}
 
 
 def _submitted_conf() -> dict:

@@ -26,6 +26,7 @@ import pyarrow as pa
 
 from ..errors import ConfigError, SchemaError, require
 from ..jobs.scoring import log_load
+from ..model.device import device_of, for_driver, with_device
 
 __all__ = ["udf", "score", "spark_schema"]
 
@@ -60,8 +61,20 @@ def _locate(spark, model_uri, cache_dir=None, ship_model: bool | None = None):
     return path, path.name, True
 
 
+def _task_gpu(model_config: dict | None) -> dict | None:
+    """A GPU device pinned to the GPU Spark gave this task (spark.task.resource.gpu.amount), if it gave one."""
+    if device_of(model_config) != "cuda":
+        return model_config
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    gpus = context.resources().get("gpu") if context is not None else None
+    return with_device(model_config, f"cuda:{gpus.addresses[0]}") if gpus and gpus.addresses else model_config
+
+
 def _worker_model(location: str, shipped: bool, options: dict):
     """The worker's cached Model (loaded on first use in this process)."""
+    options = {**options, "model_config": _task_gpu(options.get("model_config"))}
     key = (location, tuple(sorted((k, repr(v)) for k, v in options.items())))
     model = _MODELS.get(key)
     if model is None:
@@ -214,7 +227,7 @@ def udf(spark, model_uri, result_type=None, *, params: dict | None = None, featu
     from ..model import load_model
 
     path, location, shipped = _locate(spark, model_uri, cache_dir, ship_model)
-    driver_model = load_model(path, feature_columns=feature_columns, model_config=model_config)
+    driver_model = load_model(path, feature_columns=feature_columns, model_config=for_driver(model_config))
     if result_type is None:
         result_type = spark_schema(_output_schema(driver_model))
         if len(result_type.fields) == 1:
@@ -293,7 +306,7 @@ def score(df, model_uri, keep_columns=(), *, rename: dict | None = None, params:
     opts = ScoreOptions(keep_columns=keep_columns, rename=rename or {}, params=params, feature_columns=feature_columns,
                         model_config=model_config)
     path, location, shipped = _locate(df.sparkSession, model_uri, cache_dir, ship_model)
-    model = load_model(path, **opts.load_kwargs())
+    model = load_model(path, **opts.load_kwargs(driver=True))
     columns, _, result = _plan(df, model, JobScorer.from_options(model, opts), "the DataFrame")
     return df.select(*columns).mapInArrow(_map_function(location, shipped, opts, load_log, result), spark_schema(result))
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError
 from ..jobs.options import _at_least, _opt
+from ..model.device import check_device, with_device
 
 __all__ = ["ServeOptions"]
 
@@ -40,8 +41,13 @@ class ServeOptions:
     flavor: str | None = _opt(None, "load this flavor of the model(s) instead of the best one", cli=False)
     cache_dir: str | None = _opt(None, "model cache directory", cli=False)
     model_config: dict | None = _opt(None, "model_config passed to the flavor", cli=False)
+    device: str | None = _opt(None, "cpu, cuda or cuda:N: where the models run (model_config's device); default: "
+                                    "each model's own choice, else cuda when torch sees a GPU", metavar="DEVICE")
 
     def __post_init__(self):
+        object.__setattr__(self, "device", check_device(self.device))
+        # the models load with it: model_config's device, as MLflow's load_model takes it
+        object.__setattr__(self, "model_config", with_device(self.model_config, self.device))
         _at_least(self, 1, "workers", "max_batch_rows", "max_queue")
         _at_least(self, 0, "max_delay_ms")
         for name in ("timeout_s", "max_body_mb", "reload_every_s"):
