@@ -155,7 +155,7 @@ class _Runner:
     def _stage(self, slot: int, k: int, part: np.ndarray):
         """``part`` copied into the slot's buffer for input k (pinned on a GPU), grown when too small."""
         buf = self.staging[slot].get(k)
-        dtype = self.torch.from_numpy(part[:0]).dtype
+        dtype = self.torch.from_numpy(np.empty(0, part.dtype)).dtype
         if buf is None or buf.shape[1:] != part.shape[1:] or buf.dtype != dtype or buf.shape[0] < len(part):
             size = max(len(part), self.chunk_rows or 0)
             buf = self.torch.empty((size, *part.shape[1:]), dtype=dtype, pin_memory=self.gpu)
