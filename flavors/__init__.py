@@ -73,9 +73,12 @@ class LoadOptions:
 
     shared_cpu: other busy threads share the CPUs with the model (a pipelined batch job reading and
         writing while it scores): libraries should not spin idle worker threads (ONNX Runtime).
+    small_batches: the caller scores small batches (a server's requests): tree flavors build their
+        compiled small-batch path (``flavors.compiled``), which batch jobs would not use.
     """
 
     shared_cpu: bool = False
+    small_batches: bool = False
 
 
 class Flavor(Protocol):

@@ -61,15 +61,16 @@ def _half(torch, dtype):
     return getattr(torch, str(dtype))
 
 
-def _load(torch, data, device):
+def _load(torch, data, device, half):
     if (data / "model.pt2").is_file():
-        program = torch.export.load(str(data / "model.pt2"))
-        if device.type != "cpu":
-            # an exported program's weights and the devices written into its graph move together
-            from torch.export.passes import move_to_device_pass
+        if half is not None:  # the graph fixes its dtypes (and may check them): casting weights breaks it
+            raise ConfigError("model_config dtype does not apply to a torch.export (pt2) model, whose graph fixes its "
+                              "dtypes; export the model in half precision instead, or log it as a pickle")
+        from torch.export.passes import move_to_device_pass
 
-            program = move_to_device_pass(program, device)
-        return program.module()
+        # weights and the devices written into the graph move together (a program exported on a GPU
+        # comes to the CPU too)
+        return move_to_device_pass(torch.export.load(str(data / "model.pt2")), device).module()
     if (data / "model.pth").is_file():
         note_code_runs(data / "model.pth", "torch pickle")
         model = torch.load(str(data / "model.pth"), map_location=device, weights_only=False)
@@ -95,10 +96,10 @@ class _Runner:
         self.chunk_rows = chunk_rows
         self.lock = threading.Lock()  # the staging buffers are shared: one batch at a time
         self.staging: list[dict] = [{}, {}]  # two slots: one filled on the host while the other copies
-        self.copied: list = [None, None]     # per slot: the event of its last host-to-device copy
+        self.ran: list = [None, None]        # per slot: the event of its last chunk's forward pass
         self.results: dict = {}
         if self.gpu:
-            self.copy_stream = torch.cuda.Stream(device)
+            self.copy_stream, self.back_stream = torch.cuda.Stream(device), torch.cuda.Stream(device)
 
     def __call__(self, x, params):
         arrays = list(x.values()) if isinstance(x, dict) else [x]
@@ -123,32 +124,55 @@ class _Runner:
         outs, spec = None, None
         for i, start in enumerate(range(0, max(rows, 1), step)):
             stop, slot = min(start + step, rows), i % 2
-            if self.copied[slot] is not None:
-                self.copied[slot].synchronize()  # the slot's previous copy has left its pinned buffers
+            if self.ran[slot] is not None:
+                # the forward pass of the slot's last chunk is done, so its copy is too: its pinned buffers
+                # may be refilled, and no more than two chunks' inputs are on the device at once
+                self.ran[slot].synchronize()
             staged = [self._stage(slot, k, a[start:stop]) for k, a in enumerate(arrays)]
             if self.gpu:
                 with torch.cuda.stream(self.copy_stream):
                     moved = [t.to(self.device, non_blocking=True) for t in staged]
-                    done = torch.cuda.Event()
-                    done.record(self.copy_stream)
-                self.copied[slot] = done
-                compute.wait_event(done)
+                    copied = torch.cuda.Event(blocking=True)
+                    copied.record(self.copy_stream)
+                compute.wait_event(copied)
                 for t in moved:
                     t.record_stream(compute)  # allocated on the copy stream, used on the compute stream
             else:
                 moved = staged
-            leaves, spec = tree_flatten(self.model(*[self._cast(t) for t in moved], **kwargs))
+            try:
+                leaves, spec = tree_flatten(self.model(*[self._cast(t) for t in moved], **kwargs))
+            except Exception as exc:
+                if rows <= step:
+                    raise
+                raise ScoringError(f"the model failed on rows {start}-{stop - 1} of a {rows}-row batch scored in "
+                                   f"chunks of {step} ({type(exc).__name__}: {exc}); a model exported for one batch "
+                                   "size needs model_config chunk_rows set to it, or 0 for whole batches") from exc
             if outs is None:
                 outs = [self._result(j, leaf, rows) for j, leaf in enumerate(leaves)]
+            host = []
             for j, leaf in enumerate(leaves):
                 if leaf.ndim == 0 or leaf.shape[0] != stop - start:
                     raise ScoringError(
                         f"output {j} has shape {tuple(leaf.shape)} for {stop - start} input rows; chunked scoring "
                         "needs one output row per input row: set model_config chunk_rows=0 and score smaller batches")
-                out = leaf.float() if self.half is not None and leaf.is_floating_point() else leaf
-                outs[j][start:stop].copy_(out, non_blocking=self.gpu)
+                if leaf.device != self.device:
+                    raise ScoringError(f"output {j} is on {leaf.device}, the model on {self.device}; return outputs "
+                                       "on the model's device")
+                host.append(leaf.float() if self.half is not None and leaf.is_floating_point() else leaf)
+            if self.gpu:  # results go home on their own stream, behind this forward, beside the next one
+                ran = torch.cuda.Event(blocking=True)
+                ran.record(compute)
+                self.ran[slot] = ran
+                self.back_stream.wait_event(ran)
+                with torch.cuda.stream(self.back_stream):
+                    for j, out in enumerate(host):
+                        out.record_stream(self.back_stream)
+                        outs[j][start:stop].copy_(out, non_blocking=True)
+            else:
+                for j, out in enumerate(host):
+                    outs[j][start:stop].copy_(out)
         if self.gpu:
-            compute.synchronize()
+            self.back_stream.synchronize()
         # the result buffers are reused by the next batch: hand out copies
         return _to_numpy(torch, tree_unflatten([o[:rows].clone() for o in outs], spec))
 
@@ -203,7 +227,7 @@ class PytorchFlavor:
                               f"got {chunk_rows!r}")
         data = meta.path / (conf.get("model_data") or pyfunc.get("data") or "data")
         try:
-            model = _load(torch, data, device)
+            model = _load(torch, data, device, half)
             if half is not None:
                 model = model.to(half)
         except (ModelLoadError, ConfigError):

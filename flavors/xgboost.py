@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import importlib
 
+import numpy as np
+
 from engine.errors import ModelLoadError, require
 
 from . import Predictor
+from .compiled import SmallBatchPath
 
 _BOOSTER = "xgboost.core.Booster"
 
@@ -31,8 +34,6 @@ def _direct(model, xgb):
     and out, around every call: 35-50 us, more than a 1-row prediction of a small forest). Used only
     when it gives exactly the wrapper's outputs on sample rows (NaNs included); None otherwise
     (gblinear, categorical features, other classes, any difference)."""
-    import numpy as np
-
     if type(model) not in (xgb.XGBRegressor, xgb.XGBClassifier) or model.booster not in (None, "gbtree", "dart"):
         return None
     booster = model.get_booster()
@@ -74,6 +75,17 @@ def _direct(model, xgb):
     return fn
 
 
+def _width(model, xgb) -> int:
+    return (model if isinstance(model, xgb.Booster) else model.get_booster()).num_features()
+
+
+def _to_onnx(model, xgb):
+    from onnxmltools import convert_xgboost
+    from onnxmltools.convert.common.data_types import FloatTensorType
+
+    return convert_xgboost(model, initial_types=[("input", FloatTensorType([None, _width(model, xgb)]))])
+
+
 class XgboostFlavor:
     name = "xgboost"
 
@@ -92,8 +104,14 @@ class XgboostFlavor:
             fn = getattr(model, predict_fn)
             if predict_fn == "predict":
                 fn = _direct(model, xgb) or fn
+        if options is not None and options.small_batches and (conf.get("config") or {}).get("compiled", True):
+            fn = SmallBatchPath(fn, lambda: _to_onnx(model, xgb), _width(model, xgb), f"XGBoost {path.name}")
+        def predict(x, params):
+            return fn(x)
+
+        predict.small_batches = fn if isinstance(fn, SmallBatchPath) else None
         # XGBoost reads strided arrays in place, so the cheaper column-major copy suits it
-        return Predictor(predict=lambda x, params: fn(x), input_kind="matrix", native=model, order="F")
+        return Predictor(predict=predict, input_kind="matrix", native=model, order="F")
 
 
 FLAVOR = XgboostFlavor()

@@ -17,7 +17,7 @@ def test_core_benchmark_runs():
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     rows = [line for line in out.stdout.splitlines() if line.startswith("| onnx") or line.startswith("| xgboost")]
-    assert len(rows) == 4
+    assert len(rows) == 6 and sum(line.startswith("| xgboost (server) |") for line in rows) == 2
 
 
 def test_parquet_benchmark_runs():

@@ -255,6 +255,8 @@ def test_half_precision_is_opt_in_and_within_its_stated_tolerance(torch_models, 
     np.testing.assert_allclose(half, full, rtol=tolerance, atol=tolerance)
     with pytest.raises(ConfigError, match="dtype 'int8' is not one of"):
         engine.load_model(uri, model_config={"dtype": "int8"})
+    with pytest.raises(ConfigError, match="does not apply to a torch.export"):  # its graph fixes its dtypes
+        engine.load_model(torch_models["pt2_tensor"][0], model_config={"dtype": dtype})
 
 
 @needs_gpu

@@ -62,3 +62,60 @@ def test_models_the_booster_would_answer_differently_keep_the_wrapper():
     assert _direct(linear, xgb) is None
     forest = xgb.XGBRFRegressor(n_estimators=5).fit(X, y)  # a subclass: not assumed to predict as its parent
     assert _direct(forest, xgb) is None
+
+
+# ---- the compiled small-batch path (servers) --------------------------------------------------------
+def _booster_case():
+    X, y = _data(None)
+    return xgb.train({"max_depth": 5}, xgb.DMatrix(X, label=y), 40), X
+
+
+@pytest.mark.parametrize("case", ["booster", "regressor", "binary", "multiclass", "softmax", "early_stopped"])
+def test_small_batches_take_the_compiled_path_and_answer_as_mlflow(case, tmp_path):
+    """Loaded as a server loads it, a forest answers small batches through ONNX Runtime (built in the
+    background, checked against the library, used below the measured crossover): MLflow's predictions,
+    within flavors.compiled's stated tolerance (float32 sums in another order), labels exactly."""
+    from flavors import compiled
+
+    model, X = _booster_case() if case == "booster" else CASES[case]()
+    path = tmp_path / case
+    out = model.predict(xgb.DMatrix(X)) if case == "booster" else model.predict(X)
+    mlflow.xgboost.save_model(model, str(path), signature=mlflow.models.infer_signature(X, out))
+    expected = np.asarray(mlflow.pyfunc.load_model(str(path)).predict(X)).ravel()
+    served = engine.load_model(path, small_batches=True)
+    assert compiled.wait(60)
+    path_ = served.predictor.predict.small_batches
+    assert path_ is not None and path_.crossover >= 1, "the compiled path was not taken"
+    for i in (0, 11, 14, 399):  # NaNs on rows 0, 11 ... (every 11th row, column 2)
+        one = served.predict(X.iloc[i:i + 1]).column(0).to_numpy(zero_copy_only=False)
+        if expected.dtype.kind in "iub":
+            np.testing.assert_array_equal(one, expected[i:i + 1])
+        else:
+            np.testing.assert_allclose(one, expected[i:i + 1], rtol=compiled.RTOL, atol=compiled.ATOL)
+    # batches above the crossover go to the library: the same values as a batch job's
+    whole = served.predict(X).column(0).to_numpy(zero_copy_only=False)
+    np.testing.assert_allclose(whole, expected, rtol=compiled.RTOL, atol=compiled.ATOL)
+
+
+def test_the_compiled_path_can_be_turned_off_and_is_not_built_for_batch_jobs(tmp_path):
+    from flavors import compiled
+
+    model, X = _booster_case()
+    mlflow.xgboost.save_model(model, str(tmp_path / "m"))
+    assert engine.load_model(tmp_path / "m").predictor.predict.small_batches is None
+    off = engine.load_model(tmp_path / "m", small_batches=True, model_config={"compiled": False})
+    assert off.predictor.predict.small_batches is None
+    assert compiled.wait(60)
+
+
+def test_a_path_that_answers_otherwise_is_not_used():
+    """The check that guards the compiled path: an ONNX model that answers differently is refused."""
+    from flavors import compiled
+
+    X = compiled.sample_rows(4)
+    good = np.nan_to_num(X).sum(axis=1).astype(np.float32)
+    assert compiled._adapter([good.reshape(-1, 1)], good) is not None
+    assert compiled._adapter([good.reshape(-1, 1) + 1e-3], good) is None
+    assert compiled._adapter([np.stack([1 - good, good], axis=1)], good) is not None  # P(class 1) column
+    labels = (good > 0).astype(np.int64)
+    assert compiled._adapter([labels[::-1].copy()], labels) is None

@@ -31,7 +31,8 @@ __all__ = ["InstallPlan", "install_plan", "line_name", "check_requirement", "res
 
 # the extras each flavor needs; every deployment also serves (serve) and may run jobs (run). sklearn:
 # a model fitted on named columns is called with a pandas DataFrame
-FLAVOR_EXTRAS = {"onnx": ("onnx",), "sklearn": ("sklearn", "pandas"), "xgboost": ("xgboost",),
+# xgboost: images serve, so they bring the compiled small-batch path (flavors.compiled)
+FLAVOR_EXTRAS = {"onnx": ("onnx",), "sklearn": ("sklearn", "pandas"), "xgboost": ("xgboost", "compiled"),
                  "lightgbm": ("lightgbm",), "pytorch": ("pytorch",), "python_function": ("mlflow", "pandas")}
 MIN_PYTHON = (3, 10)  # pyproject's requires-python
 _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")

@@ -120,7 +120,7 @@ class Model:
 
 def load_model(uri: str | os.PathLike, *, flavor: str | None = None, model_config: dict | None = None,
                feature_columns: list[str] | None = None, cache_dir: str | os.PathLike | None = None,
-               shared_cpu: bool = False) -> Model:
+               shared_cpu: bool = False, small_batches: bool = False) -> Model:
     """Load a model from a path, file://, runs:/, models:/ or remote URI into a scorer.
 
     flavor: force one of the model's flavors (default: the native one, python_function last).
@@ -128,6 +128,8 @@ def load_model(uri: str | os.PathLike, *, flavor: str | None = None, model_confi
     feature_columns: scalar columns, in order, that make up a tensor input.
     shared_cpu: the model shares the CPUs with other busy threads (batch runners set it): model
         libraries are told not to spin idle threads.
+    small_batches: the caller scores small batches (servers set it): XGBoost models get a compiled
+        path for them (``flavors.compiled``; ``model_config={"compiled": False}`` turns it off).
     """
     started = time.perf_counter()
     path = uris.resolve(uri, cache_dir)
@@ -137,6 +139,6 @@ def load_model(uri: str | os.PathLike, *, flavor: str | None = None, model_confi
     if model_config:
         conf["config"] = {**(conf.get("config") or {}), **model_config}
     warn_once(path, name)
-    predictor = chosen.load(meta, conf, flavors.LoadOptions(shared_cpu=shared_cpu))
+    predictor = chosen.load(meta, conf, flavors.LoadOptions(shared_cpu=shared_cpu, small_batches=small_batches))
     log.debug("loaded %s (flavor %s) from %s in %.3f s", os.fspath(uri), name, path, time.perf_counter() - started)
     return Model(meta, name, predictor, feature_columns)

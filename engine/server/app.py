@@ -369,7 +369,7 @@ def load_entries(specs: list[tuple], options: ServeOptions) -> list[Entry]:
         try:
             # shared_cpu: the event loop shares the cores; ONNX Runtime's idle threads must not spin on them
             model = load_model(path, flavor=options.flavor, model_config=options.model_config,
-                               cache_dir=options.cache_dir, shared_cpu=True)
+                               cache_dir=options.cache_dir, shared_cpu=True, small_batches=True)
         except ModelLoadError as exc:
             raise type(exc)(f"model {name!r} ({uri}): {exc}") from exc
         except Exception as exc:  # the model's own loading code raised (a corrupt pickle, a load_context bug)

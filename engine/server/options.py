@@ -44,10 +44,16 @@ class ServeOptions:
     device: str | None = _opt(None, "cpu, cuda or cuda:N: where the models run (model_config's device); default: "
                                     "each model's own choice, else cuda when torch sees a GPU", metavar="DEVICE")
 
+    no_compiled_trees: bool = _opt(False, "answer XGBoost models with the library alone: no compiled (ONNX Runtime) "
+                                          "path for small batches")
+
     def __post_init__(self):
         object.__setattr__(self, "device", check_device(self.device))
         # the models load with it: model_config's device, as MLflow's load_model takes it
-        object.__setattr__(self, "model_config", with_device(self.model_config, self.device))
+        config = with_device(self.model_config, self.device)
+        if self.no_compiled_trees:
+            config = {**(config or {}), "compiled": False}
+        object.__setattr__(self, "model_config", config)
         _at_least(self, 1, "workers", "max_batch_rows", "max_queue")
         _at_least(self, 0, "max_delay_ms")
         for name in ("timeout_s", "max_body_mb", "reload_every_s"):

@@ -52,7 +52,7 @@ def _load(path, version: str, options):
 
     started = time.perf_counter()
     model = load_model(path, flavor=options.flavor, model_config=options.model_config, cache_dir=options.cache_dir,
-                       shared_cpu=True)
+                       shared_cpu=True, small_batches=True)
     probe = sample(model)
     if probe is not None:
         out = model.score_batch(probe)
