@@ -10,7 +10,7 @@ model and the same request body go to every server in a case, one server after a
   2 floor   the same against a minimal ASGI app (uvicorn + uvloop + httptools, orjson, the
             onnxruntime session called directly): what any Python server could at best do
   3 batch   1-row JSON to XGBoost (100 trees), 64 connections: dynamic batching on (default) vs off
-            (--max-batch-rows 1)
+            (--max-batch-rows 1); and the compiled small-batch path (default) vs --no-compiled-trees
   4 arrow   10,000-row Arrow IPC bodies (Accept: Arrow) to the ONNX model, 4 connections: rows/s vs
             the in-process scorer (engine.load_model(path).score_batch on the same batch, here)
 
@@ -383,6 +383,10 @@ def run(cases: list[str], warm_s: float, run_s: float, quick: bool) -> tuple[lis
             off = point("arrowscore serve --max-batch-rows 1", "arrowscore", "xgboost", "--max-batch-rows", "1",
                         connections=64)
             rows.append(_row("3 JSON 1 row XGBoost c64: batching on vs off", on, off, 3.0, p99_ms=50.0))
+            # the compiled small-batch path (flavors.compiled) against XGBoost alone, batching on in both
+            library = point("arrowscore serve --no-compiled-trees", "arrowscore", "xgboost", "--no-compiled-trees",
+                            connections=64)
+            rows.append(_row("3b JSON 1 row XGBoost c64: compiled path vs XGBoost alone", on, library, 1.0))
         if "arrow" in cases:
             print(f"{ARROW_ROWS:,}-row Arrow IPC bodies, ONNX MLP, 4 connections", flush=True)
             batch = arrow_batch(ARROW_ROWS)

@@ -187,7 +187,7 @@ def test_rejected_rows_go_to_one_dead_letter_file_per_input_file(tmp_path):
     ("name: j\nmodel: m\ninput: in\n\nmodle: x\noutput: out\n",
      r"job.yaml line 5: unknown key 'modle'; did you mean 'model'\?"),
     ("name: j\nmodel: m\ninput: in\noutput: out\nbatch_rows: lots\n",
-     r"job.yaml line 5: batch_rows must be an integer, got str 'lots'"),
+     r"job.yaml line 5: batch_rows must be an integer or null, got str 'lots'"),
     ("name: j\nmodel: m\ninput: in\noutput: out\nkeep_columns: 5\n",
      r"job.yaml line 5: keep_columns must be a list of names, got int 5"),
     ("name: j\nmodel: m\ninput: in\noutput: out\nkeep_columns: [id, 3]\n",
@@ -220,7 +220,7 @@ def test_a_bad_job_file_on_the_command_line_is_one_line_and_exit_2(tmp_path):
     (tmp_path / "job.yaml").write_text("name: j\nmodel: m\ninput: in\noutput: out\nbatch_rows: true\n")
     out = _cli("run", tmp_path / "job.yaml", "--once")
     assert out.returncode == 2
-    assert out.stderr.strip().endswith("job.yaml line 5: batch_rows must be an integer, got bool True")
+    assert out.stderr.strip().endswith("job.yaml line 5: batch_rows must be an integer or null, got bool True")
 
 
 def test_cache_dir_flag_and_env_for_a_job_file_without_one(tmp_path):
