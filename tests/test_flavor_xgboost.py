@@ -119,3 +119,15 @@ def test_a_path_that_answers_otherwise_is_not_used():
     assert compiled._adapter([np.stack([1 - good, good], axis=1)], good) is not None  # P(class 1) column
     labels = (good > 0).astype(np.int64)
     assert compiled._adapter([labels[::-1].copy()], labels) is None
+
+
+def test_a_gpu_device_for_a_flavor_that_ignores_it_is_said(tmp_path, caplog):
+    import logging
+
+    model, X = _booster_case()
+    mlflow.xgboost.save_model(model, str(tmp_path / "m"))
+    with caplog.at_level(logging.WARNING, logger="arrowscore.model"):
+        loaded = engine.load_model(tmp_path / "m", model_config={"device": "cuda"})
+    assert any("device cuda asked for, but xgboost models run where their library puts them" in r.getMessage()
+               for r in caplog.records)
+    assert loaded.predict(X.iloc[1:4]).num_rows == 3

@@ -25,11 +25,13 @@ from .inputs import InputPlan
 from .mlmodel import ModelMeta, read_mlmodel
 from .outputs import OutputPlan, schema_from_tensors
 from .params import ParamsPlan
+from .device import device_of, is_gpu
 from .requirements import warn_once
 
 __all__ = ["Model", "load_model"]
 
 log = logging.getLogger("arrowscore.model")
+PLACED = ("pytorch", "onnx", "python_function")  # flavors that take model_config's device (pyfunc: the model's code)
 
 
 class Model:
@@ -139,6 +141,9 @@ def load_model(uri: str | os.PathLike, *, flavor: str | None = None, model_confi
     if model_config:
         conf["config"] = {**(conf.get("config") or {}), **model_config}
     warn_once(path, name)
+    if name not in PLACED and is_gpu(device_of(conf.get("config"))):
+        log.warning("device %s asked for, but %s models run where their library puts them (the CPU here): only "
+                    "%s models are placed on a device", device_of(conf.get("config")), name, " and ".join(PLACED))
     predictor = chosen.load(meta, conf, flavors.LoadOptions(shared_cpu=shared_cpu, small_batches=small_batches))
     log.debug("loaded %s (flavor %s) from %s in %.3f s", os.fspath(uri), name, path, time.perf_counter() - started)
     return Model(meta, name, predictor, feature_columns)
