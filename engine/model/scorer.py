@@ -141,9 +141,10 @@ def load_model(uri: str | os.PathLike, *, flavor: str | None = None, model_confi
     if model_config:
         conf["config"] = {**(conf.get("config") or {}), **model_config}
     warn_once(path, name)
-    if name not in PLACED and is_gpu(device_of(conf.get("config"))):
+    device = device_of(conf.get("config"))
+    if name not in PLACED and is_gpu(device):
         log.warning("device %s asked for, but %s models run where their library puts them (the CPU here): only "
-                    "%s models are placed on a device", device_of(conf.get("config")), name, " and ".join(PLACED))
+                    "%s models are placed on a device", device, name, " and ".join(PLACED))
     predictor = chosen.load(meta, conf, flavors.LoadOptions(shared_cpu=shared_cpu, small_batches=small_batches))
     log.debug("loaded %s (flavor %s) from %s in %.3f s", os.fspath(uri), name, path, time.perf_counter() - started)
     return Model(meta, name, predictor, feature_columns)

@@ -268,8 +268,10 @@ def gpu_conf(master: str | None, conf: dict, device: str | None, submitted: dict
     >>> gpu_conf("yarn", {"spark.task.resource.gpu.amount": "0.25"}, "cuda:0", submitted={})
     {'spark.executor.resource.gpu.amount': '1'}
     """
+    if not is_gpu(device):
+        return {}  # no Spark settings to read for a CPU job
     given = {**(_submitted_conf() if submitted is None else submitted), **conf}
-    if not is_gpu(device) or (master or given.get("spark.master", "")).startswith("local"):
+    if (master or given.get("spark.master", "")).startswith("local"):
         return {}
     return {k: v for k, v in GPU_CONF.items() if k not in given}
 
