@@ -131,6 +131,19 @@ def test_arrow_messages_are_scored_in_calls_of_max_batch_rows(kafka, tmp_path):
         assert out[f"m{m}"].column("prediction").to_pylist() == [2 * v for v in table.column("x").to_pylist()]
 
 
+def test_max_messages_scores_and_commits_exactly_that_many(kafka, xgb_case):
+    """A backfill of N messages from a longer topic: N scored, N committed; the rest stay for the next run."""
+    case, rows, _ = xgb_case
+    topic = f"maxmsg-{uuid.uuid4().hex[:8]}"
+    _topics(kafka, topic, topic + "-out")
+    _produce(kafka, topic, [json.dumps(r).encode() for r in rows[:10]], [f"k{i}" for i in range(10)])
+    report = stream(case.uris["path"], bootstrap_servers=kafka, input_topic=topic, output_topic=topic + "-out",
+                    group_id=f"g-{topic}", max_messages=4, max_batch_messages=100)
+    assert (report.messages, report.rows) == (4, 4)
+    assert _committed(kafka, f"g-{topic}", topic) == 4
+    assert sorted(m.key().decode() for m in _consume_all(kafka, topic + "-out", 4)) == ["k0", "k1", "k2", "k3"]
+
+
 def test_max_batch_messages_is_a_flag_and_both_bounds_are_checked(capsys):
     from engine.errors import ConfigError
     from engine.jobs.options import StreamOptions
@@ -138,6 +151,8 @@ def test_max_batch_messages_is_a_flag_and_both_bounds_are_checked(capsys):
     with pytest.raises(ConfigError, match="max_batch_rows and max_batch_messages must be >= 1"):
         StreamOptions(bootstrap_servers="127.0.0.1:1", input_topic="a", output_topic="b", group_id="g",
                       max_batch_messages=0)
+    with pytest.raises(ConfigError, match="max_messages must be >= 1"):
+        StreamOptions(bootstrap_servers="127.0.0.1:1", input_topic="a", output_topic="b", group_id="g", max_messages=0)
     from engine.cli import main
 
     with pytest.raises(SystemExit):
@@ -305,6 +320,62 @@ def test_sigterm_stops_cleanly_with_offsets_committed(kafka, xgb_case):
     assert proc.returncode == 0, err[-2000:]
     assert f"streamed {len(rows):,} messages" in out
     assert _committed(kafka, "g-term", topic) == len(rows)
+
+
+def test_at_least_once_commits_no_offset_whose_outputs_were_not_acknowledged(kafka, xgb_case):
+    """Outputs are acknowledged while the next micro-batch is scored; offsets are committed only after the
+    acknowledgement. An output topic that does not exist fails every delivery: the stream stops with the
+    reason, and no offset of the group was committed, so a restart scores every message again."""
+    case, rows, _ = xgb_case
+    topic = f"unacked-{uuid.uuid4().hex[:8]}"
+    _topics(kafka, topic)  # no output topic, and the broker does not create topics
+    _produce(kafka, topic, [json.dumps(r).encode() for r in rows], [f"k{i}" for i in range(len(rows))])
+    with pytest.raises(engine.ConnectorError, match=r"did not acknowledge every output.*consumed again"):
+        stream(case.uris["path"], bootstrap_servers=kafka, input_topic=topic, output_topic=topic + "-missing",
+               group_id=f"g-{topic}", max_messages=len(rows), max_batch_messages=7,
+               producer_config={"message.timeout.ms": 3000}, broker_timeout_s=20)
+    assert _committed(kafka, f"g-{topic}", topic) < 0  # none: OFFSET_INVALID
+
+
+def test_at_least_once_replicas_hand_over_partitions_with_offsets_committed(kafka, xgb_case):
+    """A second replica joins a busy at-least-once stream (micro-batches of 5 messages, each batch's outputs
+    acknowledged while the next is scored): the first hands its partitions over only after the outputs it
+    produced are acknowledged and their offsets committed. Nothing is lost or scored twice, every offset is
+    committed at the end, and both replicas scored."""
+    case, rows, expected = xgb_case
+    topic = f"alo-rebal-{uuid.uuid4().hex[:6]}"
+    _topics(kafka, topic, topic + "-out", partitions=4)
+    total, group = 4000, f"g-{topic}"
+    keys = [f"k{i}" for i in range(total)]
+    _produce(kafka, topic, [json.dumps(rows[i % len(rows)]).encode() for i in range(total)], keys)
+    stop = threading.Event()
+    reports = {}
+
+    def replica(name):
+        reports[name] = stream(case.uris["path"], stop=stop, bootstrap_servers=kafka, input_topic=topic,
+                               output_topic=topic + "-out", group_id=group, max_batch_messages=5, max_wait_ms=5,
+                               consumer_config={"session.timeout.ms": 6000, "heartbeat.interval.ms": 500})
+
+    first, second = threading.Thread(target=replica, args=("a",)), threading.Thread(target=replica, args=("b",))
+    first.start()
+    deadline = time.time() + 60
+    while time.time() < deadline and _committed_total(kafka, group, topic, 4) <= 0:
+        time.sleep(0.2)
+    second.start()  # joins while the first is busy
+    deadline = time.time() + 120
+    while time.time() < deadline and _committed_total(kafka, group, topic, 4) < total:
+        time.sleep(0.5)
+    stop.set()
+    first.join(60)
+    second.join(60)
+    assert set(reports) == {"a", "b"}, "a replica failed"
+    assert _committed_total(kafka, group, topic, 4) == total
+    assert reports["a"].messages > 0 and reports["b"].messages > 0, reports
+    out = _consume_all(kafka, topic + "-out", total)
+    assert set(m.key().decode() for m in out) == set(keys)
+    assert len(out) == total, f"{len(out) - total} outputs twice: a handover without a crash scores nothing again"
+    for m in out:
+        np.testing.assert_allclose(json.loads(m.value())["prediction"], expected[int(m.key()[1:]) % len(rows)], rtol=1e-6)
 
 
 @pytest.mark.parametrize("guarantee", ["at-least-once", "exactly-once"])

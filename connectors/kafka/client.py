@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from contextlib import contextmanager
 
 from engine.errors import ConnectorError, TransactionAborted, UnavailableError, require
@@ -91,12 +92,18 @@ class KafkaSource:
         self.ck = require("confluent_kafka", "kafka", "streaming over Kafka")
         self.topic = topic
         self.brokers = _Brokers(self.ck, config.get("bootstrap.servers", "?"), broker_timeout_s)
+        # fetch.queue.backoff.ms: librdkafka stops fetching while its queue is full (64 MB by default, about 500
+        # Arrow messages of 1,000 rows x 16 doubles) and by default waits 1 s before fetching again, which stalled
+        # a stream scoring faster than that for most of a second; 10 ms resumes as soon as scoring drains it
         self.consumer = self.ck.Consumer({"enable.auto.commit": False, "auto.offset.reset": "earliest",
-                                          "isolation.level": "read_committed", "logger": _Quiet(), **config,
-                                          "error_cb": self.brokers.on_error})
+                                          "isolation.level": "read_committed", "fetch.queue.backoff.ms": 10,
+                                          "logger": _Quiet(), **config, "error_cb": self.brokers.on_error,
+                                          "on_commit": self._committed})
         self._wait_for_brokers()
         self._revoked: set = set()
-        self.consumer.subscribe([topic], on_assign=self._assigned, on_revoke=self._revoked_cb, on_lost=self._revoked_cb)
+        self._unsure: dict = {}  # (topic, partition) -> offset committed asynchronously, not yet confirmed
+        self.before_revoke = None  # called before partitions go: the sink commits what it has delivered
+        self.consumer.subscribe([topic], on_assign=self._assigned, on_revoke=self._revoked_cb, on_lost=self._lost_cb)
 
     # Rebalance callbacks run inside consume(), which the stream calls only between transactions: no
     # transaction is open then. Messages already held from a revoked partition are dropped from the batch
@@ -105,8 +112,19 @@ class KafkaSource:
         log.info("partitions assigned: %s [%s]", self.topic, ", ".join(str(tp.partition) for tp in partitions))
 
     def _revoked_cb(self, consumer, partitions) -> None:
+        # outputs delivered and offsets still on their way land before the partitions go, so the next owner
+        # starts after them
+        if self.before_revoke is not None:
+            self.before_revoke()
+        self._settle_commits({(tp.topic, tp.partition) for tp in partitions})
         self._revoked.update((tp.topic, tp.partition) for tp in partitions)
         log.info("partitions revoked: %s [%s]", self.topic, ", ".join(str(tp.partition) for tp in partitions))
+
+    def _lost_cb(self, consumer, partitions) -> None:  # no longer ours: too late to commit for them
+        for tp in partitions:
+            self._unsure.pop((tp.topic, tp.partition), None)
+        self._revoked.update((tp.topic, tp.partition) for tp in partitions)
+        log.info("partitions lost: %s [%s]", self.topic, ", ".join(str(tp.partition) for tp in partitions))
 
     def _wait_for_brokers(self) -> None:
         deadline = time.monotonic() + self.brokers.timeout_s
@@ -178,8 +196,37 @@ class KafkaSource:
         return [self.ck.TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
 
     def commit(self, msgs: list) -> None:
+        """Commit the offsets past ``msgs`` (their outputs are delivered) without waiting for the broker: a
+        synchronous commit costs a round trip per micro-batch. Offsets not confirmed yet are committed again,
+        waiting, before their partitions are revoked and at close(); a failed one is retried then (until then a
+        crash re-reads those messages, which at-least-once allows)."""
+        offsets = self.offsets(msgs)
+        for tp in offsets:
+            self._unsure[(tp.topic, tp.partition)] = tp.offset
         with _failing(self.ck, f"committing the offsets consumed from {self.topic!r}"):
-            self.consumer.commit(offsets=self.offsets(msgs), asynchronous=False)
+            self.consumer.commit(offsets=offsets, asynchronous=True)
+
+    def _committed(self, err, partitions) -> None:  # on_commit: librdkafka calls it from consume(), on this thread
+        if err is not None:
+            log.debug("an offset commit failed (%s); it is retried at the next one", err)
+            return
+        for tp in partitions:
+            key = (tp.topic, tp.partition)
+            if tp.error is None and self._unsure.get(key, -1) <= tp.offset:
+                self._unsure.pop(key, None)
+
+    def _settle_commits(self, which=None) -> None:
+        """Commit, waiting for the broker, the offsets not yet confirmed (of the partitions ``which``, or all)."""
+        offsets = [self.ck.TopicPartition(t, p, o) for (t, p), o in self._unsure.items() if which is None or (t, p) in which]
+        if not offsets or not self.reachable:  # nobody to wait for: re-read after a restart, as after a crash
+            return
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+        except self.ck.KafkaException as exc:
+            log.warning("committing the offsets %s of %r failed (%s): those messages will be consumed again",
+                        ", ".join(f"[{tp.partition}] {tp.offset}" for tp in offsets), self.topic, exc.args[0] if exc.args else exc)
+        for tp in offsets:
+            self._unsure.pop((tp.topic, tp.partition), None)
 
     def group_metadata(self):
         return self.consumer.consumer_group_metadata()
@@ -203,7 +250,25 @@ class KafkaSource:
         return lag
 
     def close(self) -> None:
-        self.consumer.close()  # leaves the group: partitions move to the other members at once
+        try:
+            self._settle_commits()
+        finally:
+            self.consumer.close()  # leaves the group: partitions move to the other members at once
+
+
+class _Batch:
+    """One micro-batch's outputs on their way (at-least-once): its offsets are committed once the broker has
+    acknowledged every one of them."""
+
+    __slots__ = ("msgs", "left", "errors")
+
+    def __init__(self):
+        self.msgs, self.left, self.errors = None, 0, []
+
+    def delivered(self, err, msg) -> None:  # on_delivery: served by poll()/flush() on this thread
+        self.left -= 1
+        if err is not None:
+            self.errors.append(err)
 
 
 class KafkaSink:
@@ -211,7 +276,12 @@ class KafkaSink:
 
     Each replica of a stream has its own transactional id; the consumer's group metadata goes with the
     offsets (KIP-447), so the group coordinator, not the id, fences a replica whose partitions moved on.
+    At-least-once, a batch's acknowledgements are not waited for at once: the next batch is consumed and
+    scored meanwhile, and a batch's offsets are committed, oldest first, once all its outputs are acknowledged
+    (``settle``); at most ``in_flight`` batches are on their way.
     """
+
+    in_flight = 1
 
     def __init__(self, config: dict, transactional_id: str | None = None, broker_timeout_s: float = 60.0):
         self.ck = require("confluent_kafka", "kafka", "streaming over Kafka")
@@ -233,6 +303,8 @@ class KafkaSink:
             with _failing(self.ck, f"starting transactions as {transactional_id!r}"):
                 self.producer.init_transactions(self.timeout_s)
         self._failed: list = []
+        self._open: _Batch | None = None  # at-least-once: the batch being produced
+        self._pending: deque[_Batch] = deque()  # at-least-once: produced, offsets not committed yet
 
     def _deliver(self, err, msg) -> None:
         if err is not None:
@@ -242,11 +314,17 @@ class KafkaSink:
         if self.transactional:
             with _failing(self.ck, "beginning a transaction"):
                 self.producer.begin_transaction()
+        else:
+            self._open = _Batch()
 
     def produce(self, topic: str, value: bytes, key, headers=None) -> None:
+        batch = self._open
         while True:
             try:
-                self.producer.produce(topic, value=value, key=key, headers=headers, on_delivery=self._deliver)
+                self.producer.produce(topic, value=value, key=key, headers=headers,
+                                      on_delivery=self._deliver if batch is None else batch.delivered)
+                if batch is not None:
+                    batch.left += 1
                 return
             except BufferError:  # the producer queue is full: let it drain, then retry
                 self.producer.poll(0.05)
@@ -267,12 +345,33 @@ class KafkaSink:
                     raise TransactionAborted(f"{what} failed: {why}; the transaction was aborted") from None
                 raise ConnectorError(f"{what} failed: {why}") from None
             return
-        self.producer.flush(self.timeout_s)
-        if self._failed or len(self.producer):
-            why = self._failed[:3] or f"none within {self.timeout_s:g} s, last error: {self.brokers.reason or 'none'}"
-            raise ConnectorError(f"the broker did not acknowledge every output ({why}); "
-                                 "offsets were not committed, so the batch will be consumed again")
-        source.commit(msgs)
+        batch, self._open = self._open or _Batch(), None
+        batch.msgs = msgs
+        self._pending.append(batch)
+        self.settle(source, keep=self.in_flight)
+
+    def settle(self, source: KafkaSource, keep: int = 0) -> None:
+        """At-least-once: commit the offsets of the batches whose outputs are all acknowledged, oldest first,
+        waiting (up to the broker timeout) until at most ``keep`` batches are left on their way."""
+        self.producer.poll(0)
+        deadline = None
+        while self._pending:
+            head = self._pending[0]
+            if head.errors:
+                raise ConnectorError(f"the broker did not acknowledge every output ({head.errors[:3]}); offsets were "
+                                     "not committed, so the batch will be consumed again")
+            if head.left <= 0:
+                source.commit(head.msgs)
+                self._pending.popleft()
+                continue
+            if len(self._pending) <= keep:
+                return
+            deadline = deadline or time.monotonic() + self.timeout_s
+            if time.monotonic() >= deadline:
+                raise ConnectorError(f"the broker did not acknowledge every output (none within {self.timeout_s:g} s, "
+                                     f"last error: {self.brokers.reason or 'none'}); offsets were not committed, so "
+                                     "the batch will be consumed again")
+            self.producer.poll(0.05)
 
     def abort(self) -> None:
         if self.transactional:

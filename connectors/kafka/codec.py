@@ -6,12 +6,12 @@ Two value formats:
 Every decoded row carries ``_msg`` (its message's index in the micro-batch) and the pass-through
 columns ``_key``, ``_partition``, ``_offset``, ``_timestamp`` (ms since the epoch).
 
-    batches, bad = decode(messages, "json")   # confluent_kafka Messages -> RecordBatches (+ _msg, _key, ...)
+    tables, bad = decode(messages, "json")    # confluent_kafka Messages -> Arrow tables (+ _msg, _key, ...)
     bad                                       # [(index, reason), ...] for the undecodable ones
     for index, value in encode(scored, "json"): ...   # one output value per input message
 
-A micro-batch decodes to one batch. Messages whose values cannot share one Arrow schema (a number
-here, a string there; Arrow schemas that do not unify) decode to one batch per set that can, so the
+A micro-batch decodes to one table. Messages whose values cannot share one Arrow schema (a number
+here, a string there; Arrow schemas that do not unify) decode to one table per set that can, so the
 model's signature, not the first message, decides which of them are scored.
 """
 
@@ -33,6 +33,7 @@ __all__ = ["decode", "encode", "FORMATS", "PASS_THROUGH", "RESERVED"]
 FORMATS = ("json", "arrow")
 PASS_THROUGH = ("_key", "_partition", "_offset", "_timestamp")
 RESERVED = ("_msg", *PASS_THROUGH)  # the columns decode adds: a message field of one of these names is refused
+_RESERVED = frozenset(RESERVED)
 _ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError)
 
 
@@ -173,17 +174,17 @@ def _promote(a: pa.DataType, b: pa.DataType) -> pa.DataType:
 def _arrow_tables(msgs: list) -> tuple[list, list, list]:
     tables, ids, bad = [], [], []
     for i, m in enumerate(msgs):
-        if m.value() is None:
+        value = m.value()  # a new bytes object on every call: read once
+        if value is None:
             bad.append((i, "value is null (a tombstone), not an Arrow IPC stream"))
             continue
         try:
-            table = pa.ipc.open_stream(m.value()).read_all()
+            table = pa.ipc.open_stream(value).read_all()
         except (pa.ArrowInvalid, TypeError, OSError) as exc:
             bad.append((i, f"value is not an Arrow IPC stream: {exc}"))
             continue
-        clash = [n for n in RESERVED if n in table.column_names]
-        if clash:
-            bad.append((i, _reserved(clash[0])))
+        if not _RESERVED.isdisjoint(names := table.schema.names):
+            bad.append((i, _reserved(next(n for n in RESERVED if n in names))))
             continue
         tables.append(table)
         ids.append(i)
@@ -217,10 +218,12 @@ def _row_ids(tables: list, ids: list) -> np.ndarray:
     return np.repeat(np.asarray(ids, np.int32), [t.num_rows for t in tables])
 
 
-def decode(msgs: list, fmt: str, keep=PASS_THROUGH) -> tuple[list[pa.RecordBatch], list]:
-    """([batch, ...] of the decodable messages' rows with _msg and the ``keep`` pass-through columns,
-    [(index, reason)] of the rest, by index). One batch unless values cannot share one schema. A message
-    with a field named like a column decode adds (``RESERVED``) is one of the rest."""
+def decode(msgs: list, fmt: str, keep=PASS_THROUGH) -> tuple[list[pa.Table], list]:
+    """([table, ...] of the decodable messages' rows with _msg and the ``keep`` pass-through columns,
+    [(index, reason)] of the rest, by index). One table unless values cannot share one schema. A message
+    with a field named like a column decode adds (``RESERVED``) is one of the rest. Arrow IPC messages stay
+    the table's chunks, uncopied: a caller scoring slices combines each slice while it is small enough to
+    stay in the CPU's cache."""
     if fmt == "json":
         rows, index, bad = _json_rows(msgs)
         parts = _json_tables(rows, index, bad) if rows else []
@@ -229,15 +232,14 @@ def decode(msgs: list, fmt: str, keep=PASS_THROUGH) -> tuple[list[pa.RecordBatch
         parts = _arrow_groups(tables, ids) if tables else []
     else:
         raise ConfigError(f"value format {fmt!r} is not one of {FORMATS}")
-    batches = []
+    tables = []
     for data, index in parts:
         if not data.num_rows:
             continue
-        data = data.combine_chunks()
         for name, column in _meta_columns(msgs, index, keep).items():
             data = data.append_column(name, column)
-        batches.append(data.to_batches()[0])
-    return batches, sorted(bad)
+        tables.append(data)
+    return tables, sorted(bad)
 
 
 def encode(out: pa.RecordBatch | pa.Table, fmt: str) -> Iterable[tuple[int, bytes]]:

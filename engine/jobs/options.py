@@ -284,6 +284,8 @@ class StreamOptions(ModelOptions):
             raise ConfigError(f"value format {self.value_format!r} is not one of {FORMATS}")
         if self.max_batch_rows < 1 or self.max_batch_messages < 1 or self.max_wait_ms < 0:
             raise ConfigError("max_batch_rows and max_batch_messages must be >= 1 and max_wait_ms >= 0")
+        if self.max_messages is not None and self.max_messages < 1:
+            raise ConfigError(f"max_messages must be >= 1 (or unset: no limit), got {self.max_messages}")
         if self.metrics_port is not None and not 0 <= self.metrics_port < 65536:
             raise ConfigError(f"metrics_port {self.metrics_port} is not a port number (0: any free port)")
         if not self.broker_timeout_s > 0:
