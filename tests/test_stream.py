@@ -131,6 +131,30 @@ def test_arrow_messages_are_scored_in_calls_of_max_batch_rows(kafka, tmp_path):
         assert out[f"m{m}"].column("prediction").to_pylist() == [2 * v for v in table.column("x").to_pylist()]
 
 
+def test_max_batch_bytes_bounds_a_micro_batch_of_big_messages(kafka, tmp_path):
+    """Arrow IPC messages of many rows: a micro-batch stops at about --max-batch-bytes of values (memory
+    stays bounded whatever the backlog), and every message is still scored whole."""
+    model = engine.save_model(tmp_path / "m", _at_most_7_rows, signature=pa.schema([pa.field("x", pa.float64(), False)]))
+    topic = f"bytes-{uuid.uuid4().hex[:8]}"
+    _topics(kafka, topic, topic + "-out")
+    tables = [pa.table({"x": [float(10 * m + i) for i in range(10)]}) for m in range(12)]
+    values = [_ipc(t) for t in tables]
+    _produce(kafka, topic, values, [f"m{m}" for m in range(12)])
+    report = stream(str(model), bootstrap_servers=kafka, input_topic=topic, output_topic=topic + "-out",
+                    group_id=f"g-{topic}", value_format="arrow", max_messages=12, max_batch_rows=7,
+                    max_batch_messages=100, max_batch_bytes=int(2.5 * len(values[0])))
+    assert (report.messages, report.rows) == (12, 120)
+    assert report.batches >= 6, f"{report.batches} micro-batches for 12 messages of which 2 fit the byte bound"
+    out = {m.key().decode(): pa.ipc.open_stream(m.value()).read_all() for m in _consume_all(kafka, topic + "-out", 12)}
+    for m, table in enumerate(tables):
+        assert out[f"m{m}"].column("prediction").to_pylist() == [2 * v for v in table.column("x").to_pylist()]
+    from engine.errors import ConfigError
+    from engine.jobs.options import StreamOptions
+
+    with pytest.raises(ConfigError, match="max_batch_bytes must be >= 1"):
+        StreamOptions(bootstrap_servers="127.0.0.1:1", input_topic="a", output_topic="b", group_id="g", max_batch_bytes=0)
+
+
 def test_max_messages_scores_and_commits_exactly_that_many(kafka, xgb_case):
     """A backfill of N messages from a longer topic: N scored, N committed; the rest stay for the next run."""
     case, rows, _ = xgb_case
@@ -644,7 +668,7 @@ def test_exactly_once_replicas_share_a_group_through_sigkills(kafka, xgb_case, t
             p.produce(topic, key=keys[i], value=json.dumps(rows[i % len(rows)]).encode(), partition=i % 6)
             if i % 60 == 59:
                 p.flush(10)
-                time.sleep(0.6)
+                time.sleep(1.0)  # input flows until after the last restart (about 20 s), so every replica gets some
         p.flush(30)
 
     cli = _cli(kafka, case.uris["path"], topic, group, "exactly-once") + [

@@ -5,6 +5,7 @@ producer that delivers them, acknowledged (at-least-once) or in transactions (ex
     sink = KafkaSink({"bootstrap.servers": "127.0.0.1:19092"}, transactional_id="scorer-0")
     msgs = source.consume(10_000, max_wait_ms=100)
     sink.begin(); sink.produce("scores", b"...", msgs[0].key()); sink.commit(source, msgs)
+    sink.settle(source)   # at-least-once: wait for the acknowledgements still due, commit their offsets
 
 Brokers that do not answer for ``broker_timeout_s`` (at start, or once librdkafka reports them all
 down) raise one UnavailableError (a ConnectorError); librdkafka's own log lines, which repeat many times a second while
@@ -23,6 +24,7 @@ from engine.errors import ConnectorError, TransactionAborted, UnavailableError, 
 __all__ = ["KafkaSource", "KafkaSink"]
 
 log = logging.getLogger("arrowscore.kafka")
+_COMMIT_FAILURES = 5  # asynchronous offset commits failing in a row that stop a stream
 
 
 class _Quiet:
@@ -102,6 +104,7 @@ class KafkaSource:
         self._wait_for_brokers()
         self._revoked: set = set()
         self._unsure: dict = {}  # (topic, partition) -> offset committed asynchronously, not yet confirmed
+        self._commit_failures, self._commit_error = 0, ""  # asynchronous commits failed in a row
         self.before_revoke = None  # called before partitions go: the sink commits what it has delivered
         self.consumer.subscribe([topic], on_assign=self._assigned, on_revoke=self._revoked_cb, on_lost=self._lost_cb)
 
@@ -115,7 +118,10 @@ class KafkaSource:
         # outputs delivered and offsets still on their way land before the partitions go, so the next owner
         # starts after them
         if self.before_revoke is not None:
-            self.before_revoke()
+            try:
+                self.before_revoke()
+            except Exception as exc:  # raised again by the stream's next settle: the batch stays pending
+                log.warning("outputs in flight not settled before partitions were revoked: %s", exc)
         self._settle_commits({(tp.topic, tp.partition) for tp in partitions})
         self._revoked.update((tp.topic, tp.partition) for tp in partitions)
         log.info("partitions revoked: %s [%s]", self.topic, ", ".join(str(tp.partition) for tp in partitions))
@@ -148,9 +154,10 @@ class KafkaSource:
     def reachable(self) -> bool:
         return self.brokers.down_since is None
 
-    def consume(self, max_messages: int, max_wait_ms: int, stop=None) -> list:
-        """Up to ``max_messages``: wait (up to 0.5 s) for the first, then at most ``max_wait_ms`` more.
-        Raises UnavailableError once the brokers have been down for ``broker_timeout_s``."""
+    def consume(self, max_messages: int, max_wait_ms: int, stop=None, max_bytes: int | None = None) -> list:
+        """Up to ``max_messages`` holding about ``max_bytes`` of values at most (one message at least): wait
+        (up to 0.5 s) for the first, then at most ``max_wait_ms`` more. Raises UnavailableError once the
+        brokers have been down for ``broker_timeout_s``."""
         self._revoked.clear()
         msgs = self._settled(self._checked(self.consumer.consume(1, 0.5)))
         if not msgs:
@@ -158,12 +165,18 @@ class KafkaSource:
             return []
         self.brokers.up()
         deadline = time.monotonic() + max_wait_ms / 1000
+        size = sum(len(m) for m in msgs)
         while len(msgs) < max_messages and not (stop is not None and stop.is_set()):
             left = deadline - time.monotonic()
-            if left <= 0:
+            want = max_messages - len(msgs)
+            if max_bytes is not None:  # as many more as fit, judged by the mean size so far
+                want = min(want, (max_bytes - size) * len(msgs) // max(size, 1))
+            if left <= 0 or want < 1:
                 break
             # consume(n, timeout) returns when n messages are in or the timeout passes, whichever is first
-            msgs = self._settled(msgs + self._checked(self.consumer.consume(max_messages - len(msgs), left)))
+            got = self._checked(self.consumer.consume(want, left))
+            size += sum(len(m) for m in got)
+            msgs = self._settled(msgs + got)
         return msgs
 
     def _settled(self, msgs: list) -> list:
@@ -200,16 +213,26 @@ class KafkaSource:
         synchronous commit costs a round trip per micro-batch. Offsets not confirmed yet are committed again,
         waiting, before their partitions are revoked and at close(); a failed one is retried then (until then a
         crash re-reads those messages, which at-least-once allows)."""
-        offsets = self.offsets(msgs)
+        if self._commit_failures >= _COMMIT_FAILURES:
+            raise ConnectorError(f"the last {self._commit_failures} offset commits of {self.topic!r} failed (last: "
+                                 f"{self._commit_error}): the stream stops rather than score on without committing")
+        owned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}  # a lost partition is not ours
+        offsets = [tp for tp in self.offsets(msgs) if (tp.topic, tp.partition) in owned]
         for tp in offsets:
             self._unsure[(tp.topic, tp.partition)] = tp.offset
-        with _failing(self.ck, f"committing the offsets consumed from {self.topic!r}"):
-            self.consumer.commit(offsets=offsets, asynchronous=True)
+        if offsets:
+            with _failing(self.ck, f"committing the offsets consumed from {self.topic!r}"):
+                self.consumer.commit(offsets=offsets, asynchronous=True)
 
     def _committed(self, err, partitions) -> None:  # on_commit: librdkafka calls it from consume(), on this thread
         if err is not None:
-            log.debug("an offset commit failed (%s); it is retried at the next one", err)
+            self._commit_failures += 1
+            self._commit_error = err.str() if hasattr(err, "str") else str(err)
+            if self._commit_failures == 1:
+                log.warning("committing offsets of %r failed (%s); the next commit carries them again", self.topic,
+                            self._commit_error)
             return
+        self._commit_failures = 0
         for tp in partitions:
             key = (tp.topic, tp.partition)
             if tp.error is None and self._unsure.get(key, -1) <= tp.offset:
@@ -260,10 +283,10 @@ class _Batch:
     """One micro-batch's outputs on their way (at-least-once): its offsets are committed once the broker has
     acknowledged every one of them."""
 
-    __slots__ = ("msgs", "left", "errors")
+    __slots__ = ("msgs", "left", "errors", "done")
 
     def __init__(self):
-        self.msgs, self.left, self.errors = None, 0, []
+        self.msgs, self.left, self.errors, self.done = None, 0, [], None
 
     def delivered(self, err, msg) -> None:  # on_delivery: served by poll()/flush() on this thread
         self.left -= 1
@@ -329,8 +352,9 @@ class KafkaSink:
             except BufferError:  # the producer queue is full: let it drain, then retry
                 self.producer.poll(0.05)
 
-    def commit(self, source: KafkaSource, msgs: list) -> None:
-        """Outputs delivered, then the consumed offsets: in the transaction, or acknowledged then committed."""
+    def commit(self, source: KafkaSource, msgs: list, done=None) -> None:
+        """Outputs delivered, then the consumed offsets: in the transaction, or acknowledged then committed
+        (at-least-once: by this call or a later ``settle``). ``done()`` is called once the offsets are committed."""
         if self.transactional:
             what = "committing the transaction (outputs, dead letters and offsets)"
             try:
@@ -344,27 +368,32 @@ class KafkaSink:
                     self.abort()
                     raise TransactionAborted(f"{what} failed: {why}; the transaction was aborted") from None
                 raise ConnectorError(f"{what} failed: {why}") from None
+            if done is not None:
+                done()
             return
         batch, self._open = self._open or _Batch(), None
-        batch.msgs = msgs
+        batch.msgs, batch.done = msgs, done
         self._pending.append(batch)
         self.settle(source, keep=self.in_flight)
 
-    def settle(self, source: KafkaSource, keep: int = 0) -> None:
+    def settle(self, source: KafkaSource, keep: int = 0, wait: bool = True) -> None:
         """At-least-once: commit the offsets of the batches whose outputs are all acknowledged, oldest first,
-        waiting (up to the broker timeout) until at most ``keep`` batches are left on their way."""
+        waiting (up to the broker timeout) until at most ``keep`` batches are left on their way; without
+        ``wait``, only those acknowledged by now, stopping quietly at the first that is not (or failed)."""
         self.producer.poll(0)
         deadline = None
         while self._pending:
             head = self._pending[0]
-            if head.errors:
+            if head.errors and wait:
                 raise ConnectorError(f"the broker did not acknowledge every output ({head.errors[:3]}); offsets were "
                                      "not committed, so the batch will be consumed again")
-            if head.left <= 0:
+            if head.left <= 0 and not head.errors:
                 source.commit(head.msgs)
                 self._pending.popleft()
+                if head.done is not None:
+                    head.done()
                 continue
-            if len(self._pending) <= keep:
+            if len(self._pending) <= keep or not wait:
                 return
             deadline = deadline or time.monotonic() + self.timeout_s
             if time.monotonic() >= deadline:

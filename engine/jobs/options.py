@@ -259,6 +259,8 @@ class StreamOptions(ModelOptions):
     max_batch_messages: int = _opt(10_000, "messages per micro-batch at most")
     max_batch_rows: int = _opt(10_000, "rows per model call at most: a micro-batch holds at most this many messages, "
                                        "and Arrow IPC messages holding more rows are scored in calls of this many")
+    max_batch_bytes: int = _opt(64 << 20, "message value bytes per micro-batch at most (about; at least one message): "
+                                          "bounds memory when each message holds many rows")
     max_wait_ms: int = _opt(100, "longest wait to fill a micro-batch once its first message arrived")
     # librdkafka settings, applied over arrowscore's defaults; not in repr: they may hold SASL secrets
     client_config: dict = _opt({}, "Kafka settings for the consumer and the producer", cli=False, repr=False)
@@ -284,6 +286,8 @@ class StreamOptions(ModelOptions):
             raise ConfigError(f"value format {self.value_format!r} is not one of {FORMATS}")
         if self.max_batch_rows < 1 or self.max_batch_messages < 1 or self.max_wait_ms < 0:
             raise ConfigError("max_batch_rows and max_batch_messages must be >= 1 and max_wait_ms >= 0")
+        if self.max_batch_bytes < 1:
+            raise ConfigError(f"max_batch_bytes must be >= 1, got {self.max_batch_bytes}")
         if self.max_messages is not None and self.max_messages < 1:
             raise ConfigError(f"max_messages must be >= 1 (or unset: no limit), got {self.max_messages}")
         if self.metrics_port is not None and not 0 <= self.metrics_port < 65536:

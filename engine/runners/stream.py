@@ -4,8 +4,8 @@
         --group-id scorer [--guarantee exactly-once] [--dead-letter-topic dead] [-X producer.linger.ms=20] \\
         [--kafka-config client.properties]
 
-Each loop turn consumes up to ``max_batch_messages`` messages, and no more than ``max_batch_rows``
-(waiting at most ``max_wait_ms``), decodes them to one Arrow table, scores it with ``JobScorer`` ->
+Each loop turn consumes up to ``max_batch_messages`` messages, and no more than ``max_batch_rows`` nor
+about ``max_batch_bytes`` of values (waiting at most ``max_wait_ms``), decodes them to one Arrow table, scores it with ``JobScorer`` ->
 ``Model.score_batch`` in calls of at most ``max_batch_rows`` rows (Arrow IPC messages hold many rows
 each) and produces one output message per input message (same key, same headers). Then:
 - at-least-once: commit the consumed offsets once the broker acknowledged every output of the batch; the
@@ -87,6 +87,7 @@ class _Loop:
         self.source.before_revoke = lambda: self.sink.settle(self.source)
         self.report = StreamReport()
         self.aborted = 0  # transactions aborted in a row
+        self.taken = 0  # messages whose outputs were produced (the report counts them once committed)
         self.first_at = None
         self.latency = 0.0
 
@@ -127,8 +128,8 @@ class _Loop:
     def turn(self) -> int:
         most = min(self.opts.max_batch_messages, self.opts.max_batch_rows)
         if self.opts.max_messages is not None:  # not a message more than asked for, nor a wait for one
-            most = min(most, self.opts.max_messages - self.report.messages)
-        msgs = self.source.consume(most, self.opts.max_wait_ms, self.stop)
+            most = min(most, self.opts.max_messages - self.taken)
+        msgs = self.source.consume(most, self.opts.max_wait_ms, self.stop, self.opts.max_batch_bytes)
         if not msgs:
             self.sink.settle(self.source)  # idle: the last batch's offsets are committed once acknowledged
             return 0
@@ -147,7 +148,8 @@ class _Loop:
                 self.sink.produce(self.opts.output_topic, value, msgs[i].key(), msgs[i].headers())
             for i, reason in bad:
                 self._dead_letter(msgs[i], reason)
-            self.sink.commit(self.source, msgs)
+            self.latency = time.perf_counter() - started
+            self.sink.commit(self.source, msgs, done=self._counter(len(msgs), rows, len(bad), self.latency))
         except TransactionAborted as exc:  # already aborted: consume the batch again (if still ours) and go on
             self.source.rewind(msgs)
             self.aborted += 1
@@ -163,14 +165,19 @@ class _Loop:
                     self.source.rewind(msgs)
             raise
         self.aborted = 0
-        self.report.messages += len(msgs)
-        self.report.rows += rows
-        self.report.dead_lettered += len(bad)
-        self.report.batches += 1
-        self.latency = time.perf_counter() - started
-        if self.monitor is not None:
-            self.monitor.batch(len(msgs), rows, len(bad), self.latency)
+        self.taken += len(msgs)
         return len(msgs)
+
+    def _counter(self, messages: int, rows: int, dead: int, seconds: float):
+        """What the report and the metrics count once the batch's offsets are committed."""
+        def count() -> None:
+            self.report.messages += messages
+            self.report.rows += rows
+            self.report.dead_lettered += dead
+            self.report.batches += 1
+            if self.monitor is not None:
+                self.monitor.batch(messages, rows, dead, seconds)
+        return count
 
     def run(self) -> StreamReport:
         start = last = time.perf_counter()
@@ -185,7 +192,7 @@ class _Loop:
                     idle_since = time.monotonic()
                 elif self.opts.idle_timeout_s is not None and time.monotonic() - idle_since > self.opts.idle_timeout_s:
                     break
-                if self.opts.max_messages is not None and self.report.messages >= self.opts.max_messages:
+                if self.opts.max_messages is not None and self.taken >= self.opts.max_messages:
                     break
                 if now - last >= self.opts.stats_every_s and self.source.reachable:  # no lag to tell while down
                     last = now
@@ -193,15 +200,16 @@ class _Loop:
                              f"{self.report.messages / (now - start):,.0f}", self.source.lag(), self.latency * 1000)
             self.sink.settle(self.source)  # the outputs still on their way acknowledged, their offsets committed
         except BaseException:
-            # outputs produced before the failure: commit those acknowledged, so a restart does not score them again
-            if self.source.reachable:
-                try:
-                    self.sink.settle(self.source)
-                except Exception as exc:  # the original error is the one to report
-                    log.warning("offsets of batches scored before the failure not committed (%s): they will be "
-                                "consumed again", exc)
+            # outputs produced before the failure and acknowledged by now: their offsets, so a restart does not
+            # score them again (no waiting: the original error is the one to report, at once)
+            try:
+                self.sink.settle(self.source, wait=False)
+            except Exception as exc:
+                log.warning("offsets of batches scored before the failure not committed (%s): they will be "
+                            "consumed again", exc)
             raise
         finally:
+            self.source.before_revoke = None  # closing revokes the partitions: nothing more to settle then
             self.report.seconds = time.perf_counter() - start
             if self.first_at is not None:
                 self.report.busy_seconds = time.perf_counter() - self.first_at
