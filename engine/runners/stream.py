@@ -5,9 +5,9 @@
         [--kafka-config client.properties]
 
 Each loop turn consumes up to ``max_batch_messages`` messages, and no more than ``max_batch_rows`` nor
-about ``max_batch_bytes`` of values (waiting at most ``max_wait_ms``), decodes them to one Arrow table, scores it with ``JobScorer`` ->
-``Model.score_batch`` in calls of at most ``max_batch_rows`` rows (Arrow IPC messages hold many rows
-each) and produces one output message per input message (same key, same headers). Then:
+about ``max_batch_bytes`` of values (waiting at most ``max_wait_ms``), decodes them to one Arrow table,
+scores it with ``JobScorer`` -> ``Model.score_batch`` in calls of at most ``max_batch_rows`` rows (Arrow
+IPC messages hold many rows each) and produces one output message per input message (same key, same headers). Then:
 - at-least-once: commit the consumed offsets once the broker acknowledged every output of the batch; the
   acknowledgements come while the next batch is consumed and scored (``KafkaSink.settle``), and before a
   rebalance hands partitions over, at idle and at the end, the stream waits for them;
