@@ -240,14 +240,16 @@ class KafkaSource:
 
     def _settle_commits(self, which=None) -> None:
         """Commit, waiting for the broker, the offsets not yet confirmed (of the partitions ``which``, or all)."""
-        offsets = [self.ck.TopicPartition(t, p, o) for (t, p), o in self._unsure.items() if which is None or (t, p) in which]
+        offsets = [self.ck.TopicPartition(t, p, o) for (t, p), o in self._unsure.items()
+                   if which is None or (t, p) in which]
         if not offsets or not self.reachable:  # nobody to wait for: re-read after a restart, as after a crash
             return
         try:
             self.consumer.commit(offsets=offsets, asynchronous=False)
         except self.ck.KafkaException as exc:
-            log.warning("committing the offsets %s of %r failed (%s): those messages will be consumed again",
-                        ", ".join(f"[{tp.partition}] {tp.offset}" for tp in offsets), self.topic, exc.args[0] if exc.args else exc)
+            where = ", ".join(f"[{tp.partition}] {tp.offset}" for tp in offsets)
+            log.warning("committing the offsets %s of %r failed (%s): those messages will be consumed again", where,
+                        self.topic, exc.args[0] if exc.args else exc)
         for tp in offsets:
             self._unsure.pop((tp.topic, tp.partition), None)
 
