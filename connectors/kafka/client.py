@@ -327,13 +327,8 @@ class KafkaSink:
         if self.transactional:
             with _failing(self.ck, f"starting transactions as {transactional_id!r}"):
                 self.producer.init_transactions(self.timeout_s)
-        self._failed: list = []
         self._open: _Batch | None = None  # at-least-once: the batch being produced
         self._pending: deque[_Batch] = deque()  # at-least-once: produced, offsets not committed yet
-
-    def _deliver(self, err, msg) -> None:
-        if err is not None:
-            self._failed.append(err)
 
     def begin(self) -> None:
         if self.transactional:
@@ -343,11 +338,11 @@ class KafkaSink:
             self._open = _Batch()
 
     def produce(self, topic: str, value: bytes, key, headers=None) -> None:
-        batch = self._open
+        batch = self._open  # exactly-once: None, the transaction's commit says whether all were delivered
+        callback = {} if batch is None else {"on_delivery": batch.delivered}
         while True:
             try:
-                self.producer.produce(topic, value=value, key=key, headers=headers,
-                                      on_delivery=self._deliver if batch is None else batch.delivered)
+                self.producer.produce(topic, value=value, key=key, headers=headers, **callback)
                 if batch is not None:
                     batch.left += 1
                 return
