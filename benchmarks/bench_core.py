@@ -1,12 +1,13 @@
 """Model core benchmark: arrowscore's hot path against the raw library call and against MLflow pyfunc.
 
-For each flavor (onnx, xgboost, lightgbm, sklearn) on 16 float features and each batch size, one run
-measures, in the same process:
+For each flavor (onnx, xgboost, lightgbm, sklearn; forest: a scikit-learn random forest) on 16 float
+features and each batch size, one run measures, in the same process:
   raw     the library call on a ready numpy array (numpy in, numpy out)
   ours    Model.score_batch (RecordBatch in, RecordBatch out: enforcement, conversion, output)
   mlflow  mlflow.pyfunc.load_model(path).predict(pandas DataFrame), as batch jobs, spark_udf and the
           scoring server call it; and, for reference, predict(numpy array)
-and prints rows/s, our added microseconds per call, ours/raw and mlflow/ours.
+and prints rows/s, our added microseconds per call, ours/raw and mlflow/ours. The "(server)" lines load
+the model as servers do (small_batches=True: tree models answer small batches through the compiled path).
 
     python benchmarks/bench_core.py            # full run (a few minutes on 2 cores)
     python benchmarks/bench_core.py --quick    # tiny sizes, to check that it runs
@@ -33,6 +34,7 @@ from flavors import compiled  # noqa: E402
 N_FEATURES = 16
 GOALS = ("goals: added <= 10 us at 1 row; ours/raw <= 1.1 at >= 1024 rows; mlflow/ours >= 3 at 1 row, >= 1.0 everywhere; "
          "xgboost (server) at 1 row <= 1/5 of raw (inplace_predict)")
+SERVED = ("xgboost", "forest")  # also measured as servers load them
 
 
 def _time_calls(fns: dict, budget_s: float, repeats: int = 7) -> dict:
@@ -60,11 +62,12 @@ def _time_calls(fns: dict, budget_s: float, repeats: int = 7) -> dict:
 
 
 def _models(root: Path, X: np.ndarray, y: np.ndarray, quick: bool) -> dict:
-    """Train and save one model per flavor; returns {name: (path, raw predict fn, input dtype)}."""
+    """Train and save one model per flavor; returns {name: (path, raw predict fn, input dtype, flavor)}."""
     import lightgbm as lgb
     import mlflow
     import xgboost as xgb
     from skl2onnx import to_onnx
+    from sklearn.ensemble import RandomForestRegressor
     from sklearn.neural_network import MLPRegressor
 
     trees = 20 if quick else 100
@@ -80,16 +83,19 @@ def _models(root: Path, X: np.ndarray, y: np.ndarray, quick: bool) -> dict:
                          lgb.Dataset(X, label=y), trees)
     lgb_path = root / "lightgbm"
     mlflow.lightgbm.save_model(lbooster, str(lgb_path))
+    forest = RandomForestRegressor(trees, max_depth=10, random_state=0).fit(X, y)
+    forest_path = engine.save_model(root / "forest", forest, signature=_schema(pa.float64()))
 
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path / "model.onnx"), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return {
-        "onnx": (onnx_path, lambda a: session.run(None, {name: a})[0], np.float32),
-        "xgboost": (xgb_path, booster.inplace_predict, np.float64),
-        "lightgbm": (lgb_path, lbooster.predict, np.float64),
-        "sklearn": (sk_path, mlp.predict, np.float64),
+        "onnx": (onnx_path, lambda a: session.run(None, {name: a})[0], np.float32, "onnx"),
+        "xgboost": (xgb_path, booster.inplace_predict, np.float64, "xgboost"),
+        "lightgbm": (lgb_path, lbooster.predict, np.float64, "lightgbm"),
+        "sklearn": (sk_path, mlp.predict, np.float64, "sklearn"),
+        "forest": (forest_path, forest.predict, np.float64, "sklearn"),
     }
 
 
@@ -107,14 +113,14 @@ def run(sizes: list[int], budget_s: float, quick: bool, only: list[str] | None =
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         models = _models(Path(tmp), X[:2000], y[:2000], quick)
-        for flavor, (path, raw_fn, dtype) in models.items():
+        for flavor, (path, raw_fn, dtype, loads_as) in models.items():
             if only and flavor not in only:
                 continue
             theirs = mlflow.pyfunc.load_model(str(path))
             variants = {flavor: engine.load_model(path)}
-            assert variants[flavor].flavor == flavor, (variants[flavor].flavor, flavor)
-            if flavor == "xgboost":  # as a server loads it: small batches take the compiled path
-                variants["xgboost (server)"] = engine.load_model(path, small_batches=True)
+            assert variants[flavor].flavor == loads_as, (variants[flavor].flavor, loads_as)
+            if flavor in SERVED:  # as a server loads it: small batches take the compiled path
+                variants[f"{flavor} (server)"] = engine.load_model(path, small_batches=True)
                 compiled.wait()
             for (label, ours), n in ((v, n) for v in variants.items() for n in sizes):
                 data = np.ascontiguousarray(X[:n].astype(dtype))

@@ -1,14 +1,19 @@
 """A compiled path for small batches of tree models: the forest converted to ONNX at load, run by ONNX
 Runtime's TreeEnsemble (a few microseconds a row) where the tree library itself costs 100 us or more
-per call, whatever the rows.
+per call, whatever the rows (XGBoost; scikit-learn's trees, forests and gradient boosting, whose
+forests call every tree from Python through joblib: 5-6 ms for one row).
 
-It is built in a background thread after loading (the library answers meanwhile), and used only
-when it answers as the library does: on sample rows (NaNs included) one of the converted
-model's outputs must equal the library's output, shape and dtype kept, values within ``RTOL``/``ATOL``
-(float32 sums in another order: a few ulps) or exactly for labels. Then the crossover is measured at
-load: the compiled path takes batches up to the largest size at which it was faster; bigger batches go
-to the library. Loading asks for it (``LoadOptions.small_batches``: servers do, batch jobs do not);
-``model_config={"compiled": False}`` turns it off.
+Models whose library compares float32 features (XGBoost, scikit-learn's trees) are the ones converted:
+the float32 ONNX forest then compares the same numbers. It is built in a background thread after
+loading (the library answers meanwhile), and used only when it answers as the library does: on sample
+rows (with NaNs, unless ``finite_only``) one of the converted model's outputs must equal the library's
+output, shape and dtype kept, values within ``RTOL``/``ATOL`` (float32 sums in another order: a few
+ulps) or exactly for labels. Then the crossover is measured at load: the compiled path takes batches up
+to the largest size at which it was faster; bigger batches go to the library. ``finite_only``: the
+converter does not know how the library routes NaN (scikit-learn sends it down the branch most training
+rows took when none were missing), and the library refuses infinities (scikit-learn), so a batch
+holding a non-finite value goes to the library. Loading asks for it (``LoadOptions.small_batches``:
+servers do, batch jobs do not); ``model_config={"compiled": False}`` turns it off.
 """
 
 from __future__ import annotations
@@ -22,12 +27,13 @@ import numpy as np
 log = logging.getLogger("arrowscore.flavors.compiled")
 
 RTOL, ATOL = 1e-5, 1e-6
-SIZES = (1, 4, 16, 64, 256)  # batch sizes the crossover is measured at
+SIZES = (1, 4, 16, 64, 256, 1024, 4096)  # batch sizes the crossover is measured at (up to the first it loses)
 
 
-def sample_rows(width: int, rows: int = 64) -> np.ndarray:
+def sample_rows(width: int, rows: int = 64, nans: bool = True) -> np.ndarray:
     sample = np.random.default_rng(0).normal(size=(rows, width)) * 3
-    sample[::7, ::3] = np.nan
+    if nans:
+        sample[::7, ::3] = np.nan
     return sample
 
 
@@ -42,7 +48,7 @@ def _adapter(outputs: list, want: np.ndarray):
                 continue
             if same.shape != want.shape:
                 continue
-            if want.dtype.kind in "iub":
+            if want.dtype.kind not in "fc":  # labels: integers, booleans, strings
                 ok = np.array_equal(same.astype(want.dtype), want)
             else:
                 ok = np.allclose(same, want, rtol=RTOL, atol=ATOL, equal_nan=True)
@@ -51,8 +57,11 @@ def _adapter(outputs: list, want: np.ndarray):
     return None
 
 
-def _best_us(fn, x, reps: int = 30) -> float:
+def _best_us(fn, x, budget_s: float = 0.02) -> float:
+    """Microseconds per call, best of 3 rounds of up to 30 calls (fewer for slow calls: ~``budget_s`` a round)."""
+    start = time.perf_counter()
     fn(x)
+    reps = max(2, min(30, int(budget_s / max(time.perf_counter() - start, 1e-7))))
     best = float("inf")
     for _ in range(3):
         start = time.perf_counter()
@@ -62,7 +71,7 @@ def _best_us(fn, x, reps: int = 30) -> float:
     return best * 1e6
 
 
-def _build(native, convert, width: int, what: str):
+def _build(native, convert, width: int, what: str, finite_only: bool = False):
     """The compiled small-batch predict function, or None (not convertible, answers otherwise, not faster)."""
     try:
         import onnxruntime as ort
@@ -77,7 +86,7 @@ def _build(native, convert, width: int, what: str):
     session = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     run = session.run
-    sample = sample_rows(width)
+    sample = sample_rows(width, nans=not finite_only)
     want = np.asarray(native(sample))
     chosen = _adapter(run(None, {name: sample.astype(np.float32)}), want)
     if chosen is None:
@@ -87,7 +96,10 @@ def _build(native, convert, width: int, what: str):
     dtype = want.dtype
 
     def compiled(x):
-        out = shape(run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})[index])
+        x32 = np.ascontiguousarray(x, dtype=np.float32)
+        if finite_only and not np.isfinite(x32).all():  # NaN, infinity, or too large for a float32
+            return native(x)
+        out = shape(run(None, {name: x32})[index])
         return out.astype(dtype, copy=False)
 
     for rows in (sample[:1], sample[:5], np.asfortranarray(sample)):  # one row, a few, column-major
@@ -118,14 +130,14 @@ class SmallBatchPath:
     """``native`` (ndarray -> ndarray) at first; the compiled path replaces it once built, in a background
     thread, so that loading (a server's cold start) does not wait for the converter (~0.5 s)."""
 
-    def __init__(self, native, convert, width: int, what: str):
+    def __init__(self, native, convert, width: int, what: str, finite_only: bool = False):
         self.fn, self.crossover = native, 0
         self.ready = threading.Event()
         _pending.append(self.ready)
 
         def build():
             try:
-                compiled = _build(native, convert, width, what)
+                compiled = _build(native, convert, width, what, finite_only)
                 if compiled is not None:
                     self.fn, self.crossover = compiled, compiled.crossover
             except Exception:  # the library's own path stays; nothing is lost but speed

@@ -13,9 +13,14 @@ from __future__ import annotations
 
 import pickle
 
+from dataclasses import replace
+
+import numpy as np
+
 from engine.errors import ModelLoadError, require
 
 from . import Predictor, note_code_runs
+from .compiled import SmallBatchPath
 
 FORMATS = ("skops", "cloudpickle", "pickle")
 
@@ -67,15 +72,44 @@ def estimator_predictor(model, method: str) -> Predictor:
     return Predictor(predict=lambda x, params: fn(x), input_kind=kind, native=model, order="F")
 
 
+# estimators that read the features as float32 and that skl2onnx converts to an ONNX tree ensemble
+_TREES = ("sklearn.tree._classes", "sklearn.ensemble._forest", "sklearn.ensemble._gb")
+
+
+def _to_onnx(model, width: int):
+    from skl2onnx import to_onnx
+
+    options = {id(model): {"zipmap": False}} if hasattr(model, "classes_") else None  # probabilities as a tensor
+    return to_onnx(model, np.zeros((1, width), np.float32), options=options)
+
+
+def small_batch_predictor(predictor: Predictor, model, method: str, what: str) -> Predictor:
+    """A tree model as a server loads it: small batches through the compiled path (``flavors.compiled``)."""
+    if (type(model).__module__ not in _TREES or method not in ("predict", "predict_proba")
+            or predictor.input_kind != "matrix"):  # fitted on named columns: it wants a DataFrame
+        return predictor
+    fn = SmallBatchPath(getattr(model, method), lambda: _to_onnx(model, model.n_features_in_),
+                        model.n_features_in_, what, finite_only=True)
+
+    def predict(x, params):
+        return fn(x)
+
+    predict.small_batches = fn
+    return replace(predictor, predict=predict)
+
+
 class SklearnFlavor:
     name = "sklearn"
 
     def load(self, meta, conf: dict, options=None) -> Predictor:
         require("sklearn", "sklearn", "a scikit-learn model")
-        model = load_estimator(meta.path / conf.get("pickled_model", "model.pkl"),
-                               conf.get("serialization_format"), conf.get("skops_trusted_types"))
+        path = meta.path / conf.get("pickled_model", "model.pkl")
+        model = load_estimator(path, conf.get("serialization_format"), conf.get("skops_trusted_types"))
         method = meta.flavors.get("python_function", {}).get("predict_fn") or "predict"
-        return estimator_predictor(model, method)
+        predictor = estimator_predictor(model, method)
+        if options is not None and options.small_batches and (conf.get("config") or {}).get("compiled", True):
+            predictor = small_batch_predictor(predictor, model, method, f"scikit-learn {path.name}")
+        return predictor
 
 
 FLAVOR = SklearnFlavor()

@@ -1,0 +1,140 @@
+"""scikit-learn tree models as a server loads them: small batches through the compiled path.
+
+Models are logged by real MLflow (skops, as MLflow writes them by default); predictions compared with
+``mlflow.pyfunc``'s."""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+import engine
+from engine.errors import ScoringError
+from flavors import compiled
+
+sklearn = pytest.importorskip("sklearn")
+from sklearn.ensemble import (ExtraTreesRegressor, GradientBoostingClassifier,  # noqa: E402
+                              HistGradientBoostingRegressor, RandomForestClassifier, RandomForestRegressor)
+from sklearn.tree import DecisionTreeRegressor  # noqa: E402
+
+TRUSTED = ["sklearn.tree._tree.Tree", "sklearn._loss.link.Interval", "sklearn._loss.link.LogitLink",
+           "sklearn._loss.loss.HalfBinomialLoss", "sklearn.dummy.DummyClassifier"]
+
+
+def _data(nans: bool = False):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 6))
+    if nans:
+        X[::11, 2] = np.nan
+    y = X[:, 0] * 2 + np.sin(X[:, 1])
+    return X, y
+
+
+def _labels(y):
+    return np.array(["low", "mid", "high"])[(y > 0).astype(int) + (y > 1.5)]
+
+
+CASES = {
+    "forest": lambda X, y: (RandomForestRegressor(20, max_depth=8, random_state=0).fit(X, y), "predict"),
+    "forest_trained_with_nans": lambda X, y: (RandomForestRegressor(20, random_state=0).fit(X, y), "predict"),
+    "extra_trees": lambda X, y: (ExtraTreesRegressor(20, max_depth=8, random_state=0).fit(X, y), "predict"),
+    "tree": lambda X, y: (DecisionTreeRegressor(random_state=0).fit(X, y), "predict"),
+    "string_labels": lambda X, y: (RandomForestClassifier(20, random_state=0).fit(X, _labels(y)), "predict"),
+    "probabilities": lambda X, y: (RandomForestClassifier(20, random_state=0).fit(X, _labels(y)), "predict_proba"),
+    "boosting_binary": lambda X, y: (GradientBoostingClassifier(n_estimators=30, random_state=0).fit(X, y > 0),
+                                     "predict"),
+}
+
+
+def _save(model, method: str, X, path):
+    mlflow.sklearn.save_model(model, str(path), pyfunc_predict_fn=method, skops_trusted_types=TRUSTED,
+                              pip_requirements=["scikit-learn"],  # no requirement inference: seconds a model
+                              signature=mlflow.models.infer_signature(X, getattr(model, method)(X[:5])))
+    return path
+
+
+def _column(table, method: str) -> np.ndarray:
+    if method == "predict_proba":  # one list column: a row's probabilities
+        return np.array(table.column(0).to_pylist(), dtype=np.float64)
+    return table.column(0).to_numpy(zero_copy_only=False)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_small_batches_take_the_compiled_path_and_answer_as_mlflow(case, tmp_path):
+    """Loaded as a server loads it, a scikit-learn forest answers small batches through ONNX Runtime (built in
+    the background, checked against the library, used below the measured crossover): MLflow's predictions,
+    within flavors.compiled's stated tolerance (float32 leaf values), labels exactly; rows holding NaN go to
+    the library, so they answer exactly as MLflow does."""
+    X, y = _data(nans=case == "forest_trained_with_nans")
+    model, method = CASES[case](X, y)
+    path = _save(model, method, X, tmp_path / case)
+    X_nan = X.copy()
+    X_nan[::7, 3] = np.nan  # NaN where none was seen in training: scikit-learn's own routing
+    frame = pd.DataFrame(X_nan)
+    expected = np.asarray(mlflow.pyfunc.load_model(str(path)).predict(frame)) if case != "boosting_binary" else None
+    served = engine.load_model(path, small_batches=True)
+    assert served.flavor == "sklearn"
+    assert compiled.wait(120)
+    path_ = served.predictor.predict.small_batches
+    assert path_ is not None and path_.crossover >= 1, "the compiled path was not taken"
+    rows = X if case == "boosting_binary" else X_nan  # gradient boosting refuses NaN
+    if expected is None:
+        expected = np.asarray(mlflow.pyfunc.load_model(str(path)).predict(pd.DataFrame(rows)))
+    for i in (0, 1, 7, 14, 15, 399):
+        one = _column(served.predict(rows[i:i + 1]), method)
+        if expected.dtype.kind in "fc":
+            if np.isnan(rows[i]).any():  # the library answered
+                np.testing.assert_array_equal(one, expected[i:i + 1])
+            np.testing.assert_allclose(one, expected[i:i + 1], rtol=compiled.RTOL, atol=compiled.ATOL)
+        else:
+            np.testing.assert_array_equal(one, expected[i:i + 1].astype(one.dtype))
+    whole = _column(served.predict(rows), method)
+    if expected.dtype.kind in "fc":
+        np.testing.assert_allclose(whole, expected, rtol=compiled.RTOL, atol=compiled.ATOL)
+    else:
+        np.testing.assert_array_equal(whole, expected.astype(whole.dtype))
+
+
+def test_values_the_library_refuses_are_refused_as_a_batch_job_refuses_them(tmp_path):
+    """A value too large for float32 would be infinity in the ONNX forest; scikit-learn refuses it, so the
+    served model does too (the library answers batches holding non-finite values)."""
+    X, y = _data()
+    path = _save(*CASES["forest"](X, y), X, tmp_path / "m")
+    served = engine.load_model(path, small_batches=True)
+    assert compiled.wait(120) and served.predictor.predict.small_batches.crossover >= 1
+    bad = X[:2].copy()
+    bad[1, 0] = 1e39
+    for model in (served, engine.load_model(path)):
+        with pytest.raises(ScoringError, match="too large|infinity"):
+            model.predict(bad)
+
+
+def test_the_compiled_path_is_built_only_for_servers_of_tree_models_on_unnamed_features(tmp_path):
+    X, y = _data()
+    forest, _ = CASES["forest"](X, y)
+    path = _save(forest, "predict", X, tmp_path / "forest")
+    assert not hasattr(engine.load_model(path).predictor.predict, "small_batches")  # a batch job
+    off = engine.load_model(path, small_batches=True, model_config={"compiled": False})
+    assert not hasattr(off.predictor.predict, "small_batches")
+    # fitted on named columns, the model wants a DataFrame: the library answers
+    named = RandomForestRegressor(5, random_state=0).fit(pd.DataFrame(X, columns=list("abcdef")), y)
+    mlflow.sklearn.save_model(named, str(tmp_path / "named"), skops_trusted_types=TRUSTED,
+                              pip_requirements=["scikit-learn"])
+    assert not hasattr(engine.load_model(tmp_path / "named", small_batches=True).predictor.predict, "small_batches")
+    # a model skl2onnx does not convert as a float32 tree ensemble
+    hist = HistGradientBoostingRegressor(max_iter=5).fit(X, y)
+    mlflow.sklearn.save_model(hist, str(tmp_path / "hist"), serialization_format="cloudpickle",
+                              pip_requirements=["scikit-learn"])
+    loaded = engine.load_model(tmp_path / "hist", small_batches=True)
+    assert not hasattr(loaded.predictor.predict, "small_batches")
+    np.testing.assert_array_equal(loaded.predict(X).column(0).to_numpy(), hist.predict(X))
+    assert compiled.wait(120)
+
+
+def test_string_labels_must_match_exactly():
+    """ONNX Runtime gives string labels as an object array; they are compared exactly, never as numbers."""
+    labels = np.array(["low", "mid", "low", "high"])
+    assert compiled._adapter([labels.astype(object)], labels) is not None
+    assert compiled._adapter([labels[::-1].astype(object)], labels) is None
