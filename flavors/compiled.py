@@ -83,6 +83,8 @@ def _build(native, convert, width: int, what: str, finite_only: bool = False):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1  # small batches: one thread, no pool to wake
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.log_severity_level = 3  # errors only: a converted graph may declare output shapes it then widens, which
+    # ONNX Runtime warns about on every call (scikit-learn multi-output forests: {-1,1} declared, {n,2} given)
     session = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     run = session.run
