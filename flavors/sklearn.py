@@ -16,6 +16,7 @@ import pickle
 from dataclasses import replace
 
 import numpy as np
+import pyarrow as pa
 
 from engine.errors import ModelLoadError, require
 
@@ -83,19 +84,38 @@ def _to_onnx(model, width: int):
     return to_onnx(model, np.zeros((1, width), np.float32), options=options)
 
 
-def small_batch_predictor(predictor: Predictor, model, method: str, what: str) -> Predictor:
-    """A tree model as a server loads it: small batches through the compiled path (``flavors.compiled``)."""
-    if (type(model).__module__ not in _TREES or method not in ("predict", "predict_proba")
-            or predictor.input_kind != "matrix"):  # fitted on named columns: it wants a DataFrame
+def small_batch_predictor(predictor: Predictor, model, method: str, what: str, inputs=None) -> Predictor:
+    """A tree model as a server loads it: small batches through the compiled path (``flavors.compiled``).
+
+    inputs: the signature's input schema. A model fitted on named columns takes a DataFrame; when the
+    signature is those columns, in that order, all numbers, it is fed a matrix instead (no pandas per
+    call on the compiled path), and the library gets a DataFrame made from it."""
+    if type(model).__module__ not in _TREES or method not in ("predict", "predict_proba"):
         return predictor
-    fn = SmallBatchPath(getattr(model, method), lambda: _to_onnx(model, model.n_features_in_),
-                        model.n_features_in_, what, finite_only=True)
+    native, width = getattr(model, method), model.n_features_in_
+    if predictor.input_kind == "frame":
+        names = list(model.feature_names_in_)
+        if inputs is None or inputs.names != names or not all(_numeric(f.type) for f in inputs):
+            return predictor
+        import pandas as pd
+
+        by_name = native
+
+        def native(x):
+            return by_name(pd.DataFrame(x, columns=names, copy=False))
+
+        predictor = replace(predictor, input_kind="matrix")
+    fn = SmallBatchPath(native, lambda: _to_onnx(model, width), width, what, finite_only=True)
 
     def predict(x, params):
         return fn(x)
 
     predict.small_batches = fn
     return replace(predictor, predict=predict)
+
+
+def _numeric(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
 
 
 class SklearnFlavor:
@@ -108,7 +128,8 @@ class SklearnFlavor:
         method = meta.flavors.get("python_function", {}).get("predict_fn") or "predict"
         predictor = estimator_predictor(model, method)
         if options is not None and options.small_batches and (conf.get("config") or {}).get("compiled", True):
-            predictor = small_batch_predictor(predictor, model, method, f"scikit-learn {path.name}")
+            predictor = small_batch_predictor(predictor, model, method, f"scikit-learn {path.name}",
+                                              None if meta.signature.is_tensor else meta.signature.input_schema())
         return predictor
 
 

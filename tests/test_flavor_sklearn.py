@@ -116,18 +116,13 @@ def test_values_the_library_refuses_are_refused_as_a_batch_job_refuses_them(tmp_
             model.predict(bad)
 
 
-def test_the_compiled_path_is_built_only_for_servers_of_tree_models_on_unnamed_features(tmp_path):
+def test_the_compiled_path_is_built_only_for_servers_of_tree_models(tmp_path):
     X, y = _data()
     forest, _ = CASES["forest"](X, y)
     path = _save(forest, "predict", X, tmp_path / "forest")
     assert not hasattr(engine.load_model(path).predictor.predict, "small_batches")  # a batch job
     off = engine.load_model(path, small_batches=True, model_config={"compiled": False})
     assert not hasattr(off.predictor.predict, "small_batches")
-    # fitted on named columns, the model wants a DataFrame: the library answers
-    named = RandomForestRegressor(5, random_state=0).fit(pd.DataFrame(X, columns=list("abcdef")), y)
-    mlflow.sklearn.save_model(named, str(tmp_path / "named"), skops_trusted_types=TRUSTED,
-                              pip_requirements=["scikit-learn"])
-    assert not hasattr(engine.load_model(tmp_path / "named", small_batches=True).predictor.predict, "small_batches")
     # a model skl2onnx does not convert as a float32 tree ensemble
     hist = HistGradientBoostingRegressor(max_iter=5).fit(X, y)
     mlflow.sklearn.save_model(hist, str(tmp_path / "hist"), serialization_format="cloudpickle",
@@ -136,6 +131,36 @@ def test_the_compiled_path_is_built_only_for_servers_of_tree_models_on_unnamed_f
     assert not hasattr(loaded.predictor.predict, "small_batches")
     np.testing.assert_array_equal(loaded.predict(X).column(0).to_numpy(), hist.predict(X))
     assert compiled.wait(120)
+
+
+def test_a_forest_fitted_on_named_columns_takes_it_when_the_signature_is_its_columns(tmp_path):
+    """Fitted on a DataFrame and logged with a signature of those columns (numbers), the forest is fed a
+    matrix on the compiled path: MLflow's answers. Logged with its columns in another order, it keeps
+    the DataFrame (scikit-learn's own error), never other numbers."""
+    X, y = _data()
+    frame = pd.DataFrame(X, columns=list("abcdef"))
+    frame["c"] = (frame["c"] * 10).round().astype("int64")  # an integer column: cast as scikit-learn casts it
+    frame.loc[::13, "d"] = np.nan  # NaN rows: the library, fed a DataFrame
+    named = RandomForestRegressor(10, max_depth=6, random_state=0).fit(frame, y)
+    mlflow.sklearn.save_model(named, str(tmp_path / "named"), skops_trusted_types=TRUSTED,
+                              pip_requirements=["scikit-learn"], signature=mlflow.models.infer_signature(frame, y))
+    expected = mlflow.pyfunc.load_model(str(tmp_path / "named")).predict(frame)
+    served = engine.load_model(tmp_path / "named", small_batches=True)
+    assert served.predictor.input_kind == "matrix"
+    assert compiled.wait(120) and served.predictor.predict.small_batches.crossover >= 1
+    for i in (0, 1, 5, 13, 399):
+        np.testing.assert_allclose(served.predict(frame.iloc[i:i + 1]).column(0).to_numpy(), expected[i:i + 1],
+                                   rtol=compiled.RTOL, atol=compiled.ATOL)
+    np.testing.assert_allclose(served.predict(frame).column(0).to_numpy(), expected,
+                               rtol=compiled.RTOL, atol=compiled.ATOL)
+    # the same model logged with its columns in another order: scikit-learn's own error
+    swapped = frame[list("bacdef")]
+    mlflow.sklearn.save_model(named, str(tmp_path / "swapped"), skops_trusted_types=TRUSTED,
+                              pip_requirements=["scikit-learn"], signature=mlflow.models.infer_signature(swapped, y))
+    served = engine.load_model(tmp_path / "swapped", small_batches=True)
+    assert not hasattr(served.predictor.predict, "small_batches")
+    with pytest.raises(ScoringError, match="same order"):
+        served.predict(swapped.iloc[:1])
 
 
 def test_string_labels_must_match_exactly():
