@@ -116,7 +116,7 @@ def _build(native, convert, width: int, what: str, finite_only: bool = False):
         crossover = rows
     if not crossover:
         return None
-    log.debug("%s: batches of up to %d rows take the compiled path", what, crossover)
+    log.info("%s: batches of up to %d rows take the compiled path", what, crossover)
 
     def predict(x):
         return compiled(x) if x.shape[0] <= crossover else native(x)

@@ -854,3 +854,32 @@ def test_a_model_that_loads_but_cannot_score_is_said_at_start(serve, tmp_path):
     out = server.stop()
     assert "could not score a sample of its signature (rows of zeros): ScoringError" in out, out
     assert "this version cannot score anything" in out
+
+
+def test_a_served_forest_answers_single_rows_as_mlflow(serve, tmp_path):
+    """A scikit-learn forest (fitted on a DataFrame, logged by MLflow) served: lone 1-row requests, the
+    compiled small-batch path's domain, answer what MLflow predicts (within its stated tolerance)."""
+    import mlflow
+    import pandas as pd
+    from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
+
+    from flavors import compiled
+
+    rng = np.random.default_rng(5)
+    frame = pd.DataFrame(rng.normal(size=(300, 4)), columns=["a", "b", "c", "d"])
+    y = frame["a"] * 2 + np.sin(frame["b"])
+    keys = {"reg": RandomForestRegressor(20, max_depth=6, random_state=0).fit(frame, y),
+            "clf": RandomForestClassifier(20, max_depth=6, random_state=0).fit(frame, np.where(y > 0, "up", "down"))}
+    for key, model in keys.items():
+        mlflow.sklearn.save_model(model, str(tmp_path / key), skops_trusted_types=["sklearn.tree._tree.Tree"],
+                                  pip_requirements=["scikit-learn"],
+                                  signature=mlflow.models.infer_signature(frame, model.predict(frame)))
+    server = serve([f"{key}={tmp_path / key}" for key in keys])
+    time.sleep(3)  # the compiled path builds in the background (the library answers meanwhile)
+    for key in keys:
+        expected = mlflow.pyfunc.load_model(str(tmp_path / key)).predict(frame)
+        for i in (0, 1, 2, 299):
+            doc = server.json("POST", f"/models/{key}/invocations",
+                              {"dataframe_split": {"columns": list(frame.columns), "data": [frame.iloc[i].tolist()]}})
+            _same(_from_json(doc), expected[i:i + 1], f"{key} row {i}", rtol=compiled.RTOL)
+    assert server.stop().count("take the compiled path") == 2  # one line per model, once built
