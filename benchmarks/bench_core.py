@@ -34,7 +34,7 @@ from flavors import compiled  # noqa: E402
 N_FEATURES = 16
 GOALS = ("goals: added <= 10 us at 1 row; ours/raw <= 1.1 at >= 1024 rows; mlflow/ours >= 3 at 1 row, >= 1.0 everywhere; "
          "xgboost (server) at 1 row <= 1/5 of raw (inplace_predict)")
-SERVED = ("xgboost", "forest")  # also measured as servers load them
+SERVED = ("xgboost", "lightgbm", "forest")  # also measured as servers load them
 
 
 def _time_calls(fns: dict, budget_s: float, repeats: int = 7) -> dict:

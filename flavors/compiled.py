@@ -3,8 +3,9 @@ Runtime's TreeEnsemble (a few microseconds a row) where the tree library itself 
 per call, whatever the rows (XGBoost; scikit-learn's trees, forests and gradient boosting, whose
 forests call every tree from Python through joblib: 5-6 ms for one row).
 
-Models whose library compares float32 features (XGBoost, scikit-learn's trees) are the ones converted:
-the float32 ONNX forest then compares the same numbers. It is built in a background thread after
+Models whose library compares float32 features (XGBoost, scikit-learn's trees) are converted to a
+float32 ONNX forest, which then compares the same numbers; LightGBM compares doubles with double
+thresholds, so its forest is written with double thresholds and fed doubles (``dtype``). It is built in a background thread after
 loading (the library answers meanwhile), and used only when it answers as the library does: on sample
 rows (with NaNs, unless ``finite_only``) one of the converted model's outputs must equal the library's
 output, shape and dtype kept, values within ``RTOL``/``ATOL`` (float32 sums in another order: a few
@@ -71,7 +72,7 @@ def _best_us(fn, x, budget_s: float = 0.02) -> float:
     return best * 1e6
 
 
-def _build(native, convert, width: int, what: str, finite_only: bool = False):
+def _build(native, convert, width: int, what: str, finite_only: bool = False, dtype=np.float32):
     """The compiled small-batch predict function, or None (not convertible, answers otherwise, not faster)."""
     try:
         import onnxruntime as ort
@@ -90,19 +91,19 @@ def _build(native, convert, width: int, what: str, finite_only: bool = False):
     run = session.run
     sample = sample_rows(width, nans=not finite_only)
     want = np.asarray(native(sample))
-    chosen = _adapter(run(None, {name: sample.astype(np.float32)}), want)
+    chosen = _adapter(run(None, {name: sample.astype(dtype)}), want)
     if chosen is None:
         log.info("%s: the compiled small-batch path does not answer as the library does; not used", what)
         return None
     index, shape = chosen
-    dtype = want.dtype
+    out_dtype = want.dtype
 
     def compiled(x):
-        x32 = np.ascontiguousarray(x, dtype=np.float32)
-        if finite_only and not np.isfinite(x32).all():  # NaN, infinity, or too large for a float32
+        feed = np.ascontiguousarray(x, dtype=dtype)
+        if finite_only and not np.isfinite(feed).all():  # NaN, infinity, or too large for a float32
             return native(x)
-        out = shape(run(None, {name: x32})[index])
-        return out.astype(dtype, copy=False)
+        out = shape(run(None, {name: feed})[index])
+        return out.astype(out_dtype, copy=False)
 
     for rows in (sample[:1], sample[:5], np.asfortranarray(sample)):  # one row, a few, column-major
         if _adapter([compiled(rows)], np.asarray(native(rows))) is None:
@@ -132,14 +133,14 @@ class SmallBatchPath:
     """``native`` (ndarray -> ndarray) at first; the compiled path replaces it once built, in a background
     thread, so that loading (a server's cold start) does not wait for the converter (~0.5 s)."""
 
-    def __init__(self, native, convert, width: int, what: str, finite_only: bool = False):
+    def __init__(self, native, convert, width: int, what: str, finite_only: bool = False, dtype=np.float32):
         self.fn, self.crossover = native, 0
         self.ready = threading.Event()
         _pending.append(self.ready)
 
         def build():
             try:
-                compiled = _build(native, convert, width, what, finite_only)
+                compiled = _build(native, convert, width, what, finite_only, dtype)
                 if compiled is not None:
                     self.fn, self.crossover = compiled, compiled.crossover
             except Exception:  # the library's own path stays; nothing is lost but speed
