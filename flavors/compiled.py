@@ -99,9 +99,13 @@ def _build(native, convert, width: int, what: str, finite_only: bool = False, dt
     out_dtype = want.dtype
 
     def compiled(x):
-        feed = np.ascontiguousarray(x, dtype=dtype)
-        if finite_only and not np.isfinite(feed).all():  # NaN, infinity, or too large for a float32
-            return native(x)
+        if finite_only:
+            with np.errstate(over="ignore"):  # too large for a float32: infinity, then the library's own error
+                feed = np.ascontiguousarray(x, dtype=dtype)
+            if not np.isfinite(feed).all():  # NaN, infinity, or too large for a float32
+                return native(x)
+        else:
+            feed = np.ascontiguousarray(x, dtype=dtype)
         out = shape(run(None, {name: feed})[index])
         return out.astype(out_dtype, copy=False)
 

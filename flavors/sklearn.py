@@ -92,6 +92,9 @@ def small_batch_predictor(predictor: Predictor, model, method: str, what: str, i
     call on the compiled path), and the library gets a DataFrame made from it."""
     if type(model).__module__ not in _TREES or method not in ("predict", "predict_proba"):
         return predictor
+    classes = getattr(model, "classes_", None)
+    if classes is not None and min(len(c) for c in (classes if isinstance(classes, list) else [classes])) < 2:
+        return predictor  # fitted on one class: ONNX Runtime aborts the process on skl2onnx's graph of it
     native, width = getattr(model, method), model.n_features_in_
     if predictor.input_kind == "frame":
         names = list(model.feature_names_in_)
@@ -107,8 +110,12 @@ def small_batch_predictor(predictor: Predictor, model, method: str, what: str, i
         predictor = replace(predictor, input_kind="matrix")
     fn = SmallBatchPath(native, lambda: _to_onnx(model, width), width, what, finite_only=True)
 
-    def predict(x, params):
-        return fn(x)
+    if method == "predict_proba":
+        def predict(x, params):  # float32 sums: -1.2e-7 or 1.0000001 would break log(p) and range checks
+            return np.clip(fn(x), 0.0, 1.0)
+    else:
+        def predict(x, params):
+            return fn(x)
 
     predict.small_batches = fn
     return replace(predictor, predict=predict)
