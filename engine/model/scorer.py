@@ -130,8 +130,8 @@ def load_model(uri: str | os.PathLike, *, flavor: str | None = None, model_confi
     feature_columns: scalar columns, in order, that make up a tensor input.
     shared_cpu: the model shares the CPUs with other busy threads (batch runners set it): model
         libraries are told not to spin idle threads.
-    small_batches: the caller scores small batches (servers set it): tree models (XGBoost, scikit-learn's
-        trees and forests) get a compiled path for them (``flavors.compiled``; ``model_config={"compiled":
+    small_batches: the caller scores small batches (servers set it): tree models (XGBoost, LightGBM,
+        scikit-learn's trees and forests) get a compiled path for them (``flavors.compiled``; ``model_config={"compiled":
         False}`` turns it off).
     """
     started = time.perf_counter()

@@ -44,7 +44,7 @@ class ServeOptions:
     device: str | None = _opt(None, "cpu, cuda or cuda:N: where the models run (model_config's device); default: "
                                     "each model's own choice, else cuda when torch sees a GPU", metavar="DEVICE")
 
-    no_compiled_trees: bool = _opt(False, "answer tree models (XGBoost, scikit-learn) with the library alone: "
+    no_compiled_trees: bool = _opt(False, "answer tree models (XGBoost, LightGBM, scikit-learn) with the library alone: "
                                           "no compiled (ONNX Runtime) path for small batches")
 
     def __post_init__(self):
