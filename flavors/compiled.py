@@ -5,16 +5,17 @@ forests call every tree from Python through joblib: 5-6 ms for one row).
 
 Models whose library compares float32 features (XGBoost, scikit-learn's trees) are converted to a
 float32 ONNX forest, which then compares the same numbers; LightGBM compares doubles with double
-thresholds, so its forest is written with double thresholds and fed doubles (``dtype``). It is built in a background thread after
-loading (the library answers meanwhile), and used only when it answers as the library does: on sample
-rows (with NaNs, unless ``finite_only``) one of the converted model's outputs must equal the library's
-output, shape and dtype kept, values within ``RTOL``/``ATOL`` (float32 sums in another order: a few
-ulps) or exactly for labels. Then the crossover is measured at load: the compiled path takes batches up
-to the largest size at which it was faster; bigger batches go to the library. ``finite_only``: the
-converter does not know how the library routes NaN (scikit-learn sends it down the branch most training
-rows took when none were missing), and the library refuses infinities (scikit-learn), so a batch
-holding a non-finite value goes to the library. Loading asks for it (``LoadOptions.small_batches``:
-servers do, batch jobs do not); ``model_config={"compiled": False}`` turns it off.
+thresholds, so its forest is written with double thresholds and fed doubles (``dtype``). It is built in
+a background thread after loading (the library answers meanwhile), and used only when it answers as the
+library does: on sample rows (with NaNs, unless ``finite_only``) one of the converted model's outputs
+must equal the library's output, shape and dtype kept, values within ``RTOL``/``ATOL`` (float32 sums in
+another order: a few ulps) or exactly for labels. Then the crossover is measured at load: the compiled
+path takes batches up to the largest size at which it was faster; bigger batches go to the library.
+``finite_only``: the converter does not know how the library routes NaN (scikit-learn sends it down the
+branch most training rows took when none were missing), and the library refuses infinities
+(scikit-learn), so a batch holding a non-finite value goes to the library. Loading asks for it
+(``LoadOptions.small_batches``: servers do, batch jobs do not); ``model_config={"compiled": False}``
+turns it off.
 """
 
 from __future__ import annotations

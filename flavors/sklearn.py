@@ -12,7 +12,6 @@ arrowscore passes it to skops as written, and a type skops distrusts that it doe
 from __future__ import annotations
 
 import pickle
-
 from dataclasses import replace
 
 import numpy as np
