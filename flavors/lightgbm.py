@@ -36,7 +36,7 @@ def _to_onnx(booster):
 
     dump = booster.dump_model()
     kind, *args = dump["objective"].split()
-    if kind not in _TRANSFORMS or any(a.startswith("sigmoid:") and a != "sigmoid:1" for a in args):
+    if kind not in _TRANSFORMS or "sqrt" in args or any(a.startswith("sigmoid:") and a != "sigmoid:1" for a in args):
         raise ValueError(f"objective {dump['objective']!r} is not converted")
     if dump.get("average_output"):
         raise ValueError("averaged trees (boosting=rf) are not converted")

@@ -84,12 +84,22 @@ def test_inputs_dict_of_columns():
     (b'{"dataframe_records": {"x": 1}}', r"'dataframe_records' must be a list of objects, one per row"),
     (b'{"dataframe_records": [1, 2]}', r"'dataframe_records' must be a list of objects, one per row"),
     (b'{"instances": [[1, 2], [3]]}', r"rows have different shapes; every row must have the same shape"),
+    (b'{"instances": [[1, [2]]]}', r"rows have different shapes; every row must have the same shape"),
+    (b'{"inputs": [[]]}', r"rows hold no values \(\[\[\]\]\); send one value per input column"),
     (b'{"inputs": 5}', r"is one value \(5\), not a list with one entry per row"),
     (b'{"inputs": {"a": 5}}', r"'inputs' column 'a' value is one value \(5\)"),
 ])
 def test_bad_bodies_are_config_errors(body, message):
     with pytest.raises(ConfigError, match=message):
         decode_json(body)
+
+
+def test_nulls_in_tensor_rows_are_nulls_of_their_column():
+    """A null among numbers (a missing value) stays a null of that column, so the signature's checks name
+    it (a required column) or the model gets NaN (an optional one); before, it read as a ragged tensor."""
+    table, _ = decode_json(b'{"inputs": [[null, 0.5], [1.5, 2.5]]}')
+    assert table.to_pydict() == {"f0": [None, 1.5], "f1": [0.5, 2.5]}
+    assert table.column("f0").null_count == 1
 
 
 def test_jsonable_values():

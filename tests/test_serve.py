@@ -447,7 +447,9 @@ def test_a_bad_request_in_a_merged_batch_fails_alone(batching_server):
      "column 'x' is string, the model's signature wants double"),
     (b'{"dataframe_records": [{"x": null}]}', "application/json", "column 'x' is null"),
     (b"y\n1.0\n", "text/csv", "the model needs columns ['x'] that the input lacks (it has ['y'])"),
-], ids=["bad-json", "missing-column", "wrong-type", "null", "csv-missing-column"])
+    (b'{"inputs": [[null]]}', "application/json", "column 'x' is null"),
+    (b'{"inputs": [[]]}', "application/json", "rows hold no values"),
+], ids=["bad-json", "missing-column", "wrong-type", "null", "csv-missing-column", "inputs-null", "inputs-empty-row"])
 def test_bad_requests_get_400_naming_the_column(batching_server, body, ctype, message):
     status, _, out = batching_server("POST", "/invocations", body, {"Content-Type": ctype})
     assert status == 400, out

@@ -30,11 +30,22 @@ def _tensor(value, what: str) -> np.ndarray:
     try:
         arr = np.asarray(value)
     except ValueError:  # numpy refuses ragged nested lists
-        arr = np.empty(0, dtype=object)
-    if arr.dtype == object:
-        raise ConfigError(f"the {what} rows have different shapes; every row must have the same shape")
+        raise ConfigError(f"the {what} rows have different shapes; every row must have the same shape") from None
     if arr.ndim == 0:
         raise ConfigError(f"the {what} value is one value ({value!r}), not a list with one entry per row")
+    if arr.ndim > 1 and 0 in arr.shape[1:] and arr.shape[0]:
+        raise ConfigError(f"the {what} rows hold no values ({value!r}); send one value per input column")
+    if arr.dtype == object:  # same shapes, mixed Python values (numbers and nulls): one Arrow column each
+        if arr.ndim > 2 or any(isinstance(v, (list, dict)) for v in arr.ravel()):
+            raise ConfigError(f"the {what} rows have different shapes; every row must have the same shape")
+        arr = arr.reshape(len(arr), -1) if arr.ndim == 2 else arr
+        for i in range(arr.shape[1] if arr.ndim == 2 else 0):
+            try:
+                pa.array(arr[:, i].tolist())
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                raise ConfigError(f"the {what} values in position {i} mix types "
+                                  f"({sorted({type(v).__name__ for v in arr[:, i]})}); send one type per "
+                                  "position (null for a missing value)") from None
     return arr
 
 
