@@ -85,7 +85,7 @@ def test_inputs_dict_of_columns():
     (b'{"dataframe_records": [1, 2]}', r"'dataframe_records' must be a list of objects, one per row"),
     (b'{"instances": [[1, 2], [3]]}', r"rows have different shapes; every row must have the same shape"),
     (b'{"instances": [[1, [2]]]}', r"rows have different shapes; every row must have the same shape"),
-    (b'{"inputs": [[]]}', r"rows hold no values \(\[\[\]\]\); send one value per input column"),
+    (b'{"inputs": [[]]}', r"rows hold no values \(shape \(1, 0\)\); send one value per input column"),
     (b'{"inputs": 5}', r"is one value \(5\), not a list with one entry per row"),
     (b'{"inputs": {"a": 5}}', r"'inputs' column 'a' value is one value \(5\)"),
 ])

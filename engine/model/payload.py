@@ -34,7 +34,7 @@ def _tensor(value, what: str) -> np.ndarray:
     if arr.ndim == 0:
         raise ConfigError(f"the {what} value is one value ({value!r}), not a list with one entry per row")
     if arr.ndim > 1 and 0 in arr.shape[1:] and arr.shape[0]:
-        raise ConfigError(f"the {what} rows hold no values ({value!r}); send one value per input column")
+        raise ConfigError(f"the {what} rows hold no values (shape {arr.shape}); send one value per input column")
     if arr.dtype == object:  # same shapes, mixed Python values (numbers and nulls): one Arrow column each
         if arr.ndim > 2 or any(isinstance(v, (list, dict)) for v in arr.ravel()):
             raise ConfigError(f"the {what} rows have different shapes; every row must have the same shape")
