@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -60,10 +61,13 @@ class Server:
             command += ["--port", str(self.port)]
         self.proc = subprocess.Popen(command, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True)
+        self.lines: list[str] = []  # its output so far, read by a thread so that a test can wait for a line
+        self.reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True)
+        self.reader.start()
         deadline = time.monotonic() + startup_s
         while True:
             if self.proc.poll() is not None:
-                raise AssertionError(f"the server exited with {self.proc.returncode}:\n{self.proc.stdout.read()}")
+                raise AssertionError(f"the server exited with {self.proc.returncode}:\n{self.stop()}")
             try:
                 if call(self.port, "GET", ping, timeout=5)[0] == 200:
                     return
@@ -87,16 +91,25 @@ class Server:
         assert status == 200
         return out.decode()
 
+    def wait_for(self, text: str, count: int = 1, timeout_s: float = 120) -> None:
+        """Until the output holds ``text`` ``count`` times (work the server does in the background)."""
+        deadline = time.monotonic() + timeout_s
+        while "".join(self.lines).count(text) < count:
+            assert time.monotonic() < deadline, f"{text!r} not {count} times within {timeout_s} s:\n{''.join(self.lines)}"
+            assert self.proc.poll() is None, f"the server exited with {self.proc.returncode}:\n{self.stop()}"
+            time.sleep(0.1)
+
     def stop(self) -> str:
         """SIGTERM, then the output (SIGKILL after a generous wait)."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
-            out, _ = self.proc.communicate(timeout=60)
+            self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            out, _ = self.proc.communicate()
-        return out
+            self.proc.wait()
+        self.reader.join(timeout=60)
+        return "".join(self.lines)
 
 
 @pytest.fixture
@@ -877,11 +890,11 @@ def test_a_served_forest_answers_single_rows_as_mlflow(serve, tmp_path):
                                   pip_requirements=["scikit-learn"],
                                   signature=mlflow.models.infer_signature(frame, model.predict(frame)))
     server = serve([f"{key}={tmp_path / key}" for key in keys])
-    time.sleep(3)  # the compiled path builds in the background (the library answers meanwhile)
+    server.wait_for("take the compiled path", 2)  # built in the background (the library answers meanwhile)
     for key in keys:
         expected = mlflow.pyfunc.load_model(str(tmp_path / key)).predict(frame)
         for i in (0, 1, 2, 299):
             doc = server.json("POST", f"/models/{key}/invocations",
                               {"dataframe_split": {"columns": list(frame.columns), "data": [frame.iloc[i].tolist()]}})
             _same(_from_json(doc), expected[i:i + 1], f"{key} row {i}", rtol=compiled.RTOL)
-    assert server.stop().count("take the compiled path") == 2  # one line per model, once built
+    assert server.stop().count("take the compiled path") == 2  # one line per model
