@@ -3,6 +3,8 @@
 N rows x 16 doubles (default 5M), Parquet in and out, a local Ray with 2 CPUs, the ONNX MLP:
   local      engine.score(runner="local")
   ray        engine.score(runner="ray"), actor pool of --actors x 0.5 CPU (default 1, the runner's default)
+  ray-warm   the same with keep_warm_s: a later job of the model on this cluster, its actor pool already
+             loaded (a first job, timed apart, created it)
   ray+mlflow ray.data.read_parquet -> map_batches(class calling mlflow.pyfunc.load_model(...).predict on
              pandas batches, same pool) -> write_parquet
 Each job runs at the full size and at 1/25 of it; the difference gives its throughput after start-up
@@ -86,11 +88,18 @@ def main(argv=None) -> int:
         # into string tensors; numpy-backed pandas is what the MLflow pattern needs to run at all
         ctx.enable_arrow_backed_pandas_conversion = False
 
+        warm = {"actors": args.actors, "keep_warm_s": 600}
+        first_warm = engine.score(model, root / "small", root / "out", mode="overwrite", runner="ray",
+                                  runner_options=warm).seconds
+
         def jobs(data: Path) -> dict:
             out = root / "out"
+            time.sleep(1.0)  # Ray tears a finished pipeline's actors down after the job returns: not in the next job
             t = {"local": engine.score(model, data, out, mode="overwrite", progress=False).seconds,
-                 "ray": engine.score(model, data, out, mode="overwrite", runner="ray",
-                                     runner_options={"actors": args.actors}).seconds}
+                 "ray": None,
+                 "ray-warm": engine.score(model, data, out, mode="overwrite", runner="ray", runner_options=warm).seconds}
+            t["ray"] = engine.score(model, data, out, mode="overwrite", runner="ray",
+                                    runner_options={"actors": args.actors}).seconds
             shutil.rmtree(out, ignore_errors=True)
             t0 = time.perf_counter()
             (ray.data.read_parquet(str(data))
@@ -117,7 +126,8 @@ def main(argv=None) -> int:
     fixed = {k: max(small[k] - small_rows / marginal[k], 0.0) for k in full}
     print(f"Ray local cluster (2 CPUs), ONNX MLP, pools of {args.actors} x 0.5 CPU, {args.rows:,} and {small_rows:,} rows x 16 doubles; ray.init "
           f"took {startup:.1f} s (apart); a Ray Data pipeline of "
-          f"{args.actors} actor(s) that do nothing took {floor:.2f} s")
+          f"{args.actors} actor(s) that do nothing took {floor:.2f} s; the first ray-warm job ({small_rows:,} rows, "
+          f"creating its pool) took {first_warm:.2f} s")
     print("| job | seconds at full size | rows/s end to end | fixed start-up s | rows/s after start-up |")
     print("|---|---|---|---|---|")
     for k in full:
@@ -125,14 +135,16 @@ def main(argv=None) -> int:
     ratios = {"ray / local (after start-up)": marginal["ray"] / marginal["local"],
               "ray / ray+mlflow (after start-up)": marginal["ray"] / marginal["ray+mlflow"],
               "ray / local (end to end)": full["local"] / full["ray"],
+              "ray-warm / local (end to end)": full["local"] / full["ray-warm"],
               "ray / ray+mlflow (end to end)": full["ray+mlflow"] / full["ray"]}
     for k, v in ratios.items():
         print(f"{k}: {v:.2f}")
-    print("goals: ray / local >= 0.7; ray / ray+mlflow >= 1.5 (start-up reported apart)")
+    print("goals: ray / local >= 0.7; ray / ray+mlflow >= 1.5 (start-up reported apart); "
+          "ray-warm / local (end to end) >= 0.7")
     if args.json:
         args.json.write_text(json.dumps({"seconds": full, "small_seconds": small, "fixed_s": fixed,
                                          "marginal_rows_s": marginal, "ratios": ratios, "ray_init_s": startup,
-                                         "ray_floor_s": floor}, indent=2))
+                                         "ray_floor_s": floor, "first_warm_job_s": first_warm}, indent=2))
     return 0
 
 

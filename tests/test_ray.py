@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,6 +26,18 @@ from compare import assert_same_predictions  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)  # Ray Data can hang without an error when CPUs run out: never wait forever
 BIN = Path(sys.executable).parent
+
+
+WARM = {"keep_warm_s": 30}  # runner options of a job scored by a warm actor pool (engine/runners/raypool.py)
+
+
+@pytest.fixture
+def pools(ray_head):
+    """Warm actor pools a test starts are removed at its end (they would hold the test cluster's CPUs)."""
+    yield
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        if actor["namespace"] == "arrowscore":
+            ray.kill(ray.get_actor(actor["name"], namespace="arrowscore"), no_restart=True)
 
 
 def _input(case, directory: Path, files: int = 2) -> pa.Table:
@@ -82,17 +95,19 @@ def test_gpu_device_asks_ray_for_gpus_and_fails_fast_on_a_cluster_without(ray_he
     assert report.rows_scored == report.rows > 0
 
 
-def test_output_contract(ray_head, logged_models, tmp_path):
+@pytest.mark.parametrize("warm", [False, True], ids=["ray-data", "warm-pool"])
+def test_output_contract(ray_head, pools, logged_models, tmp_path, warm):
     """The local runner's contract (tests/contract.py): a part file per input file in input order, dead letters
     with the real file and row, and a fail naming the file and rows, although Ray moves rows in blocks."""
     case = logged_models["xgboost_booster"]
     contract.three_files(case, tmp_path / "in")
     report = engine.score(case.uris["path"], tmp_path / "in", tmp_path / "out", runner="ray", keep_columns=["id"],
                           on_error="dead-letter", dead_letter=str(tmp_path / "dead.parquet"), batch_rows=8,
-                          runner_options={"actors": 2})
+                          runner_options={"actors": 2, **(WARM if warm else {})})
     contract.check(report, tmp_path / "out", tmp_path / "dead.parquet")
     with pytest.raises(engine.SchemaError, match=contract.FAIL_MESSAGE):
-        engine.score(case.uris["path"], tmp_path / "in", tmp_path / "failed", runner="ray", batch_rows=8)
+        engine.score(case.uris["path"], tmp_path / "in", tmp_path / "failed", runner="ray", batch_rows=8,
+                     runner_options=WARM if warm else {})
     assert not (tmp_path / "failed").exists()
 
 
@@ -117,14 +132,20 @@ def _slow_double(df):
     return df["x"] * 2.0
 
 
-def test_killed_actor_is_replaced_and_no_row_is_lost_or_doubled(ray_head, tmp_path):
+def _slow_job(tmp_path: Path, rows: int):
+    """(a slow model, its load log): ``rows`` rows in 4 files under tmp_path/in, x = id."""
     model = engine.save_model(tmp_path / "model", _slow_double, signature=pa.schema([pa.field("x", pa.float64(), False)]))
     (tmp_path / "in").mkdir()
-    rows = 20_000
     for i in range(4):
         ids = np.arange(i * rows // 4, (i + 1) * rows // 4)
         pq.write_table(pa.table({"id": ids, "x": ids * 1.0}), tmp_path / "in" / f"f{i}.parquet")
-    log = tmp_path / "loads.txt"
+    return model, tmp_path / "loads.txt"
+
+
+@pytest.mark.parametrize("warm", [False, True], ids=["ray-data", "warm-pool"])
+def test_killed_actor_is_replaced_and_no_row_is_lost_or_doubled(ray_head, pools, tmp_path, warm):
+    rows = 20_000
+    model, log = _slow_job(tmp_path, rows)
     killed = []
 
     def kill_first_actor():
@@ -140,7 +161,7 @@ def test_killed_actor_is_replaced_and_no_row_is_lost_or_doubled(ray_head, tmp_pa
     killer = threading.Thread(target=kill_first_actor)
     killer.start()
     report = engine.score(model, tmp_path / "in", tmp_path / "out", runner="ray", keep_columns=["id"], batch_rows=250,
-                          runner_options={"actors": 1, "load_log": str(log)})
+                          runner_options={"actors": 1, "load_log": str(log), **(WARM if warm else {})})
     killer.join()
     assert killed, "no actor was killed"
     pids = [int(line.split()[0]) for line in log.read_text().splitlines()]
@@ -155,7 +176,8 @@ def _batch_length(df):
     return df["x"] * 0.0 + len(df)
 
 
-def test_hive_input_split_files_and_batch_rows_bound(ray_head, tmp_path, monkeypatch):
+@pytest.mark.parametrize("warm", [False, True], ids=["ray-data", "warm-pool"])
+def test_hive_input_split_files_and_batch_rows_bound(ray_head, pools, tmp_path, monkeypatch, warm):
     """Partition values come from the directory names, as in the local runner; files bigger than a read
     task are read by several tasks; no model call sees more than batch_rows rows although Ray gathers the
     read batches into larger blocks."""
@@ -168,9 +190,10 @@ def test_hive_input_split_files_and_batch_rows_bound(ray_head, tmp_path, monkeyp
     pq.write_to_dataset(table, tmp_path / "in", partition_cols=["region"], row_group_size=1_000)
     monkeypatch.setattr(ray_job, "READ_TASK_BYTES", 3_000 * 56)  # id, x, position: 8 bytes a row each, region: 32
     source = ParquetSource(tmp_path / "in", columns=["x", "id", "region"])
-    assert ray_job._source(source.parts(), source.schema, source.columns, 1_000).tasks == 3 * 4  # 3 files of 10 groups: runs of 3, 3, 3, 1
+    pieces, _ = ray_job._pieces(source.parts(), source.schema, source.columns, 1_000)
+    assert len(pieces) == 3 * 4  # 3 files of 10 groups: runs of 3, 3, 3, 1
     report = engine.score(model, tmp_path / "in", tmp_path / "out", runner="ray", keep_columns=["id", "region"],
-                          batch_rows=1_000)
+                          batch_rows=1_000, runner_options=WARM if warm else {})
     out = pq.read_table(tmp_path / "out").sort_by("id")
     assert report.rows_scored == out.num_rows == table.num_rows
     assert out.column("region").to_pylist() == table.column("region").to_pylist()
@@ -252,7 +275,8 @@ def test_files_with_their_own_types_and_columns(ray_head, tmp_path):
     assert "needs columns ['y']" in dead.column("_error").to_pylist()[0]
 
 
-def test_a_read_error_is_our_one_line(ray_head, tmp_path):
+@pytest.mark.parametrize("warm", [False, True], ids=["ray-data", "warm-pool"])
+def test_a_read_error_is_our_one_line(ray_head, pools, tmp_path, warm):
     """A corrupt input file fails a Ray read task: the error is ours (ConnectorError naming the file, one
     line), not Ray's RayTaskError with a remote traceback."""
     signature = pa.schema([pa.field("x", pa.float64(), False), pa.field("y", pa.float64(), False)])
@@ -265,6 +289,98 @@ def test_a_read_error_is_our_one_line(ray_head, tmp_path):
     pq.write_table(pa.table({"x": rows, "y": rows}), tmp_path / "in" / "b.parquet", write_page_checksum=True)
     assert _corrupt_a_page(tmp_path / "in" / "b.parquet")  # the footer reads; a page does not
     with pytest.raises(engine.ConnectorError) as caught:
-        engine.score(model, tmp_path / "in", tmp_path / "out", runner="ray")
+        engine.score(model, tmp_path / "in", tmp_path / "out", runner="ray", runner_options=WARM if warm else {})
     assert type(caught.value) is engine.ConnectorError and "b.parquet" in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def _pool_names() -> list[str]:
+    return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == "arrowscore")
+
+
+def test_a_warm_pool_serves_later_jobs_of_its_model_until_idle(ray_head, pools, logged_models, tmp_path):
+    """keep_warm_s (issue 15, item 6): the second job of a model finds its actors loaded (no new load), with
+    other job options; its output is the local runner's, file for file; a changed model directory gets a pool
+    of its own; an idle pool removes itself."""
+    case = logged_models["onnx"]
+    _input(case, tmp_path / "in", files=3)
+    model = tmp_path / "model"
+    shutil.copytree(case.uris["path"], model)
+    log = tmp_path / "loads.txt"
+    options = {"actors": 2, "keep_warm_s": 4, "load_log": str(log)}
+    engine.score(model, tmp_path / "in", tmp_path / "first", runner="ray", keep_columns=["id"], runner_options=options)
+    first = log.read_text().splitlines()
+    assert len(first) == 2 and len(_pool_names()) == 2
+    report = engine.score(model, tmp_path / "in", tmp_path / "out", runner="ray", keep_columns=["id"], batch_rows=7,
+                          runner_options=options)
+    assert log.read_text().splitlines() == first, "the second job loaded the model again"
+    local = engine.score(model, tmp_path / "in", tmp_path / "local", keep_columns=["id"], batch_rows=7)
+    names = [Path(f).name for f in report.output_files]
+    assert names == [Path(f).name for f in local.output_files] and len(names) == 3
+    for name in names:
+        assert pq.read_table(tmp_path / "out" / name).equals(pq.read_table(tmp_path / "local" / name)), name
+    assert_same_predictions(pq.read_table(tmp_path / "out").drop_columns(["id"]), case.expected)
+
+    time.sleep(0.01)
+    (model / "MLmodel").write_text((model / "MLmodel").read_text() + "\n")  # another version of the model
+    engine.score(model, tmp_path / "in", tmp_path / "changed", runner="ray", keep_columns=["id"], runner_options=options)
+    assert len(log.read_text().splitlines()) == 4 and len(_pool_names()) == 4
+
+    deadline = time.monotonic() + 60
+    while _pool_names() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _pool_names(), "idle pools did not remove themselves"
+    engine.score(model, tmp_path / "in", tmp_path / "again", runner="ray", keep_columns=["id"], runner_options=options)
+    assert len(log.read_text().splitlines()) == 6  # a new pool after the old one went
+
+
+def test_a_warm_actor_that_ends_mid_job_is_started_again(ray_head, pools, tmp_path):
+    """A pool actor removed for good mid-job (Ray will not restart it: ray.kill, or an idle expiry racing a
+    slow driver): the driver finds or starts the pool again and scores the pieces it had not got back; no
+    row is lost or written twice."""
+    rows = 8_000
+    model, log = _slow_job(tmp_path, rows)
+    killed = []
+
+    def end_the_pool():
+        deadline = time.time() + 120
+        while time.time() < deadline and not (log.exists() and log.read_text().strip()):
+            time.sleep(0.05)
+        time.sleep(0.7)  # loaded, a piece or two under way
+        for name in _pool_names():
+            ray.kill(ray.get_actor(name, namespace="arrowscore"), no_restart=True)
+            killed.append(name)
+
+    killer = threading.Thread(target=end_the_pool)
+    killer.start()
+    report = engine.score(model, tmp_path / "in", tmp_path / "out", runner="ray", keep_columns=["id"], batch_rows=100,
+                          runner_options={"actors": 1, "load_log": str(log), **WARM})
+    killer.join()
+    assert killed and len(log.read_text().splitlines()) == 2  # a second actor, under the same name
+    out = pq.read_table(tmp_path / "out")
+    assert sorted(out.column("id").to_pylist()) == list(range(rows)), "rows lost or doubled"
+    np.testing.assert_allclose(out.sort_by("id").column("prediction").to_numpy(), np.arange(rows) * 2.0)
+    assert report.rows_scored == rows
+
+
+def test_a_scheduled_run_scores_its_files_with_one_warm_pool(ray_head, pools, tmp_path):
+    """`arrowscore run` scores each new file as its own job: with keep_warm_s the files after the first find the
+    pool loaded (one model load for the run, not one per file), and the next run's files too."""
+    import yaml
+
+    model = engine.save_model(tmp_path / "model", _plus, signature=pa.schema([pa.field("x", pa.float64(), False),
+                                                                            pa.field("y", pa.float64(), False)]))
+    (tmp_path / "in").mkdir()
+    for i in range(3):
+        pq.write_table(pa.table({"id": [i], "x": [float(i)], "y": [1.0]}), tmp_path / "in" / f"f{i}.parquet")
+    log = tmp_path / "loads.txt"
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({"name": "warm", "model": str(model), "input": "in/", "output": "out/",
+                                   "keep_columns": ["id"], "runner": "ray",
+                                   "runner_options": {"keep_warm_s": 30, "load_log": str(log)}}))
+    assert engine.run_job(job).files == 3
+    pq.write_table(pa.table({"id": [3], "x": [3.0], "y": [1.0]}), tmp_path / "in" / "f3.parquet")
+    assert engine.run_job(job).files == 1
+    assert len(log.read_text().splitlines()) == 1, "the model was loaded again for a later file"
+    out = pq.read_table(tmp_path / "out").sort_by("id")
+    assert out.column("prediction").to_pylist() == [1.0, 3.0, 5.0, 7.0]

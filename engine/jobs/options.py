@@ -164,11 +164,13 @@ class RayOptions:
                                     metavar="JSON|FILE")
     ship_code: bool = _opt(False, "send this arrowscore's code to the workers (py_modules), for nodes without it")
     gpus_per_actor: float | None = _opt(None, "GPUs each actor reserves (default 1 with a GPU --device, else 0)")
+    keep_warm_s: float = _opt(0.0, "keep the actors, model loaded, for later jobs of this model on this cluster until "
+                                   "idle this many seconds (0: they end with the job)", metavar="SECONDS")
     load_log: str | None = _opt(None, "append one line per model load in an actor (tests count loads)", cli=False)
 
     def __post_init__(self):
         _at_least(self, 1, "actors", "num_cpus")
-        _at_least(self, 0, "gpus_per_actor")
+        _at_least(self, 0, "gpus_per_actor", "keep_warm_s")
         if self.cpus_per_actor <= 0:
             raise ConfigError(f"cpus_per_actor must be above 0, got {self.cpus_per_actor}")
         if self.runtime_env is not None and not isinstance(self.runtime_env, dict):

@@ -26,6 +26,7 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -71,63 +72,85 @@ def _unipc(value: pa.Scalar) -> list:
     return list(pa.ipc.open_stream(value.as_buffer())) if value.is_valid else []  # zero-copy from the block
 
 
+def _model_path(location: str, packed) -> Path:
+    """The model directory on this node: the driver's path, or (another machine) the driver's copy
+    unpacked once per node."""
+    path = Path(location)
+    if (path / "MLmodel").is_file():
+        return path
+    if packed is None:
+        raise ConfigError(f"model path {location!r} is not on this Ray node, and no copy was shipped")
+    data = packed if isinstance(packed, bytes) else __import__("ray").get(packed)
+    path = Path(tempfile.gettempdir()) / "arrowscore-models" / hashlib.sha256(data).hexdigest()[:16]
+    if not (path / "MLmodel").is_file():
+        staging = Path(tempfile.mkdtemp(dir=path.parent if path.parent.exists() else None))
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            tar.extractall(staging, filter="data")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):  # another actor on this node may have won the race
+            os.rename(staging, path)
+    return path
+
+
+def load_in_actor(location: str, packed, options: ScoreOptions, load_log: str | None):
+    from ..jobs.scoring import log_load
+    from ..model import load_model
+
+    path = _model_path(location, packed)
+    model = load_model(path, shared_cpu=True, **options.load_kwargs())
+    log_load(load_log, path)
+    return model
+
+
 class ScoreActor:
-    """One Ray actor: the model loaded once, then one call per batch."""
+    """One Ray Data actor: the model loaded once, then one call per block."""
 
     def __init__(self, location: str, packed, options: ScoreOptions, files: list[str], load_log: str | None = None):
-        from ..jobs.scoring import JobScorer, log_load
-        from ..model import load_model
+        from ..jobs.scoring import JobScorer
 
-        path = Path(location)
-        if not (path / "MLmodel").is_file():  # another machine: unpack the driver's copy once per node
-            if packed is None:
-                raise ConfigError(f"model path {location!r} is not on this Ray node, and no copy was shipped")
-            data = packed if isinstance(packed, bytes) else __import__("ray").get(packed)
-            path = Path(tempfile.gettempdir()) / "arrowscore-models" / hashlib.sha256(data).hexdigest()[:16]
-            if not (path / "MLmodel").is_file():
-                staging = Path(tempfile.mkdtemp(dir=path.parent if path.parent.exists() else None))
-                with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-                    tar.extractall(staging, filter="data")
-                path.parent.mkdir(parents=True, exist_ok=True)
-                with contextlib.suppress(OSError):  # another actor on this node may have won the race
-                    os.rename(staging, path)
-        model = load_model(path, shared_cpu=True, **options.load_kwargs())
-        log_load(load_log, path)
-        self.job = JobScorer.from_options(model, options)
+        self.job = JobScorer.from_options(load_in_actor(location, packed, options, load_log), options)
         self.batch_rows = options.batch_rows
         self.files = files
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        """A block of read rows -> one result row per scored batch (consecutive rows of one input file,
-        at most batch_rows): (part: the file's index, out and dead: Arrow IPC, rows: input rows). A bad batch
-        under on_error "fail" comes back as ``error`` ("Type: message"), which the driver raises:
-        Ray would wrap our error in its own types and keep only its text."""
-        from ..errors import EngineError
+        return score_rows(self.job, self.files, self.batch_rows, table)
 
-        try:
-            return self._score(table)
-        except EngineError as exc:
-            return pa.table({"part": pa.array([-1], pa.int32()), "out": pa.nulls(1, pa.binary()),
-                             "dead": pa.nulls(1, pa.binary()), "rows": pa.array([0], pa.int64()),
-                             "error": pa.array([f"{type(exc).__name__}: {exc}"])})
 
-    def _score(self, table: pa.Table) -> pa.Table:
-        from ..jobs.scoring import Where, file_runs
+def score_rows(job, files, batch_rows: int, table: pa.Table) -> pa.Table:
+    """A block of read rows -> one result row per scored batch (consecutive rows of one input file,
+    at most batch_rows): (part: the file's index, out and dead: Arrow IPC, rows: input rows). ``files``
+    maps a file's index to its path. A bad batch under on_error "fail" comes back as ``error`` ("Type:
+    message"), which the driver raises: Ray would wrap our error in its own types and keep only its text."""
+    from ..errors import EngineError
+    from ..jobs.scoring import Where, file_runs
 
-        parts, outs, deads, counts = [], [], [], []
+    parts, outs, deads, counts = [], [], [], []
+    try:
         for batch in table.to_batches():
             pos = batch.column(POSITION).to_numpy()
             data = batch.drop_columns([POSITION])
-            files, rows = pos >> ROW_BITS, pos & ((1 << ROW_BITS) - 1)
-            for a, b in file_runs(files, rows, self.batch_rows):
-                out, dead = self.job.score(data.slice(a, b - a), Where(self.files[files[a]], int(rows[a])))
-                parts.append(int(files[a]))
+            index, rows = pos >> ROW_BITS, pos & ((1 << ROW_BITS) - 1)
+            for a, b in file_runs(index, rows, batch_rows):
+                out, dead = job.score(data.slice(a, b - a), Where(files[index[a]], int(rows[a])))
+                parts.append(int(index[a]))
                 outs.append(_ipc(out))
                 deads.append(_ipc([dead] if dead is not None else []))
                 counts.append(b - a)
-        return pa.table({"part": pa.array(parts, pa.int32()), "out": pa.array(outs, pa.binary()),
-                         "dead": pa.array(deads, pa.binary()), "rows": pa.array(counts, pa.int64()),
-                         "error": pa.nulls(len(parts), pa.string())})
+    except EngineError as exc:
+        return pa.table({"part": pa.array([-1], pa.int32()), "out": pa.nulls(1, pa.binary()),
+                         "dead": pa.nulls(1, pa.binary()), "rows": pa.array([0], pa.int64()),
+                         "error": pa.array([f"{type(exc).__name__}: {exc}"])})
+    return pa.table({"part": pa.array(parts, pa.int32()), "out": pa.array(outs, pa.binary()),
+                     "dead": pa.array(deads, pa.binary()), "rows": pa.array(counts, pa.int64()),
+                     "error": pa.nulls(len(parts), pa.string())})
+
+
+def read_with_positions(part) -> Iterator[pa.Table]:
+    """A part's rows, row group at a time, each row carrying its POSITION (file index and row)."""
+    row = part.first_row
+    for batch in part.batches():
+        yield pa.Table.from_batches([batch]).append_column(POSITION, positions(part.index, row, batch.num_rows))
+        row += batch.num_rows
 
 
 def _runtime_env(runtime_env: dict | None, ship_code: bool) -> dict | None:
@@ -198,17 +221,23 @@ def run_ray(model_uri, input: str, output: str, options: ScoreOptions, ray_opts:
         gpus = _gpus_per_actor(ray, ray_opts, options.device)
         # a model directory only travels when some actor may run on another machine
         packed = ray.put(_pack(path)) if len(ray.nodes()) > 1 else None
-        reads = _source(parts, source.schema, columns, options.batch_rows)
-        dataset = ray.data.read_datasource(reads, override_num_blocks=reads.tasks)
-        dataset.context.enable_progress_bars = False  # the driver shows one bar, as the local runner does
-        dataset.context.execution_options.preserve_order = True  # input order, file by file
-        scoredset = dataset.map_batches(
-            ScoreActor, fn_constructor_args=(str(path), packed, options, [p.path for p in parts], ray_opts.load_log),
-            batch_format="pyarrow", batch_size=None,  # one call per block (fewer Ray tasks); the actor slices it
-            compute=ray.data.ActorPoolStrategy(size=ray_opts.actors), num_cpus=ray_opts.cpus_per_actor,
-            num_gpus=gpus)
+        pieces, width = _pieces(parts, source.schema, columns, options.batch_rows)
+        if ray_opts.keep_warm_s:  # a named pool that outlives the job: later jobs skip the start-up
+            from .raypool import warm_results
+
+            tables = warm_results(ray, path, packed, options, ray_opts, gpus, pieces)
+        else:
+            reads = _source(pieces, width)
+            dataset = ray.data.read_datasource(reads, override_num_blocks=reads.tasks)
+            dataset.context.enable_progress_bars = False  # the driver shows one bar, as the local runner does
+            dataset.context.execution_options.preserve_order = True  # input order, file by file
+            tables = dataset.map_batches(
+                ScoreActor, fn_constructor_args=(str(path), packed, options, [p.path for p in parts], ray_opts.load_log),
+                batch_format="pyarrow", batch_size=None,  # one call per block (fewer Ray tasks); the actor slices it
+                compute=ray.data.ActorPoolStrategy(size=ray_opts.actors), num_cpus=ray_opts.cpus_per_actor,
+                num_gpus=gpus).iter_batches(batch_format="pyarrow", batch_size=None)
         current = None
-        for table in _results(scoredset):
+        for table in _checked(tables):
             outs, deads, indices = table.column("out"), table.column("dead"), table.column("part").to_pylist()
             for i, part in enumerate(indices):
                 if part != current and current is not None:
@@ -242,10 +271,18 @@ def run_ray(model_uri, input: str, output: str, options: ScoreOptions, ray_opts:
     return report
 
 
-def _source(parts, schema: pa.Schema, columns, batch_rows: int):
-    """The input as a Ray Data datasource: one read task per input file (per run of row groups of
-    about READ_TASK_BYTES in a bigger file), reading it with the local runner's own reader
-    (``Part.batches``: row group at a time, hive keys, each file with its own column types).
+def _pieces(parts, schema: pa.Schema, columns, batch_rows: int) -> tuple[list, int]:
+    """(the input's pieces: one per file, or per run of row groups of about READ_TASK_BYTES in a bigger
+    file; the bytes of a row of the needed columns, an estimate)."""
+    wanted = pa.schema([schema.field(c) for c in (columns or schema.names)] + [pa.field(POSITION, pa.int64())])
+    width = max(sum(_row_bytes(f.type) for f in wanted), 1)
+    return [piece for part in parts for piece in part.split(max(batch_rows, READ_TASK_BYTES // width))], width
+
+
+def _source(pieces: list, width: int):
+    """The input's pieces as a Ray Data datasource: one read task each, reading it with the local
+    runner's own reader (``Part.batches``: row group at a time, hive keys, each file with its own
+    column types).
 
     The driver already listed the files and read their footers, so Ray's own Parquet reader would
     repeat that work (its footer scan starts 32 actors: 5-9 s on a 2-CPU node, measured).
@@ -253,17 +290,8 @@ def _source(parts, schema: pa.Schema, columns, batch_rows: int):
     from ray.data.block import BlockMetadata
     from ray.data.datasource import Datasource, ReadTask
 
-    wanted = pa.schema([schema.field(c) for c in (columns or schema.names)] + [pa.field(POSITION, pa.int64())])
-    width = max(sum(_row_bytes(f.type) for f in wanted), 1)  # a size estimate for Ray's planner
-    pieces = [piece for part in parts for piece in part.split(max(batch_rows, READ_TASK_BYTES // width))]
-
     def read(part):  # Ray gathers these into blocks of up to DataContext.target_max_block_size
-        def tables():
-            row = part.first_row
-            for batch in part.batches():
-                yield pa.Table.from_batches([batch]).append_column(POSITION, positions(part.index, row, batch.num_rows))
-                row += batch.num_rows
-        return tables
+        return lambda: read_with_positions(part)
 
     class PartsSource(Datasource):
         tasks = len(pieces)
@@ -290,11 +318,11 @@ def _row_bytes(type_: pa.DataType) -> int:
 
 
 
-def _results(scoredset):
+def _checked(tables) -> Iterator[pa.Table]:
     """The actors' results; an error an actor returned is raised here as the same error type."""
     from .. import errors
 
-    for table in scoredset.iter_batches(batch_format="pyarrow", batch_size=None):
+    for table in tables:
         failed = table.column("error").drop_null()
         if len(failed):
             kind, _, message = failed[0].as_py().partition(": ")
