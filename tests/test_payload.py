@@ -190,7 +190,7 @@ def test_read_input_refuses_directories_and_unreadable_files(tmp_path):
     with pytest.raises(ConfigError, match=r"input 'empty.csv' is empty; a CSV input needs a header line"):
         read_input(tmp_path / "empty.csv")
     (tmp_path / "ragged.csv").write_text("a,b\n1,2\n3\n")
-    with pytest.raises(ConfigError, match=r"cannot read 'ragged.csv' as CSV \(.*\); fix the file"):
+    with pytest.raises(ConfigError, match=r"input 'ragged.csv' cannot be read as CSV \(.*\); send a header line"):
         read_input(tmp_path / "ragged.csv")
 
 

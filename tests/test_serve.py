@@ -462,12 +462,33 @@ def test_a_bad_request_in_a_merged_batch_fails_alone(batching_server):
     (b"y\n1.0\n", "text/csv", "the model needs columns ['x'] that the input lacks (it has ['y'])"),
     (b'{"inputs": [[null]]}', "application/json", "column 'x' is null"),
     (b'{"inputs": [[]]}', "application/json", "rows hold no values"),
-], ids=["bad-json", "missing-column", "wrong-type", "null", "csv-missing-column", "inputs-null", "inputs-empty-row"])
+    (b'{"inputs": [[1.0], ["one"]]}', "application/json", "position 0 (column 'x') mix types (['float', 'str'])"),
+], ids=["bad-json", "missing-column", "wrong-type", "null", "csv-missing-column", "inputs-null", "inputs-empty-row",
+        "inputs-string-among-numbers"])
 def test_bad_requests_get_400_naming_the_column(batching_server, body, ctype, message):
     status, _, out = batching_server("POST", "/invocations", body, {"Content-Type": ctype})
     assert status == 400, out
     doc = json.loads(out)
     assert message in doc["message"] and doc["error_code"] in ("BAD_REQUEST", "INVALID_PARAMETER_VALUE")
+
+
+def _f_and_g(df):
+    return np.where(np.isnan(df["f"]), -1.0, df["f"] * 2.0) + df["g"].fillna(100.0)
+
+
+def test_csv_bodies_read_as_pandas_reads_them_for_mlflow(serve, tmp_path):
+    """CSV as MLflow's server reads it (pandas): `nan` is a number, an empty cell is missing (NaN in an optional
+    column; 400 naming a required one), a float32 column takes its CSV numbers; a CSV without its header line
+    gets 400 saying so (it answered 200 [] before, its one row read as the header)."""
+    import engine
+
+    signature = pa.schema([pa.field("f", pa.float32()), pa.field("g", pa.float64())])
+    server = serve([engine.save_model(tmp_path / "fg", _f_and_g, signature=signature, optional=["g"])])
+    csv = {"Content-Type": "text/csv"}
+    assert server.json("POST", "/invocations", b"f,g\n1.5,1\n2.5,\nnan,1\n", csv)["predictions"] == [4.0, 105.0, 0.0]
+    for body, message in [(b"f,g\n,1\n", "'f'"), (b"1.5,2\n", "has a header line and no rows")]:
+        status, _, out = server("POST", "/invocations", body, csv)
+        assert status == 400 and message in json.loads(out)["message"], out
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ __all__ = ["decode_json", "decode_doc", "FloatRows", "read_input", "FORMATS", "e
 KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 
 
-def _tensor(value, what: str) -> np.ndarray:
+def _tensor(value, what: str, names=None) -> np.ndarray:
     try:
         arr = np.asarray(value)
     except ValueError:  # numpy refuses ragged nested lists
@@ -35,6 +35,8 @@ def _tensor(value, what: str) -> np.ndarray:
         raise ConfigError(f"the {what} value is one value ({value!r}), not a list with one entry per row")
     if arr.ndim > 1 and 0 in arr.shape[1:] and arr.shape[0]:
         raise ConfigError(f"the {what} rows hold no values (shape {arr.shape}); send one value per input column")
+    if arr.dtype.kind == "U" and not all(isinstance(v, str) for v in np.asarray(value, dtype=object).ravel()):
+        arr = np.asarray(value, dtype=object)  # numpy made strings of numbers beside a string: keep them apart
     if arr.dtype == object:  # same shapes, mixed Python values (numbers and nulls): one Arrow column each
         if arr.ndim > 2 or any(isinstance(v, (list, dict)) for v in arr.ravel()):
             raise ConfigError(f"the {what} rows have different shapes; every row must have the same shape")
@@ -43,7 +45,8 @@ def _tensor(value, what: str) -> np.ndarray:
             try:
                 pa.array(arr[:, i].tolist())
             except (pa.ArrowInvalid, pa.ArrowTypeError):
-                raise ConfigError(f"the {what} values in position {i} mix types "
+                column = f" (column {names[i]!r})" if names and i < len(names) and arr.shape[1] == len(names) else ""
+                raise ConfigError(f"the {what} values in position {i}{column} mix types "
                                   f"({sorted({type(v).__name__ for v in arr[:, i]})}); send one type per "
                                   "position (null for a missing value)") from None
     return arr
@@ -56,7 +59,7 @@ def _tensor_or_table(value, names) -> pa.Table:
                          for k, v in value.items()})
     if isinstance(value, list) and value and isinstance(value[0], dict):
         return convert.records_table(value)
-    return convert.to_table(_tensor(value, "'instances'/'inputs'"), names)
+    return convert.to_table(_tensor(value, "'instances'/'inputs'", names), names)
 
 
 def decode_json(body: bytes | str, names: list[str] | None = None) -> tuple[pa.Table, dict | None]:
@@ -255,14 +258,9 @@ def _decode(source, fmt: str, name: str, size: int, data: bytes | None, names) -
     if fmt == "json":
         return decode_json(data if data is not None else Path(source).read_bytes(), names)
     if fmt == "csv":
-        import pyarrow.csv as pcsv
-
         if size == 0:
             raise ConfigError(f"input {name} is empty; a CSV input needs a header line and one line per row")
-        try:
-            return pcsv.read_csv(source), None
-        except pa.ArrowInvalid as exc:
-            raise ConfigError(f"cannot read {name} as CSV ({exc}); fix the file") from None
+        return read_csv(source, f"input {name}"), None
     import pyarrow.parquet as pq
 
     try:
@@ -270,6 +268,22 @@ def _decode(source, fmt: str, name: str, size: int, data: bytes | None, names) -
     except pa.ArrowInvalid as exc:
         raise ConfigError(f"cannot read {name} as Parquet ({exc}); the file is truncated or not Parquet: "
                           "rewrite it") from None
+
+
+def read_csv(source, what: str, schema: pa.Schema | None = None) -> pa.Table:
+    """A CSV input with a header line, as pandas reads it for MLflow: ``nan`` and ``inf`` are numbers, an
+    empty cell is a missing value (null: refused in a required column, NaN in an optional one), and with
+    the model's input ``schema`` numbers take the types it declares (a float32 column reads as float32)."""
+    import pyarrow.csv as pcsv
+
+    try:
+        table = pcsv.read_csv(source, convert_options=pcsv.ConvertOptions(null_values=[""]))
+    except pa.ArrowInvalid as exc:
+        raise ConfigError(f"{what} cannot be read as CSV ({exc}); send a header line and one line per row") from None
+    if table.num_rows == 0:
+        raise ConfigError(f"{what} has a header line and no rows: the first line of a CSV input names the columns "
+                          f"(it read {table.column_names[:8]}), and each line after it is a row")
+    return table if schema is None else _typed(table, schema)
 
 
 def jsonable(v):
