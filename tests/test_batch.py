@@ -195,6 +195,9 @@ def test_bad_options():
         engine.score("m", "in", "out", runner="ray", runner_options={"actors": 0})
     with pytest.raises(ConfigError, match="cpus_per_actor must be above 0"):
         engine.RayOptions(cpus_per_actor=0)
+    for warm in (0.5, -5, float("nan"), float("inf"), "10", True):  # nan hung the pool's idle timer: never expired
+        with pytest.raises(ConfigError, match=r"keep_warm_s takes seconds: 0 .* or a number from 1 on, got"):
+            engine.RayOptions(keep_warm_s=warm)
     with pytest.raises(ConfigError, match="runner_options for the local runner are LocalOptions or a dict, not RayOptions"):
         engine.score("m", "in", "out", runner_options=engine.RayOptions(actors=2))
     with pytest.raises(ConfigError, match="compression 'lzzz' is not one this pyarrow writes"):

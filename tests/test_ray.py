@@ -172,6 +172,10 @@ def test_killed_actor_is_replaced_and_no_row_is_lost_or_doubled(ray_head, pools,
     assert report.rows_scored == rows
 
 
+def _triple(df):
+    return df["x"] * 3.0
+
+
 def _batch_length(df):
     return df["x"] * 0.0 + len(df)
 
@@ -384,3 +388,56 @@ def test_a_scheduled_run_scores_its_files_with_one_warm_pool(ray_head, pools, tm
     assert len(log.read_text().splitlines()) == 1, "the model was loaded again for a later file"
     out = pq.read_table(tmp_path / "out").sort_by("id")
     assert out.column("prediction").to_pylist() == [1.0, 3.0, 5.0, 7.0]
+
+
+def _crash_above_five(df):
+    import os as _os
+
+    if (df["x"] > 5).any():
+        _os._exit(7)  # a model that kills its process (a native library's fatal error) on some rows
+    return df["x"] * 2.0
+
+
+def test_a_warm_pool_at_its_shortest_idle_time_and_a_model_that_crashes_its_actor(ray_head, pools, tmp_path):
+    """keep_warm_s=1 (the least it takes) scores a job: actors never remove themselves while a call is under way
+    (at 1 s every job failed: the idle timer fired during the first call's imports). A model that kills its
+    process on some rows fails the job with one line naming the file and rows, after one restart by Ray and one
+    new pool, not a Ray traceback."""
+    rows = 2_000
+    model, log = _slow_job(tmp_path, rows)
+    report = engine.score(model, tmp_path / "in", tmp_path / "out", runner="ray", keep_columns=["id"], batch_rows=100,
+                          runner_options={"keep_warm_s": 1, "load_log": str(log)})
+    assert report.rows_scored == rows and len(log.read_text().splitlines()) == 1
+    crash = engine.save_model(tmp_path / "crash", _crash_above_five,
+                              signature=pa.schema([pa.field("x", pa.float64(), False)]))
+    with pytest.raises(engine.ScoringError, match=r"f0.parquet rows 0-499: the Ray actor scoring them died, and again "
+                                                  r"when started anew \(.*\); the model may crash its process"):
+        engine.score(crash, tmp_path / "in", tmp_path / "crashed", runner="ray", runner_options=WARM)
+    assert not (tmp_path / "crashed").exists() or not list((tmp_path / "crashed").glob("*.parquet"))
+
+
+def test_an_actor_restarted_after_its_model_changed_is_not_used(ray_head, pools, tmp_path):
+    """Ray restarts a crashed pool actor from the model path; if the directory changed meanwhile (and later went
+    back to the pool's version, mtimes kept: `cp -a`, a rollback), the restarted actor would answer with
+    whatever it loaded. It checks the directory against the pool's digest and refuses to start instead."""
+    signature = pa.schema([pa.field("x", pa.float64(), False)])
+    doubled = engine.save_model(tmp_path / "a", _slow_double, signature=signature)
+    tripled = engine.save_model(tmp_path / "b", _triple, signature=signature)
+    model, log = tmp_path / "m", tmp_path / "loads.txt"
+    shutil.copytree(doubled, model)
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"x": [1.0, 2.0]}), tmp_path / "in" / "f.parquet")
+    options = {"load_log": str(log), **WARM}
+    engine.score(model, tmp_path / "in", tmp_path / "first", runner="ray", runner_options=options)
+    pid = int(log.read_text().split()[0])
+    shutil.rmtree(model)
+    shutil.copytree(tripled, model)
+    os.kill(pid, signal.SIGKILL)  # Ray restarts it, from the changed directory
+    deadline = time.monotonic() + 60
+    while _pool_names() and len(log.read_text().splitlines()) == 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _pool_names() and len(log.read_text().splitlines()) == 1, "the restarted actor loaded the other model"
+    shutil.rmtree(model)
+    shutil.copytree(doubled, model)  # back to the pool's version, file times kept
+    engine.score(model, tmp_path / "in", tmp_path / "second", runner="ray", runner_options=options)
+    assert pq.read_table(tmp_path / "second").column("prediction").to_pylist() == [2.0, 4.0]

@@ -170,7 +170,11 @@ class RayOptions:
 
     def __post_init__(self):
         _at_least(self, 1, "actors", "num_cpus")
-        _at_least(self, 0, "gpus_per_actor", "keep_warm_s")
+        _at_least(self, 0, "gpus_per_actor")
+        warm = self.keep_warm_s
+        if isinstance(warm, bool) or not isinstance(warm, (int, float)) or not (warm == 0 or 1 <= warm < float("inf")):
+            raise ConfigError(f"keep_warm_s takes seconds: 0 (actors end with the job) or a number from 1 on, "
+                              f"got {warm!r}")
         if self.cpus_per_actor <= 0:
             raise ConfigError(f"cpus_per_actor must be above 0, got {self.cpus_per_actor}")
         if self.runtime_env is not None and not isinstance(self.runtime_env, dict):

@@ -12,7 +12,9 @@ bytes the driver put in the object store when the actor runs on another machine)
 and rejected rows as Arrow IPC; the driver writes them with the same ``ParquetSink`` (staged, then
 committed, then ``_SUCCESS``) and dead-letter file as the local runner, so the output contract is
 identical. Ray restarts a dead actor and retries its batches; output is only taken from batches that
-completed, so every input row is written exactly once.
+completed, so every input row is written exactly once. With ``keep_warm_s`` the job skips Ray Data:
+a named pool of actors that outlives the job reads and scores the same pieces with the same code
+(``raypool.py``), and later jobs of the model find it loaded.
 """
 
 from __future__ import annotations
@@ -216,6 +218,10 @@ def run_ray(model_uri, input: str, output: str, options: ScoreOptions, ray_opts:
     progress = Progress(total, options.progress)
     try:
         connecting = time.perf_counter()
+        if ray_opts.keep_warm_s and not (ray.is_initialized() or ray_opts.address or os.environ.get("RAY_ADDRESS")):
+            log.warning("keep_warm_s: this job starts its own Ray, which ends with this process, and the warm "
+                        "actors with it; for later jobs to find them, start Ray once (`ray start --head`) and "
+                        "pass --ray-address (or RAY_ADDRESS)")
         _connect(ray, ray_opts.address, ray_opts.num_cpus, _runtime_env(ray_opts.runtime_env, ray_opts.ship_code))
         startup = time.perf_counter() - connecting
         gpus = _gpus_per_actor(ray, ray_opts, options.device)
