@@ -159,6 +159,19 @@ class SmallBatchPath:
         return self.fn(x)
 
 
+def predict_fn(fn, post=None):
+    """``fn`` (ndarray -> ndarray) as a Predictor's ``predict(x, params)``, ``post`` applied to its
+    answers; its compiled path (a SmallBatchPath, else None) is ``predict.small_batches``."""
+    if post is None:
+        def predict(x, params):
+            return fn(x)
+    else:
+        def predict(x, params):
+            return post(fn(x))
+    predict.small_batches = fn if isinstance(fn, SmallBatchPath) else None
+    return predict
+
+
 def wait(timeout: float | None = None) -> bool:
     """Wait until every compiled path started so far is built (or given up); False on timeout."""
     return all(event.wait(timeout) for event in list(_pending))

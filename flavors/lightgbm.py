@@ -16,7 +16,7 @@ import numpy as np
 from engine.errors import ModelLoadError, require
 
 from . import Predictor
-from .compiled import SmallBatchPath
+from .compiled import SmallBatchPath, predict_fn
 from .sklearn import estimator_predictor, load_estimator
 
 _BOOSTER = "lightgbm.basic.Booster"
@@ -116,12 +116,7 @@ class LightgbmFlavor:
             native = predictor.predict
             fn = SmallBatchPath(lambda x: native(x, None), lambda: _to_onnx(booster), booster.num_feature(),
                                 f"LightGBM {path.name}", dtype=np.float64)
-
-            def predict(x, params):
-                return fn(x)
-
-            predict.small_batches = fn
-            predictor = replace(predictor, predict=predict)
+            predictor = replace(predictor, predict=predict_fn(fn))
         return predictor
 
 

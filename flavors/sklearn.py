@@ -20,7 +20,7 @@ import pyarrow as pa
 from engine.errors import ModelLoadError, require
 
 from . import Predictor, note_code_runs
-from .compiled import SmallBatchPath
+from .compiled import SmallBatchPath, predict_fn
 
 FORMATS = ("skops", "cloudpickle", "pickle")
 
@@ -109,15 +109,9 @@ def small_batch_predictor(predictor: Predictor, model, method: str, what: str, i
         predictor = replace(predictor, input_kind="matrix")
     fn = SmallBatchPath(native, lambda: _to_onnx(model, width), width, what, finite_only=True)
 
-    if method == "predict_proba":
-        def predict(x, params):  # float32 sums: -1.2e-7 or 1.0000001 would break log(p) and range checks
-            return np.clip(fn(x), 0.0, 1.0)
-    else:
-        def predict(x, params):
-            return fn(x)
-
-    predict.small_batches = fn
-    return replace(predictor, predict=predict)
+    # predict_proba's float32 sums: -1.2e-7 or 1.0000001 would break log(p) and range checks
+    clip = (lambda p: np.clip(p, 0.0, 1.0)) if method == "predict_proba" else None
+    return replace(predictor, predict=predict_fn(fn, clip))
 
 
 def _numeric(t: pa.DataType) -> bool:

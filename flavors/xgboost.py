@@ -13,7 +13,7 @@ import numpy as np
 from engine.errors import ModelLoadError, require
 
 from . import Predictor
-from .compiled import SmallBatchPath
+from .compiled import SmallBatchPath, predict_fn
 
 _BOOSTER = "xgboost.core.Booster"
 
@@ -100,18 +100,14 @@ class XgboostFlavor:
         if isinstance(model, xgb.Booster):
             fn = model.inplace_predict
         else:
-            predict_fn = meta.flavors.get("python_function", {}).get("predict_fn") or "predict"
-            fn = getattr(model, predict_fn)
-            if predict_fn == "predict":
+            method = meta.flavors.get("python_function", {}).get("predict_fn") or "predict"
+            fn = getattr(model, method)
+            if method == "predict":
                 fn = _direct(model, xgb) or fn
         if options is not None and options.small_batches and (conf.get("config") or {}).get("compiled", True):
             fn = SmallBatchPath(fn, lambda: _to_onnx(model, xgb), _width(model, xgb), f"XGBoost {path.name}")
-        def predict(x, params):
-            return fn(x)
-
-        predict.small_batches = fn if isinstance(fn, SmallBatchPath) else None
         # XGBoost reads strided arrays in place, so the cheaper column-major copy suits it
-        return Predictor(predict=predict, input_kind="matrix", native=model, order="F")
+        return Predictor(predict=predict_fn(fn), input_kind="matrix", native=model, order="F")
 
 
 FLAVOR = XgboostFlavor()
