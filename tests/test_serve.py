@@ -477,16 +477,17 @@ def _f_and_g(df):
 
 
 def test_csv_bodies_read_as_pandas_reads_them_for_mlflow(serve, tmp_path):
-    """CSV as MLflow's server reads it (pandas): `nan` is a number, an empty cell is missing (NaN in an optional
-    column; 400 naming a required one), a float32 column takes its CSV numbers; a CSV without its header line
+    """CSV as MLflow's server reads it (pandas): `nan` is a number, an empty cell or NA is missing (NaN in an
+    optional column; 400 naming a required one), a float32 column takes its CSV numbers; a CSV without its header line
     gets 400 saying so (it answered 200 [] before, its one row read as the header)."""
     import engine
 
     signature = pa.schema([pa.field("f", pa.float32()), pa.field("g", pa.float64())])
     server = serve([engine.save_model(tmp_path / "fg", _f_and_g, signature=signature, optional=["g"])])
     csv = {"Content-Type": "text/csv"}
-    assert server.json("POST", "/invocations", b"f,g\n1.5,1\n2.5,\nnan,1\n", csv)["predictions"] == [4.0, 105.0, 0.0]
-    for body, message in [(b"f,g\n,1\n", "'f'"), (b"1.5,2\n", "has a header line and no rows")]:
+    assert (server.json("POST", "/invocations", b"f,g\n1.5,1\n2.5,\nnan,1\n1,NA\n", csv)["predictions"]
+            == [4.0, 105.0, 0.0, 102.0])
+    for body, message in [(b"f,g\n,1\n", "'f'"), (b"f,g\nNA,1\n", "'f'"), (b"1.5,2\n", "has a header line and no rows")]:
         status, _, out = server("POST", "/invocations", body, csv)
         assert status == 400 and message in json.loads(out)["message"], out
 

@@ -270,14 +270,19 @@ def _decode(source, fmt: str, name: str, size: int, data: bytes | None, names) -
                           "rewrite it") from None
 
 
+# pandas' missing-value words (its read_csv default), less its NaN spellings: those are numbers here
+_CSV_MISSING = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA",
+                "NULL", "None", "n/a", "null"]
+
+
 def read_csv(source, what: str, schema: pa.Schema | None = None) -> pa.Table:
     """A CSV input with a header line, as pandas reads it for MLflow: ``nan`` and ``inf`` are numbers, an
-    empty cell is a missing value (null: refused in a required column, NaN in an optional one), and with
+    empty cell or NA is a missing value (null: refused in a required column, NaN in an optional one), and with
     the model's input ``schema`` numbers take the types it declares (a float32 column reads as float32)."""
     import pyarrow.csv as pcsv
 
     try:
-        table = pcsv.read_csv(source, convert_options=pcsv.ConvertOptions(null_values=[""]))
+        table = pcsv.read_csv(source, convert_options=pcsv.ConvertOptions(null_values=_CSV_MISSING))
     except pa.ArrowInvalid as exc:
         raise ConfigError(f"{what} cannot be read as CSV ({exc}); send a header line and one line per row") from None
     if table.num_rows == 0:
