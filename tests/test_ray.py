@@ -342,7 +342,7 @@ def test_a_warm_actor_that_ends_mid_job_is_started_again(ray_head, pools, tmp_pa
     """A pool actor removed for good mid-job (Ray will not restart it: ray.kill, or an idle expiry racing a
     slow driver): the driver finds or starts the pool again and scores the pieces it had not got back; no
     row is lost or written twice."""
-    rows = 8_000
+    rows = 12_000  # 3 s of scoring: the pool is removed well inside it
     model, log = _slow_job(tmp_path, rows)
     killed = []
 
@@ -441,3 +441,14 @@ def test_an_actor_restarted_after_its_model_changed_is_not_used(ray_head, pools,
     shutil.copytree(doubled, model)  # back to the pool's version, file times kept
     engine.score(model, tmp_path / "in", tmp_path / "second", runner="ray", runner_options=options)
     assert pq.read_table(tmp_path / "second").column("prediction").to_pylist() == [2.0, 4.0]
+
+
+def test_a_model_that_kills_its_actor_fails_the_ray_data_job_in_one_line(ray_head, tmp_path):
+    """Without a warm pool: Ray Data restarted the actor and retried its batches forever (a stranger waited 300 s).
+    Now a bounded number of restarts, then one line saying what to look for."""
+    model, _ = _slow_job(tmp_path, 2_000)
+    crash = engine.save_model(tmp_path / "crash", _crash_above_five,
+                              signature=pa.schema([pa.field("x", pa.float64(), False)]))
+    with pytest.raises(engine.ScoringError, match=r"a Ray actor scoring this job died 3 times .*the model may crash"):
+        engine.score(crash, tmp_path / "in", tmp_path / "crashed", runner="ray")
+    assert not (tmp_path / "crashed").exists() or not list((tmp_path / "crashed").glob("*.parquet"))

@@ -6,7 +6,7 @@ A job's actors cost seconds to start (a Ray worker process, its imports, the mod
 Data starts new ones for every job. With ``keep_warm_s`` the job instead uses named, detached
 ``WarmActor``\\ s in the namespace ``arrowscore``, one pool per model version: the name holds a digest
 of the model directory (every file's name, size and time), the load options, the actor's resources,
-the runtime env and arrowscore's version, so a changed model or option gets a pool of its own and a
+the runtime env and arrowscore's code, so a changed model or option gets a pool of its own and a
 stale one is never used (an actor Ray restarts after a crash checks the directory against the digest).
 The first job creates the pool (``get_if_exists``); later jobs on the same cluster find it loaded.
 While a job runs its driver's heartbeat keeps the actors busy; an actor that no job has used for
@@ -23,6 +23,7 @@ takes only completed calls, so no row is lost or written twice.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -54,7 +55,7 @@ class WarmActor:
     def __init__(self, location: str, packed, options: ScoreOptions, idle_s: float, load_log: str | None = None,
                  digest: str | None = None):
         from connectors.parquet import source  # noqa: F401  what a call's arguments need: >1 s of imports cold
-        from .ray import load_in_actor
+        from .rayactor import load_in_actor
 
         if digest is not None and (Path(location) / "MLmodel").is_file() and _fingerprint(Path(location)) != digest:
             # Ray restarting this actor after a crash: the directory holds another model than the pool's name says
@@ -80,7 +81,7 @@ class WarmActor:
             self.busy += 1
         try:
             from ..jobs.scoring import JobScorer
-            from .ray import POSITION, read_with_positions, score_rows
+            from .rayactor import POSITION, read_with_positions, score_rows
 
             key = pickle.dumps(options)
             with self.lock:
@@ -112,18 +113,24 @@ class WarmActor:
 def _fingerprint(path: Path) -> str:
     """The model directory's files (name, size, modification time): a changed model is another pool."""
     digest = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+    for f in sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
         stat = f.stat()
         digest.update(f"{f.relative_to(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
 
+@functools.lru_cache(maxsize=1)
+def _code_digest() -> str:
+    """This arrowscore's code (every source file's name, size and time): a pool of older code is not used."""
+    root = Path(__file__).resolve().parents[2]
+    return hashlib.sha256("".join(_fingerprint(root / name) for name in ("engine", "flavors", "connectors")).encode()
+                          ).hexdigest()
+
+
 def pool_name(path: Path, digest: str, options: ScoreOptions, ray_opts: RayOptions, gpus: float) -> str:
     """The pool's name prefix: one per model version, load options, actor resources, env and code version."""
-    from .. import __version__
-
     key = json.dumps([str(path), digest, repr(options.load_kwargs()), ray_opts.cpus_per_actor, gpus,
-                      ray_opts.runtime_env, ray_opts.ship_code, __version__], sort_keys=True, default=str)
+                      ray_opts.runtime_env, ray_opts.ship_code, _code_digest()], sort_keys=True, default=str)
     return f"arrowscore-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
