@@ -98,10 +98,10 @@ class ColumnTensorFeed:
 
     def build(self, batch: pa.RecordBatch):
         sub = self.cols.take(batch)
-        self.cols.check_nulls(sub)
-        if self.single is not None:
-            m = self.single
+        if self.single is not None:  # convert.matrix refuses nulls itself, naming the columns
+            m = self.single          # (a check before it wrapped every column: 1 us each, most of a 1-row call)
             return {m.name: cast_tensor(convert.matrix(sub), m.dtype, m.name)}, self.predict
+        self.cols.check_nulls(sub)
         feed = {}
         for m, col in zip(self.tensors, sub.columns):
             arr = cast_tensor(col.to_numpy(zero_copy_only=False), m.dtype, m.name)

@@ -166,9 +166,9 @@ def serve(models=None, options: ServeOptions | None = None, **kwargs) -> None:
     if host not in ("127.0.0.1", "localhost", "::1") and not token:
         log.warning("serving on %s without a token: anyone who can reach this port can score (set "
                     "ARROWSCORE_AUTH_TOKEN or --auth-token)", host)
-    speed = {"loop": "uvloop" if _has("uvloop") else "asyncio", "http": "httptools" if _has("httptools") else "h11"}
-    common = dict(host=host, port=port, lifespan="on", access_log=False, log_level="warning",
-                  timeout_graceful_shutdown=max(options.timeout_s, 1) + 5, **speed)
+    common = dict(host=host, port=port, lifespan="on", access_log=False, log_level="warning", proxy_headers=False,
+                  timeout_graceful_shutdown=max(options.timeout_s, 1) + 5, loop="uvloop" if _has("uvloop") else "asyncio",
+                  http=_http_layer(options.http))
     log.info("arrowscore serve: %s on http://%s:%d (%s, %d worker%s)", ", ".join(f"{n}={u}" for n, u in pairs),
              host, port, where.name, options.workers, "" if options.workers == 1 else "s")
     if entries is not None:
@@ -203,6 +203,17 @@ def _term_returns():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _http_layer(name: str):
+    """uvicorn's ``http``: our protocol (which needs httptools, as uvicorn's fast one does), else uvicorn's."""
+    if not _has("httptools"):
+        return "h11"
+    if name == "uvicorn":
+        return "httptools"
+    from .http import Protocol
+
+    return Protocol
 
 
 def _has(module: str) -> bool:

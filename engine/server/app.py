@@ -154,41 +154,70 @@ class App:
 
     # ---- HTTP ----------------------------------------------------------------------------------
     async def _http(self, scope, receive, send):
-        started = time.perf_counter()
+        """ASGI: the body read, then ``respond`` (``--http uvicorn``, or any ASGI server)."""
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in _HEADERS}
-        rid = headers.get("x-request-id") or f"{self._id_prefix}{next(self._ids):08x}"
-        route = _label(scope["path"], self.routes)
+        body, error = None, None
         try:
-            status, body, ctype, extra = await self._route(scope, headers, receive)
+            body = await self._body(headers, receive)
+        except HTTPError as exc:
+            error = exc
+        status, body, response = await self.respond(scope["method"], scope["path"], headers, body,
+                                                    scope.get("client"), error)
+        response.append((b"content-length", b"%d" % len(body)))
+        await send({"type": "http.response.start", "status": status, "headers": response})
+        await send({"type": "http.response.body", "body": body})
+
+    async def respond(self, method: str, path: str, headers: dict, body: bytes | None, client=None,
+                      error: Exception | None = None) -> tuple[int, bytes, list]:
+        """(status, body, headers but content-length) for a request read whole; ``error``: the request
+        was refused before its body was read (413, a malformed request). Every HTTP layer ends here."""
+        started = time.perf_counter()
+        rid = headers.get("x-request-id") or f"{self._id_prefix}{next(self._ids):08x}"
+        route = _label(path, self.routes)
+        try:
+            if error is not None:
+                raise error
+            status, body, ctype, extra = await self._route(method, path, headers, body)
         except HTTPError as exc:
             status, body, ctype, extra = exc.status, exc.body(), "application/json", exc.headers
             if status >= 500 or status == 413:
-                log.warning("%s %s -> %d: %s (request %s)", scope["method"], scope["path"], status, exc, rid)
+                log.warning("%s %s -> %d: %s (request %s)", method, path, status, exc, rid)
             else:
-                log.info("%s %s -> %d: %s (request %s)", scope["method"], scope["path"], status, exc, rid)
+                log.info("%s %s -> %d: %s (request %s)", method, path, status, exc, rid)
         except Exception as exc:  # a bug: one line in the log, a JSON 500, never a traceback to the client
-            log.error("%s %s -> 500: %s: %s (request %s)", scope["method"], scope["path"], type(exc).__name__, exc,
+            log.error("%s %s -> 500: %s: %s (request %s)", method, path, type(exc).__name__, exc,
                       rid, exc_info=log.isEnabledFor(logging.DEBUG))
             status, ctype, extra = 500, "application/json", []
-            error = HTTPError(500, f"{type(exc).__name__}: {exc}", "INTERNAL_ERROR", v2=scope["path"].startswith("/v2"))
-            body = error.body()
-        response = [(b"content-type", ctype.encode()), (b"content-length", b"%d" % len(body)),
-                    (b"x-request-id", rid.encode())]
+            body = HTTPError(500, f"{type(exc).__name__}: {exc}", "INTERNAL_ERROR", v2=path.startswith("/v2")).body()
+        response = [(b"content-type", ctype.encode()), (b"x-request-id", rid.encode())]
         if extra:
             response.extend((k.encode(), v.encode()) for k, v in extra)
-        await send({"type": "http.response.start", "status": status, "headers": response})
-        await send({"type": "http.response.body", "body": body})
         seconds = time.perf_counter() - started
         self.metrics.request(route, status, seconds)
         if self.options.access_log:
-            access.info('%s "%s %s" %d %.1f ms %s', scope.get("client", ("-",))[0], scope["method"], scope["path"],
-                        status, seconds * 1000, rid)
+            access.info('%s "%s %s" %d %.1f ms %s', (client or ("-",))[0], method, path, status, seconds * 1000, rid)
+        return status, body, response
+
+    @property
+    def max_body(self) -> int:
+        return self._max_body
+
+    def too_large(self, length: int | None) -> HTTPError:
+        """413 for a body of ``length`` bytes (None: not declared, and past the limit as it came)."""
+        if length is None:
+            return HTTPError(413, f"the body is over the limit of {self._max_body:,} bytes (--max-body-mb)",
+                             "REQUEST_TOO_LARGE")
+        return HTTPError(413, f"the body is {length:,} bytes, over the limit of {self._max_body:,} "
+                              "(--max-body-mb)", "REQUEST_TOO_LARGE")
+
+    @staticmethod
+    def malformed(exc: Exception) -> HTTPError:
+        return HTTPError(400, f"malformed HTTP request: {exc}", "BAD_REQUEST")
 
     async def _body(self, headers: dict, receive) -> bytes:
         length = headers.get("content-length")
         if length and length.isdigit() and int(length) > self._max_body:
-            raise HTTPError(413, f"the body is {int(length):,} bytes, over the limit of {self._max_body:,} "
-                                 "(--max-body-mb)", "REQUEST_TOO_LARGE")
+            raise self.too_large(int(length))
         chunks, size = [], 0
         while True:
             message = await receive()
@@ -197,8 +226,7 @@ class App:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self._max_body:
-                raise HTTPError(413, f"the body is over the limit of {self._max_body:,} bytes (--max-body-mb)",
-                                "REQUEST_TOO_LARGE")
+                raise self.too_large(None)
             if not message.get("more_body"):
                 if not chunks:  # the whole body in one message: no copy
                     return chunk
@@ -217,18 +245,17 @@ class App:
             raise HTTPError(401, "this server needs 'Authorization: Bearer <token>'", "UNAUTHENTICATED",
                             [("www-authenticate", "Bearer")])
 
-    async def _route(self, scope, headers, receive):
-        method, path = scope["method"], scope["path"]
+    async def _route(self, method: str, path: str, headers: dict, body: bytes):
         self._check_auth(method, path, headers)
         if method == "GET" and (path in ("/ping", "/health") or path in self.routes.health):
             if not self.ready:
                 raise HTTPError(503, "the models are loading", "NOT_READY", [("retry-after", "1")])
             return 200, b"\n", "application/json", []
         if method == "POST" and (path == "/invocations" or path in self.routes.predict):
-            return await self._invocations(self._entry(None), headers, receive)
+            return await self._invocations(self._entry(None), headers, body)
         if path.startswith("/models/") and path.endswith("/invocations") and method == "POST":
             name = path[len("/models/"):-len("/invocations")]
-            return await self._invocations(self._entry(name), headers, receive)
+            return await self._invocations(self._entry(name), headers, body)
         if path == "/version" and method == "GET":
             doc = {"arrowscore": _version(), "pid": os.getpid(),  # which worker answered
                    "models": {e.name: {"uri": e.uri, "version": e.version, "flavor": e.model.flavor}
@@ -238,7 +265,7 @@ class App:
             body, ctype = self.metrics.render()
             return 200, body, ctype, []
         if path == "/v2" or path.startswith("/v2/"):
-            return await self._v2(method, path, headers, receive)
+            return await self._v2(method, path, headers, body)
         if path in ("/ping", "/health", "/invocations", "/version", "/metrics"):
             raise HTTPError(405, f"{method} is not allowed on {path}", "METHOD_NOT_ALLOWED")
         raise HTTPError(404, f"no route {path}; see /v2 and /invocations", "NOT_FOUND")
@@ -272,8 +299,7 @@ class App:
         except (EngineError, ValueError, TypeError) as exc:
             raise HTTPError(400, f"{type(exc).__name__}: {exc}", "BAD_REQUEST", v2=v2) from None
 
-    async def _invocations(self, entry: Entry, headers, receive):
-        body = await self._body(headers, receive)
+    async def _invocations(self, entry: Entry, headers: dict, body: bytes):
         try:
             batch, params = protocols.decode(headers.get("content-type"), body, entry.input_schema)
         except protocols.Unsupported as exc:
@@ -289,7 +315,7 @@ class App:
         return 200, body, ctype, []
 
     # ---- Open Inference Protocol v2 --------------------------------------------------------------
-    async def _v2(self, method, path, headers, receive):
+    async def _v2(self, method: str, path: str, headers: dict, body: bytes):
         parts = path.rstrip("/").split("/")[2:]  # after "/v2"
         if method == "GET" and not parts:
             doc = {"name": "arrowscore", "version": _version(), "extensions": ["binary_tensor_data"]}
@@ -311,7 +337,6 @@ class App:
             if method == "GET" and rest == ["ready"]:
                 return 200, b"", "application/json", []
             if method == "POST" and rest == ["infer"]:
-                body = await self._body(headers, receive)
                 try:
                     batch, params, request = protocols.decode_v2(body, headers.get(_V2_HEADER))
                 except ConfigError as exc:

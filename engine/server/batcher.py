@@ -1,8 +1,8 @@
 """Dynamic batching: concurrent requests to one model merged by rows into one ``Model.score_batch``.
 
 One task per model takes requests off a bounded queue in arrival order and scores them: on the event
-loop itself while the model's calls are quick (under ``INLINE_S``: handing a call to a thread and
-back costs more than such a call), else on one scoring thread (the model libraries release the GIL;
+loop itself while the model's calls are quick (under ``INLINE_S`` of CPU: handing a call to a thread
+and back costs more than such a call), else on one scoring thread (the model libraries release the GIL;
 the event loop keeps reading requests meanwhile). A request alone on an idle scorer goes at once;
 requests that queued while the scorer was busy go together, up to ``max_rows`` rows, and with
 ``max_delay`` above 0 a batch of several waits that long for more. Only requests with equal params
@@ -27,12 +27,22 @@ __all__ = ["Batcher", "Overloaded", "INLINE_S"]
 
 log = logging.getLogger("arrowscore.serve")
 
-# A model call that took less than this runs the next one on the event loop: a thread hop (submit,
-# wake the thread, call_soon_threadsafe back) costs tens of microseconds, as much as scoring a small
-# batch. Longer calls go to the thread, where they overlap with reading the next requests (measured
-# with benchmarks/bench_serve.py: 1 ms here put 10,000-row Arrow calls on the loop, 0.30x of the
-# in-process scorer against 0.39-0.41x on the thread; 1-row JSON was the same at 0.2 and 1 ms).
-INLINE_S = 0.0002
+# A model call that takes less than this runs on the event loop: a thread hop (submit, wake the
+# thread, call_soon_threadsafe back) and the GIL passed back and forth with the loop cost more than
+# such a call. Longer calls go to the thread, where they overlap with reading the next requests
+# (measured with benchmarks/bench_serve.py: 10,000-row Arrow calls, 1-2.5 ms, did better on the
+# thread; 1-row JSON to an ONNX MLP, merged into calls of 1-31 rows taking 0.15-0.35 ms on a slow
+# 2-core machine, sent half its calls to the thread at 0.2 ms: 10-13k req/s, against 14-15k on the loop).
+INLINE_S = 0.0005
+# How long a call on the thread takes is its own CPU time: its wall time includes its waits for the GIL,
+# which the loop holds while it reads requests (a 0.1 ms call measured 0.8 ms there, 3-15 ms beside a
+# loop that stays busy, so a quick model stayed on the thread for good). Wall time over CPU time can
+# also be a model waiting (sleep, I/O): only the loop tells the two apart. So a call quick on the CPU,
+# whose wall time is under PROBE_WALL_S, makes the next call run on the loop; if that one waited (wall
+# time well over CPU time there), the model stays on the thread for PROBE_EVERY calls before the next
+# try (a model that waits costs the loop one call in that many, and one waiting longer, none).
+PROBE_WALL_S = 0.05
+PROBE_EVERY = 256
 
 
 class Overloaded(Exception):
@@ -66,6 +76,9 @@ class Batcher:
         self._rows_hist = metrics.batch_rows.labels(entry.name) if metrics else None
         self._seconds_hist = metrics.batch_seconds.labels(entry.name) if metrics else None
         self._last = (float("inf"), 1)  # (seconds, rows) of the last call: the first call goes to the thread
+        self._quick_rows = 0  # the most rows a call took under INLINE_S with (fewer always run on the loop)
+        self._waits = False  # the last call on the loop spent INLINE_S / 2 or more off the CPU
+        self._thread_calls = 0  # calls on the thread since the last call on the loop
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.entry.name}")
@@ -114,6 +127,23 @@ class Batcher:
         if self._gauge is not None:
             self._gauge.set(len(self.items))
 
+    def _inline(self, rows: int) -> bool:
+        """Score on the event loop: a call of this many rows was quick, or the last call, scaled to these
+        rows, was (a call's cost is mostly fixed: scaling a 1-row call to 31 rows sent every other call
+        to the thread)."""
+        last_seconds, last_rows = self._last
+        if rows > self._quick_rows and last_seconds * max(1.0, rows / max(last_rows, 1)) >= INLINE_S:
+            return False
+        self._thread_calls = 0
+        return True
+
+    def _timed(self, seconds: float, rows: int) -> None:
+        self._last = (seconds, rows)
+        if seconds < INLINE_S:
+            self._quick_rows = max(self._quick_rows, rows)
+        elif rows <= self._quick_rows:  # no longer quick at this size (another model version, a slower machine)
+            self._quick_rows = rows - 1
+
     def _take(self, group: list, rows: int) -> int:
         """Move the queued items that fit the group (same key, within max_rows) into it, keeping the rest in order."""
         key, rest = group[0].key, collections.deque()
@@ -146,16 +176,21 @@ class Batcher:
                 rows = self._take(group, rows)
             self._depth()
             try:
-                last_seconds, last_rows = self._last
-                if last_seconds * max(1.0, rows / max(last_rows, 1)) < INLINE_S:  # estimated from the last call
-                    results, seconds = _score(self.entry.model, group)
+                if self._inline(rows):
+                    results, seconds, cpu = _score(self.entry.model, group)
+                    self._waits = seconds - cpu >= INLINE_S / 2
+                    self._timed(seconds if self._waits else cpu, rows)  # (not time the OS gave others)
                 else:
-                    results, seconds = await loop.run_in_executor(self._pool, _score, self.entry.model, group)
+                    results, seconds, cpu = await loop.run_in_executor(self._pool, _score, self.entry.model, group)
+                    self._thread_calls += 1
+                    quick = cpu < INLINE_S and seconds < PROBE_WALL_S \
+                        and (not self._waits or self._thread_calls >= PROBE_EVERY)
+                    self._timed(cpu if quick else seconds, rows)
             except Exception as exc:  # noqa: BLE001 - a bug here fails this group's requests, never the batcher
                 log.error("model %s: the batcher failed a batch of %d requests: %s: %s", self.entry.name, len(group),
                           type(exc).__name__, exc, exc_info=True)
                 results, seconds = [exc] * len(group), float("inf")
-            self._last = (seconds, rows)
+                self._timed(seconds, rows)
             if self._rows_hist is not None and seconds != float("inf"):
                 self._rows_hist.observe(rows)
                 self._seconds_hist.observe(seconds)
@@ -180,11 +215,12 @@ def _merge(parts: list) -> pa.RecordBatch:
     return merged.to_batches()[0] if merged.num_rows else _arrow(parts[0])
 
 
-def _score(model, group: list[_Item]) -> tuple[list, float]:
-    """(outputs or errors of the group's requests, seconds): one model call, or one per request if that fails."""
-    started = time.perf_counter()
+def _score(model, group: list[_Item]) -> tuple[list, float, float]:
+    """(outputs or errors of the group's requests, seconds, this thread's CPU seconds): one model call, or
+    one per request if that fails."""
+    started, cpu = time.perf_counter(), time.thread_time()
     results = _results(model, group)
-    return results, time.perf_counter() - started
+    return results, time.perf_counter() - started, time.thread_time() - cpu
 
 
 def _results(model, group: list[_Item]) -> list:

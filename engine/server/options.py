@@ -38,6 +38,9 @@ class ServeOptions:
     auth_token: str | None = _opt(None, "require 'Authorization: Bearer TOKEN' on every route but health "
                                         "(better: the ARROWSCORE_AUTH_TOKEN environment variable)")
     access_log: bool = _opt(False, "log one line per request")
+    http: str = _opt("arrowscore", "HTTP layer: arrowscore (whole requests to the app, one write per answer) or "
+                                   "uvicorn (uvicorn's httptools protocol and the app's ASGI interface)",
+                     metavar="{arrowscore,uvicorn}")
     flavor: str | None = _opt(None, "load this flavor of the model(s) instead of the best one", cli=False)
     cache_dir: str | None = _opt(None, "model cache directory", cli=False)
     model_config: dict | None = _opt(None, "model_config passed to the flavor", cli=False)
@@ -60,5 +63,7 @@ class ServeOptions:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"{name} must be above 0, got {value}")
+        if self.http not in ("arrowscore", "uvicorn"):
+            raise ConfigError(f"http must be arrowscore or uvicorn, got {self.http!r}")
         if self.port is not None and not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be 0-65535, got {self.port}")
