@@ -193,6 +193,22 @@ def test_a_malformed_request_gets_400_after_the_answers_before_it(server):
         conn.close()
 
 
+def test_headers_over_the_limit_get_431_and_a_close(server):
+    from engine.server.http import MAX_HEAD
+
+    conn = Conn(server.port)
+    try:
+        big = {f"X-Filler-{i}": "y" * 1000 for i in range(MAX_HEAD // 1000 + 1)}
+        conn.send(_post([1.0]) + _request("GET", "/ping", headers=big))
+        assert _predictions(conn.answer()[2]) == [2.0]  # the request before it is answered
+        status, headers, body = conn.answer()
+        assert status == 431 and headers["connection"] == "close"
+        assert f"the request line and headers are over {MAX_HEAD:,} bytes" in json.loads(body)["message"]
+        assert conn.closed()
+    finally:
+        conn.close()
+
+
 def test_an_idle_connection_is_closed_after_the_keep_alive_timeout(server):
     conn = Conn(server.port)
     try:

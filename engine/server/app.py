@@ -214,6 +214,10 @@ class App:
     def malformed(exc: Exception) -> HTTPError:
         return HTTPError(400, f"malformed HTTP request: {exc}", "BAD_REQUEST")
 
+    @staticmethod
+    def head_too_large(message: str) -> HTTPError:
+        return HTTPError(431, message, "REQUEST_HEADER_FIELDS_TOO_LARGE")
+
     async def _body(self, headers: dict, receive) -> bytes:
         length = headers.get("content-length")
         if length and length.isdigit() and int(length) > self._max_body:

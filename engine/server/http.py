@@ -33,10 +33,15 @@ _STATUS = {code: b"HTTP/1.1 %d %s\r\n" % (code, http.HTTPStatus(code).phrase.enc
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _PIPELINE = 16  # requests read ahead of their answers on one connection before reading pauses
 _JOIN_UNDER = 64 * 1024  # bodies smaller than this are copied behind the head (one write); larger: writelines
+MAX_HEAD = 64 * 1024  # request line and headers; past it, 431 and the connection closes (memory stays bounded)
 
 
 def _status_line(code: int) -> bytes:
     return _STATUS.get(code) or b"HTTP/1.1 %d \r\n" % code
+
+
+class _HeadTooLarge(Exception):
+    pass
 
 
 class _Request:
@@ -76,6 +81,7 @@ class Protocol(asyncio.Protocol):
 
     def _reset(self) -> None:
         self.url = b""
+        self.head = 0  # bytes of the request line and headers so far
         self.headers: dict[str, str] = {}
         self.body: list[bytes] = []
         self.size = 0
@@ -145,10 +151,12 @@ class Protocol(asyncio.Protocol):
             self.closing = self.last_closes = True
             if self.task is None and not self.pending:
                 self.transport.close()
-        except httptools.HttpParserError as exc:  # answered 400 in its turn, then the connection closes
+        except httptools.HttpParserError as exc:  # answered in its turn, then the connection closes
             if not (self.last_closes or self.transport.is_closing()):
                 self.last_closes = True
-                self._enqueue(_Request("-", "-", {}, None, False, self.app.malformed(exc)))
+                cause = exc.__context__  # a callback's exception (httptools raises its own, this as context)
+                error = self.app.head_too_large(str(cause)) if isinstance(cause, _HeadTooLarge) else self.app.malformed(exc)
+                self._enqueue(_Request("-", "-", {}, None, False, error))
 
     # ---- parser callbacks ----------------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -156,9 +164,16 @@ class Protocol(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self.url += url
+        self._count(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+        self._count(len(name) + len(value))
+
+    def _count(self, size: int) -> None:
+        self.head += size
+        if self.head > MAX_HEAD:
+            raise _HeadTooLarge(f"the request line and headers are over {MAX_HEAD:,} bytes")
 
     def on_headers_complete(self) -> None:
         length = self.headers.get("content-length")
