@@ -175,6 +175,15 @@ def test_a_body_over_the_limit_is_refused_at_once_and_the_connection_closed(serv
         assert conn.closed()
     finally:
         conn.close()
+    conn = Conn(server.port)
+    try:  # a client that sends its whole (refused) body before reading: still gets its answer, no reset
+        big = b"[" + b" " * (32 << 20) + b"]"  # more than the socket buffers hold: sent while the server answers
+        conn.send(_request("POST", "/invocations", big, {"Content-Type": "application/json"}))
+        status, headers, out = conn.answer()
+        assert status == 413 and headers["connection"] == "close", out
+        assert conn.closed()
+    finally:
+        conn.close()
     assert call(server.port, "POST", "/invocations", json.dumps(_split([1.0])).encode(),
                 {"Content-Type": "application/json"})[0] == 200
 
@@ -251,6 +260,27 @@ def serve_slow(tmp_path_factory):
     s = Server([path, "--timeout-s", "60"], env={"SLOW_MODEL_S": "3"})
     yield s
     s.stop()
+
+
+def test_sigterm_answers_a_request_still_being_sent(doubler):
+    import signal
+
+    s = Server([doubler])
+    conn = Conn(s.port)
+    try:
+        body = json.dumps(_split([1.0, 2.0])).encode()
+        request = _request("POST", "/invocations", body, {"Content-Type": "application/json"})
+        conn.send(request[:-10])  # the headers and most of the body
+        time.sleep(0.3)
+        s.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        conn.send(request[-10:])
+        status, headers, out = conn.answer()
+        assert status == 200 and _predictions(out) == [2.0, 4.0] and headers["connection"] == "close"
+        assert s.proc.wait(timeout=30) == 0
+    finally:
+        conn.close()
+        s.stop()
 
 
 def test_uvicorns_own_protocol_serves_the_same_answers(doubler):

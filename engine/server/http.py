@@ -33,6 +33,7 @@ _STATUS = {code: b"HTTP/1.1 %d %s\r\n" % (code, http.HTTPStatus(code).phrase.enc
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _PIPELINE = 16  # requests read ahead of their answers on one connection before reading pauses
 _JOIN_UNDER = 64 * 1024  # bodies smaller than this are copied behind the head (one write); larger: writelines
+LINGER_S = 2.0
 MAX_HEAD = 64 * 1024  # request line and headers; past it, 431 and the connection closes (memory stays bounded)
 
 
@@ -72,6 +73,9 @@ class Protocol(asyncio.Protocol):
         self.task: asyncio.Task | None = None  # the request being answered
         self.closing = False  # answer what was read, then close (shutdown, Connection: close, an error)
         self.last_closes = False  # the last request read ends the connection: later ones are not answered
+        self.in_message = False  # a request is being read (shutdown waits for it)
+        self.linger = False  # the connection closes on an error with the client maybe still sending: read, discard
+        self.discard = False
         self.reading = True
         self.writable = True
         self.idle_timer = None
@@ -108,7 +112,7 @@ class Protocol(asyncio.Protocol):
     def shutdown(self) -> None:
         """uvicorn's graceful shutdown: answer what was read, then close; an idle connection closes now."""
         self.closing = True
-        if self.task is None and not self.pending:
+        if self.task is None and not self.pending and not self.in_message:
             self.transport.close()
 
     def pause_writing(self) -> None:  # the client does not read its answers: stop reading its requests
@@ -144,6 +148,8 @@ class Protocol(asyncio.Protocol):
             self._arm_idle()
 
     def data_received(self, data: bytes) -> None:
+        if self.discard:
+            return
         self.last_active = self.loop.time()
         try:
             self.parser.feed_data(data)
@@ -153,7 +159,7 @@ class Protocol(asyncio.Protocol):
                 self.transport.close()
         except httptools.HttpParserError as exc:  # answered in its turn, then the connection closes
             if not (self.last_closes or self.transport.is_closing()):
-                self.last_closes = True
+                self.last_closes = self.linger = True
                 cause = exc.__context__  # a callback's exception (httptools raises its own, this as context)
                 error = self.app.head_too_large(str(cause)) if isinstance(cause, _HeadTooLarge) else self.app.malformed(exc)
                 self._enqueue(_Request("-", "-", {}, None, False, error))
@@ -161,6 +167,7 @@ class Protocol(asyncio.Protocol):
     # ---- parser callbacks ----------------------------------------------------------------------
     def on_message_begin(self) -> None:
         self._reset()
+        self.in_message = True
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -179,7 +186,7 @@ class Protocol(asyncio.Protocol):
         length = self.headers.get("content-length")
         limit = self.app.max_body
         if length and length.isdigit() and int(length) > limit:
-            self.too_large = True  # answered at once; the body is not read, the connection closes after
+            self.too_large = self.linger = True  # answered at once; the body is not read, the connection closes after
             self._queue(self.app.too_large(int(length)))
             return
         if self.headers.get("expect", "").lower() == "100-continue":
@@ -190,13 +197,14 @@ class Protocol(asyncio.Protocol):
             return
         self.size += len(chunk)
         if self.size > self.app.max_body:
-            self.too_large = True
+            self.too_large = self.linger = True
             self.body = []
             self._queue(self.app.too_large(None))
             return
         self.body.append(chunk)
 
     def on_message_complete(self) -> None:
+        self.in_message = False
         if not self.too_large:
             body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
             self._queue(body)
@@ -234,17 +242,20 @@ class Protocol(asyncio.Protocol):
         try:
             status, body, headers = await self.app.respond(request.method, request.path, request.headers,
                                                            request.body, self.client, request.error)
+        except Exception as exc:  # noqa: BLE001 - a bug outside the app's own handling: a 500, then close
+            log.error("%s %s -> 500: %s: %s", request.method, request.path, type(exc).__name__, exc, exc_info=True)
+            status, headers = 500, [(b"content-type", b"application/json")]
+            body = b'{"error_code": "INTERNAL_ERROR", "message": "the server failed this request"}'
+            request.keep_alive = False
         finally:
             self.task = None
         self.state.total_requests += 1
-        keep_alive = request.keep_alive and not (self.closing and not self.pending)
+        keep_alive = request.keep_alive and not (self.closing and not self.pending and not self.in_message)
         if self.transport.is_closing():
             return
         self._write(status, headers, b"" if request.method == "HEAD" else body, keep_alive, len(body))
         if not keep_alive:
-            self.closing = True
-            self.pending.clear()
-            self.transport.close()
+            self._close()
             return
         self.last_active = self.loop.time()
         if self.pending:
@@ -252,6 +263,20 @@ class Protocol(asyncio.Protocol):
         else:
             self._resume()
             self._arm_idle()
+
+    def _close(self) -> None:
+        """After the last answer. When the client may still be sending (a refused body, a malformed
+        request), the server stops writing, then reads and drops what comes for up to LINGER_S: a
+        close with unread data would reset the connection, and the client could lose the answer."""
+        self.closing = True
+        self.pending.clear()
+        if self.linger and self.transport.can_write_eof():
+            self.discard = True
+            self.transport.write_eof()
+            self.loop.call_later(LINGER_S, self.transport.close)
+            self._resume()
+        else:
+            self.transport.close()
 
     def _write(self, status: int, headers: list, body: bytes, keep_alive: bool, length: int | None = None) -> None:
         defaults, encoded = self._head_cache
