@@ -74,14 +74,15 @@ class Conn:
         self.buf += chunk
         return bool(chunk)
 
-    def answer(self) -> tuple[int, dict, bytes]:
+    def answer(self, head_only: bool = False) -> tuple[int, dict, bytes]:
+        """(status, headers, body); ``head_only``: the answer to a HEAD request (no body follows its head)."""
         while b"\r\n\r\n" not in self.buf:
             assert self._fill(), f"the connection closed before an answer; got {self.buf!r}"
         head, self.buf = self.buf.split(b"\r\n\r\n", 1)
         lines = head.decode("latin-1").split("\r\n")
         status = int(lines[0].split()[1])
         headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-        if status == 100:
+        if status == 100 or head_only:
             return status, headers, b""
         length = int(headers["content-length"])
         while len(self.buf) < length:
@@ -216,6 +217,104 @@ def test_headers_over_the_limit_get_431_and_a_close(server):
         assert conn.closed()
     finally:
         conn.close()
+
+
+def test_a_header_that_never_ends_gets_431_and_is_not_held(server):
+    conn = Conn(server.port)
+    try:  # the parser held an unfinished header whole: 200 MB grew the server by as much
+        conn.send(b"GET /ping HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        for _ in range(16):
+            try:
+                conn.send(b"a" * 16384)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            time.sleep(0.01)  # separate reads, as a slow client's
+        status, headers, body = conn.answer()
+        assert status == 431 and headers["connection"] == "close", body
+    finally:
+        conn.close()
+
+
+def test_what_strangers_sent_gets_what_http_says(server):
+    """Found by a README-only user: each request once answered otherwise (the old answer in brackets)."""
+    conn = Conn(server.port)
+    try:
+        body = json.dumps(_split([1.0])).encode()
+        head = {"Content-Type": "application/json"}
+        # the absolute form proxies send [404 "no route http://..."]
+        conn.send(_request("POST", f"http://127.0.0.1:{server.port}/invocations", body, head))
+        status, _, out = conn.answer()
+        assert status == 200 and _predictions(out) == [2.0], out
+        # HEAD of a GET route [405]; the body is left out, its length kept
+        conn.send(_request("HEAD", "/version"))
+        status, headers, _ = conn.answer(head_only=True)
+        assert status == 200 and int(headers["content-length"]) > 0
+        conn.send(_request("GET", "/ping"))  # nothing of a body came between
+        assert conn.answer()[0] == 200
+    finally:
+        conn.close()
+    conn = Conn(server.port)
+    try:  # a request id that is not ASCII comes back byte for byte [re-encoded as UTF-8]
+        conn.send(_post([1.0], headers={}).replace(b"Host:", "X-Request-Id: caf\u00e9\r\nHost:".encode("latin-1"), 1))
+        assert conn.answer()[1]["x-request-id"] == "caf\u00e9".encode("latin-1").decode("latin-1")
+        # a compressed body [read as plain]
+        conn.send(_request("POST", "/invocations", b"\x1f\x8b", {"Content-Type": "application/json",
+                                                                  "Content-Encoding": "gzip"}))
+        status, _, out = conn.answer()
+        assert status == 415 and "Content-Encoding 'gzip' is not supported" in json.loads(out)["message"]
+    finally:
+        conn.close()
+    conn = Conn(server.port)
+    try:  # HTTP/1.0 asking for keep-alive: closed after the answer [kept open, no Connection header back];
+        # no 100 Continue to HTTP/1.0 [sent]
+        body = json.dumps(_split([1.0])).encode()
+        conn.send(_request("POST", "/invocations", body, {"Content-Type": "application/json", "Expect": "100-continue",
+                                                          "Connection": "keep-alive"}, version="1.0"))
+        status, headers, out = conn.answer()
+        assert status == 200 and headers["connection"] == "close" and conn.closed()
+    finally:
+        conn.close()
+    # JSON nested deeper than Python's stack [500 RecursionError]; a v2 shape with a 0 row size [500 ArrowInvalid]
+    status, _, out = call(server.port, "POST", "/invocations", b"[" * 4000 + b"]" * 4000,
+                          {"Content-Type": "application/json"})
+    assert status == 400 and "not valid JSON" in json.loads(out)["message"], out
+    v2 = {"inputs": [{"name": "x", "shape": [2, 0], "datatype": "FP64", "data": []}]}
+    status, _, out = call(server.port, "POST", "/v2/models/doubler/infer", json.dumps(v2).encode(),
+                          {"Content-Type": "application/json"})
+    assert status == 400 and "has a row size of 0" in json.loads(out)["error"], out
+
+
+def test_a_client_that_pauses_inside_a_request_is_answered(server):
+    """[closed after the 5 s keep-alive timeout, no answer]"""
+    conn = Conn(server.port)
+    try:
+        request = _post([1.0, 2.0])
+        conn.send(request[:40])
+        time.sleep(6)
+        conn.send(request[40:])
+        status, _, out = conn.answer()
+        assert status == 200 and _predictions(out) == [2.0, 4.0]
+    finally:
+        conn.close()
+
+
+def test_without_the_token_nothing_is_uploaded_or_named(doubler):
+    s = Server([doubler, "--auth-token", "t0ken"])
+    try:
+        conn = Conn(s.port)
+        try:  # 401 from the head [after reading the whole body; a 100 Continue invited it]
+            conn.send(_request("POST", "/invocations", b"", {"Content-Type": "application/json",
+                                                             "Content-Length": str(90 << 20), "Expect": "100-continue"}))
+            status, headers, out = conn.answer()
+            assert status == 401 and headers["connection"] == "close", out
+        finally:
+            conn.close()
+        status, _, out = call(s.port, "GET", "/v2/models/nope/ready")  # a probe: no token needed
+        assert status == 404 and "doubler" not in out.decode(), out  # [it listed the served models]
+        status, _, out = call(s.port, "GET", "/v2/models/nope/ready", headers={"Authorization": "Bearer t0ken"})
+        assert status == 404 and "doubler" in out.decode(), out
+    finally:
+        s.stop()
 
 
 def test_an_idle_connection_is_closed_after_the_keep_alive_timeout(server):

@@ -40,7 +40,8 @@ access = logging.getLogger("arrowscore.access")
 
 # the request headers read here (ASGI servers give names in lower case); the others are not decoded
 _V2_HEADER = "inference-header-content-length"  # the v2 binary tensor data extension: the JSON part's length
-_HEADERS = {b"content-type", b"accept", b"content-length", b"x-request-id", b"authorization", _V2_HEADER.encode()}
+_HEADERS = {b"content-type", b"accept", b"content-length", b"x-request-id", b"authorization", b"content-encoding",
+            _V2_HEADER.encode()}
 
 
 class HTTPError(Exception):
@@ -156,11 +157,12 @@ class App:
     async def _http(self, scope, receive, send):
         """ASGI: the body read, then ``respond`` (``--http uvicorn``, or any ASGI server)."""
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in _HEADERS}
-        body, error = None, None
-        try:
-            body = await self._body(headers, receive)
-        except HTTPError as exc:
-            error = exc
+        body, error = None, self.refuse_early(scope["method"], scope["path"], headers)
+        if error is None:
+            try:
+                body = await self._body(headers, receive)
+            except HTTPError as exc:
+                error = exc
         status, body, response = await self.respond(scope["method"], scope["path"], headers, body,
                                                     scope.get("client"), error)
         response.append((b"content-length", b"%d" % len(body)))
@@ -189,7 +191,7 @@ class App:
                       rid, exc_info=log.isEnabledFor(logging.DEBUG))
             status, ctype, extra = 500, "application/json", []
             body = HTTPError(500, f"{type(exc).__name__}: {exc}", "INTERNAL_ERROR", v2=path.startswith("/v2")).body()
-        response = [(b"content-type", ctype.encode()), (b"x-request-id", rid.encode())]
+        response = [(b"content-type", ctype.encode()), (b"x-request-id", rid.encode("latin-1"))]  # as it came
         if extra:
             response.extend((k.encode(), v.encode()) for k, v in extra)
         seconds = time.perf_counter() - started
@@ -197,6 +199,22 @@ class App:
         if self.options.access_log:
             access.info('%s "%s %s" %d %.1f ms %s', (client or ("-",))[0], method, path, status, seconds * 1000, rid)
         return status, body, response
+
+    def refuse_early(self, method: str, path: str, headers: dict) -> HTTPError | None:
+        """The refusal of a request that its head alone decides (no token, a body declared too large,
+        a content coding not taken), before its body is read: no upload is invited, nothing buffered."""
+        try:
+            self._check_auth(method, path, headers)
+        except HTTPError as exc:
+            return exc
+        length = headers.get("content-length")
+        if length and length.isdigit() and int(length) > self._max_body:
+            return self.too_large(int(length))
+        coding = headers.get("content-encoding", "identity").strip().lower()
+        if coding not in ("identity", ""):
+            return HTTPError(415, f"Content-Encoding {coding!r} is not supported; send the body uncompressed",
+                             "UNSUPPORTED_MEDIA_TYPE")
+        return None
 
     @property
     def max_body(self) -> int:
@@ -241,7 +259,7 @@ class App:
     def _check_auth(self, method: str, path: str, headers: dict) -> None:
         """Every route needs the token but the probes (health, readiness: what Kubernetes and the clouds call)."""
         if self.token is None or path in ("/ping", "/health", "/v2/health/live", "/v2/health/ready") \
-                or path in self.routes.health or (method == "GET" and path.startswith("/v2/models/")
+                or path in self.routes.health or (method in ("GET", "HEAD") and path.startswith("/v2/models/")
                                                   and path.rstrip("/").endswith("/ready")):
             return
         scheme, _, given = headers.get("authorization", "").partition(" ")
@@ -251,6 +269,8 @@ class App:
 
     async def _route(self, method: str, path: str, headers: dict, body: bytes):
         self._check_auth(method, path, headers)
+        if method == "HEAD":  # a GET whose body the HTTP layer leaves out
+            method = "GET"
         if method == "GET" and (path in ("/ping", "/health") or path in self.routes.health):
             if not self.ready:
                 raise HTTPError(503, "the models are loading", "NOT_READY", [("retry-after", "1")])
@@ -274,14 +294,23 @@ class App:
             raise HTTPError(405, f"{method} is not allowed on {path}", "METHOD_NOT_ALLOWED")
         raise HTTPError(404, f"no route {path}; see /v2 and /invocations", "NOT_FOUND")
 
-    def _entry(self, name: str | None, v2: bool = False) -> Entry:
+    def _authorized(self, headers: dict) -> bool:
+        """The request may learn what this server serves (no token is set, or it sent the token)."""
+        try:
+            self._check_auth("POST", "/", headers)
+        except HTTPError:
+            return False
+        return True
+
+    def _entry(self, name: str | None, v2: bool = False, named: bool = True) -> Entry:
         if not self.ready:
             raise HTTPError(503, "the models are loading", "NOT_READY", [("retry-after", "1")], v2=v2)
         if name is None:
             return next(iter(self.entries.values()))
         entry = self.entries.get(name)
         if entry is None:
-            raise HTTPError(404, f"no model {name!r}; this server has {list(self.entries)}", "NOT_FOUND", v2=v2)
+            served = f"; this server has {list(self.entries)}" if named else ""  # not to probes without the token
+            raise HTTPError(404, f"no model {name!r}{served}", "NOT_FOUND", v2=v2)
         return entry
 
     async def _score(self, entry: Entry, batch, params, v2: bool = False):
@@ -330,7 +359,7 @@ class App:
             return 200, b"", "application/json", []
         if len(parts) >= 2 and parts[0] == "models":
             name, rest = parts[1], parts[2:]
-            entry = self._entry(name, v2=True)
+            entry = self._entry(name, v2=True, named=self._authorized(headers))
             if len(rest) >= 2 and rest[0] == "versions":
                 if entry.version is None or rest[1] != str(entry.version):
                     raise HTTPError(404, f"model {name!r} has no version {rest[1]!r} here (it serves "

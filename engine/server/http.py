@@ -34,6 +34,7 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _PIPELINE = 16  # requests read ahead of their answers on one connection before reading pauses
 _JOIN_UNDER = 64 * 1024  # bodies smaller than this are copied behind the head (one write); larger: writelines
 LINGER_S = 2.0
+REQUEST_IDLE_S = 60.0  # a connection inside a request that sends nothing for this long is closed
 MAX_HEAD = 64 * 1024  # request line and headers; past it, 431 and the connection closes (memory stays bounded)
 
 
@@ -74,6 +75,7 @@ class Protocol(asyncio.Protocol):
         self.closing = False  # answer what was read, then close (shutdown, Connection: close, an error)
         self.last_closes = False  # the last request read ends the connection: later ones are not answered
         self.in_message = False  # a request is being read (shutdown waits for it)
+        self.headed = self.began = False  # its head was read; it began in the data being parsed
         self.linger = False  # the connection closes on an error with the client maybe still sending: read, discard
         self.discard = False
         self.reading = True
@@ -85,6 +87,7 @@ class Protocol(asyncio.Protocol):
 
     def _reset(self) -> None:
         self.url = b""
+        self.path = "/"
         self.head = 0  # bytes of the request line and headers so far
         self.headers: dict[str, str] = {}
         self.body: list[bytes] = []
@@ -103,11 +106,17 @@ class Protocol(asyncio.Protocol):
         self.state.connections.discard(self)
         self.closing = True
         self.pending.clear()
+        self.parser = None  # and with it whatever part of a request it held
+        self._reset()
         if self.task is not None and not self.task.done():
             self.task.cancel()  # its place in the model's queue is freed; nobody is left to answer
         if self.idle_timer is not None:
             self.idle_timer.cancel()
             self.idle_timer = None
+
+    # eof_received: the default (the transport closes, the request in flight is cancelled). A client that
+    # half-closes after its request (`nc -N`) cannot be told from one that left, and a queued request of a
+    # client that left must free its place; nginx too counts that as the client gone (its 499).
 
     def shutdown(self) -> None:
         """uvicorn's graceful shutdown: answer what was read, then close; an idle connection closes now."""
@@ -142,32 +151,46 @@ class Protocol(asyncio.Protocol):
         self.idle_timer = None
         if self.task is not None or self.pending or self.transport.is_closing():
             return
-        if self.loop.time() - self.last_active >= self.keep_alive_s:
+        # between requests: uvicorn's keep-alive timeout; inside one (a client that pauses while sending): longer
+        limit = max(self.keep_alive_s, REQUEST_IDLE_S) if self.in_message else self.keep_alive_s
+        if self.loop.time() - self.last_active >= limit:
             self.transport.close()
         else:
-            self._arm_idle()
+            self.idle_timer = self.loop.call_at(self.last_active + limit, self._idle)
 
     def data_received(self, data: bytes) -> None:
-        if self.discard:
+        if self.discard or self.parser is None:
             return
         self.last_active = self.loop.time()
+        self.began = False
         try:
             self.parser.feed_data(data)
+            # a header that never ends is held by the parser, not passed to on_header: count what arrives
+            # while the head is unfinished (from the next read on after the request began)
+            if self.in_message and not self.headed and not self.began:
+                self._count(len(data))
         except httptools.HttpParserUpgrade:  # no upgrades (websockets, h2c): what was read is answered, then close
             self.closing = self.last_closes = True
             if self.task is None and not self.pending:
                 self.transport.close()
-        except httptools.HttpParserError as exc:  # answered in its turn, then the connection closes
-            if not (self.last_closes or self.transport.is_closing()):
-                self.last_closes = self.linger = True
-                cause = exc.__context__  # a callback's exception (httptools raises its own, this as context)
-                error = self.app.head_too_large(str(cause)) if isinstance(cause, _HeadTooLarge) else self.app.malformed(exc)
-                self._enqueue(_Request("-", "-", {}, None, False, error))
+        except (httptools.HttpParserError, _HeadTooLarge) as exc:  # answered in its turn, then the connection closes
+            self._refuse(exc)
+
+    def _refuse(self, exc: Exception) -> None:
+        """A request the parser cannot go on from: 400 (431 for a head too large) after the answers before it;
+        what the client sends after it is dropped."""
+        self.discard = True
+        if not (self.last_closes or self.transport.is_closing()):
+            self.last_closes = self.linger = True
+            cause = exc if isinstance(exc, _HeadTooLarge) else exc.__context__  # a callback's own exception
+            error = self.app.head_too_large(str(cause)) if isinstance(cause, _HeadTooLarge) else self.app.malformed(exc)
+            self._enqueue(_Request("-", "-", {}, None, False, error))
 
     # ---- parser callbacks ----------------------------------------------------------------------
     def on_message_begin(self) -> None:
         self._reset()
-        self.in_message = True
+        self.in_message = self.began = True
+        self.headed = False
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -183,14 +206,25 @@ class Protocol(asyncio.Protocol):
             raise _HeadTooLarge(f"the request line and headers are over {MAX_HEAD:,} bytes")
 
     def on_headers_complete(self) -> None:
-        length = self.headers.get("content-length")
-        limit = self.app.max_body
-        if length and length.isdigit() and int(length) > limit:
-            self.too_large = self.linger = True  # answered at once; the body is not read, the connection closes after
-            self._queue(self.app.too_large(int(length)))
+        self.headed = True
+        self.path = self._path()
+        refused = self.app.refuse_early(self.parser.get_method().decode("ascii"), self.path, self.headers)
+        if refused is not None:  # answered at once; the body is not read, the connection closes after
+            self.too_large = self.linger = True
+            self._queue(refused)
             return
-        if self.headers.get("expect", "").lower() == "100-continue":
+        if self.headers.get("expect", "").lower() == "100-continue" and self.parser.get_http_version() == "1.1":
             self.transport.write(_CONTINUE)
+
+    def _path(self) -> str:
+        url = self.url
+        if not url.startswith(b"/"):  # absolute form (http://host/path), as proxies send it
+            try:
+                url = httptools.parse_url(url).path or b"/"
+            except httptools.HttpParserInvalidURLError:
+                pass
+        path = url.split(b"?", 1)[0].decode("latin-1")
+        return unquote(path) if "%" in path else path
 
     def on_body(self, chunk: bytes) -> None:
         if self.too_large:
@@ -211,14 +245,11 @@ class Protocol(asyncio.Protocol):
 
     # ---- requests and answers -------------------------------------------------------------------
     def _queue(self, body) -> None:
-        """A request read whole (or refused by its size, ``body`` then the error): answered in order."""
-        url = self.url
-        path = url.split(b"?", 1)[0].decode("latin-1")
-        if "%" in path:
-            path = unquote(path)
-        keep_alive = self.parser.should_keep_alive() and not self.too_large
+        """A request read whole (or refused from its head, ``body`` then the error): answered in order."""
+        # HTTP/1.0 closes after its answer (keep-alive there would need a Connection header back)
+        keep_alive = self.parser.should_keep_alive() and not self.too_large and self.parser.get_http_version() == "1.1"
         error = body if isinstance(body, Exception) else None
-        request = _Request(self.parser.get_method().decode("ascii"), path, self.headers, None if error else body,
+        request = _Request(self.parser.get_method().decode("ascii"), self.path, self.headers, None if error else body,
                            keep_alive, error)
         if self.last_closes or self.transport.is_closing():
             return

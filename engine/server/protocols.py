@@ -25,8 +25,11 @@ try:
     def _loads(body: bytes):
         try:
             return orjson.loads(body)
-        except orjson.JSONDecodeError:
-            return json.loads(body)  # NaN and Infinity, which orjson refuses and MLflow's clients send
+        except orjson.JSONDecodeError as exc:
+            try:
+                return json.loads(body)  # NaN and Infinity, which orjson refuses and MLflow's clients send
+            except RecursionError:  # nested deeper than Python's stack: orjson's message says so
+                raise ValueError(str(exc)) from None
 
     def _dumps(doc) -> bytes:
         return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
@@ -300,6 +303,9 @@ def decode_v2(body: bytes, header_length: str | None = None) -> tuple[pa.RecordB
             raise ConfigError(f"input {name!r}: datatype {kind!r} is not one of {sorted(_V2_TYPES)}")
         if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and d >= 0 for d in shape):
             raise ConfigError(f"input {name!r}: shape must be a list of sizes, the first the number of rows")
+        if 0 in shape[1:]:
+            raise ConfigError(f"input {name!r}: shape {shape} has a row size of 0; every dimension after "
+                              "the first must be at least 1")
         if size is not None and "data" in tensor:
             raise ConfigError(f"input {name!r} has both 'data' and binary_data_size; send one of them")
         if size is not None:
