@@ -104,6 +104,18 @@ class Conn:
         self.sock.close()
 
 
+def _answer_then_closed(port: int, data: bytes) -> tuple[int, dict, bytes]:
+    """Send ``data`` on a new connection: its one answer, once the server has closed the connection."""
+    conn = Conn(port)
+    try:
+        conn.send(data)
+        answer = conn.answer()
+        assert conn.closed(), answer
+        return answer
+    finally:
+        conn.close()
+
+
 def _predictions(body: bytes) -> list:
     return json.loads(body)["predictions"]
 
@@ -126,14 +138,8 @@ def test_pipelined_requests_are_answered_in_order_on_one_connection(server):
 
 def test_connection_close_and_http_1_0_close_after_the_answer(server):
     for data in (_post([1.0], headers={"Connection": "close"}), _post([1.0], version="1.0")):
-        conn = Conn(server.port)
-        try:
-            conn.send(data)
-            status, headers, body = conn.answer()
-            assert status == 200 and _predictions(body) == [2.0] and headers.get("connection") == "close"
-            assert conn.closed()
-        finally:
-            conn.close()
+        status, headers, body = _answer_then_closed(server.port, data)
+        assert status == 200 and _predictions(body) == [2.0] and headers.get("connection") == "close"
 
 
 def test_expect_100_continue_and_chunked_bodies(server):
@@ -156,35 +162,21 @@ def test_expect_100_continue_and_chunked_bodies(server):
 
 
 def test_a_body_over_the_limit_is_refused_at_once_and_the_connection_closed(server):
-    conn = Conn(server.port)
-    try:  # declared too large: 413 before the body is sent, even with Expect: 100-continue
-        conn.send(_request("POST", "/invocations", b"", {"Content-Type": "application/json",
-                                                          "Content-Length": str(1 << 20), "Expect": "100-continue"}))
-        status, headers, out = conn.answer()
-        assert status == 413 and headers["connection"] == "close"
-        assert "over the limit of 10,485 (--max-body-mb)" in json.loads(out)["message"]
-        assert conn.closed()
-    finally:
-        conn.close()
-    conn = Conn(server.port)
-    try:  # chunked, no length: refused when the count passes the limit, the rest not read
-        big = json.dumps(_split([1.5] * 2000)).encode()
-        conn.send(_request("POST", "/invocations", b"%x\r\n%s\r\n" % (len(big), big), {
-            "Content-Type": "application/json", "Transfer-Encoding": "chunked"}))
-        status, headers, out = conn.answer()
-        assert status == 413 and "over the limit of 10,485 bytes" in json.loads(out)["message"]
-        assert conn.closed()
-    finally:
-        conn.close()
-    conn = Conn(server.port)
-    try:  # a client that sends its whole (refused) body before reading: still gets its answer, no reset
-        big = b"[" + b" " * (32 << 20) + b"]"  # more than the socket buffers hold: sent while the server answers
-        conn.send(_request("POST", "/invocations", big, {"Content-Type": "application/json"}))
-        status, headers, out = conn.answer()
-        assert status == 413 and headers["connection"] == "close", out
-        assert conn.closed()
-    finally:
-        conn.close()
+    # declared too large: 413 before the body is sent, even with Expect: 100-continue
+    status, headers, out = _answer_then_closed(server.port, _request("POST", "/invocations", b"", {
+        "Content-Type": "application/json", "Content-Length": str(1 << 20), "Expect": "100-continue"}))
+    assert status == 413 and headers["connection"] == "close"
+    assert "over the limit of 10,485 (--max-body-mb)" in json.loads(out)["message"]
+    # chunked, no length: refused when the count passes the limit, the rest not read
+    big = json.dumps(_split([1.5] * 2000)).encode()
+    status, headers, out = _answer_then_closed(server.port, _request("POST", "/invocations", b"%x\r\n%s\r\n" % (
+        len(big), big), {"Content-Type": "application/json", "Transfer-Encoding": "chunked"}))
+    assert status == 413 and "over the limit of 10,485 bytes" in json.loads(out)["message"]
+    # a client that sends its whole (refused) body before reading: still gets its answer, no reset
+    big = b"[" + b" " * (32 << 20) + b"]"  # more than the socket buffers hold: sent while the server answers
+    status, headers, out = _answer_then_closed(server.port, _request("POST", "/invocations", big,
+                                                                     {"Content-Type": "application/json"}))
+    assert status == 413 and headers["connection"] == "close", out
     assert call(server.port, "POST", "/invocations", json.dumps(_split([1.0])).encode(),
                 {"Content-Type": "application/json"})[0] == 200
 

@@ -237,9 +237,7 @@ class App:
         return HTTPError(431, message, "REQUEST_HEADER_FIELDS_TOO_LARGE")
 
     async def _body(self, headers: dict, receive) -> bytes:
-        length = headers.get("content-length")
-        if length and length.isdigit() and int(length) > self._max_body:
-            raise self.too_large(int(length))
+        """The body as it comes (a declared length over the limit was refused by ``refuse_early``)."""
         chunks, size = [], 0
         while True:
             message = await receive()

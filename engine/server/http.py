@@ -87,7 +87,7 @@ class Protocol(asyncio.Protocol):
 
     def _reset(self) -> None:
         self.url = b""
-        self.path = "/"
+        self.path, self.method, self.http11 = "/", "GET", True
         self.head = 0  # bytes of the request line and headers so far
         self.headers: dict[str, str] = {}
         self.body: list[bytes] = []
@@ -208,12 +208,14 @@ class Protocol(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self.headed = True
         self.path = self._path()
-        refused = self.app.refuse_early(self.parser.get_method().decode("ascii"), self.path, self.headers)
+        self.method = self.parser.get_method().decode("ascii")
+        self.http11 = self.parser.get_http_version() == "1.1"
+        refused = self.app.refuse_early(self.method, self.path, self.headers)
         if refused is not None:  # answered at once; the body is not read, the connection closes after
             self.too_large = self.linger = True
             self._queue(refused)
             return
-        if self.headers.get("expect", "").lower() == "100-continue" and self.parser.get_http_version() == "1.1":
+        if self.headers.get("expect", "").lower() == "100-continue" and self.http11:
             self.transport.write(_CONTINUE)
 
     def _path(self) -> str:
@@ -247,10 +249,9 @@ class Protocol(asyncio.Protocol):
     def _queue(self, body) -> None:
         """A request read whole (or refused from its head, ``body`` then the error): answered in order."""
         # HTTP/1.0 closes after its answer (keep-alive there would need a Connection header back)
-        keep_alive = self.parser.should_keep_alive() and not self.too_large and self.parser.get_http_version() == "1.1"
+        keep_alive = self.http11 and not self.too_large and self.parser.should_keep_alive()
         error = body if isinstance(body, Exception) else None
-        request = _Request(self.parser.get_method().decode("ascii"), self.path, self.headers, None if error else body,
-                           keep_alive, error)
+        request = _Request(self.method, self.path, self.headers, None if error else body, keep_alive, error)
         if self.last_closes or self.transport.is_closing():
             return
         self.last_closes = not keep_alive
