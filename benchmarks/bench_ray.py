@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -79,7 +80,8 @@ def main(argv=None) -> int:
         write_input(root / "small", small_rows, files=5)
         model = str(build_models(root / "models")["onnx"])
         start = time.perf_counter()
-        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR,
+        os.environ.pop("RAY_ADDRESS", None)  # a Ray of its own: not a cluster running on this machine
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.ERROR,
                  object_store_memory=2 << 30)
         startup = time.perf_counter() - start
         ctx = ray.data.DataContext.get_current()

@@ -206,7 +206,7 @@ def _add_score(sub) -> None:
               on_error={"choices": ON_ERROR, "help": "rows failing the signature: stop (fail, the default) or "
                                                      "write them to --dead-letter PATH (dead-letter)"},
               dead_letter={"metavar": "PATH", "help": "Parquet file for the rejected rows (with --on-error dead-letter)"})
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar; long jobs still log a progress line every 10 s")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.add_argument("--dry-run", action="store_true",
                    help="check the job and print its plan (files, rows from the footers, columns read, output), "

@@ -452,3 +452,25 @@ def test_a_model_that_kills_its_actor_fails_the_ray_data_job_in_one_line(ray_hea
     with pytest.raises(engine.ScoringError, match=r"a Ray actor scoring this job died 3 times .*the model may crash"):
         engine.score(crash, tmp_path / "in", tmp_path / "crashed", runner="ray")
     assert not (tmp_path / "crashed").exists() or not list((tmp_path / "crashed").glob("*.parquet"))
+
+
+def test_no_address_starts_a_local_ray_beside_a_running_cluster(ray_head, logged_models, tmp_path):
+    """No --ray-address and no RAY_ADDRESS is a local Ray of the job's own (README), even on a machine where
+    `ray start` runs a cluster: Ray's own default joins that cluster and then refuses the local Ray's sizing."""
+    case = logged_models["onnx"]
+    table = _input(case, tmp_path / "in")
+    env = {k: v for k, v in ray_head["env"].items() if k != "RAY_ADDRESS"}
+
+    def score(cpus: int):
+        cmd = [str(BIN / "arrowscore"), "score", case.uris["path"], str(tmp_path / "in"), str(tmp_path / "out"),
+               "--runner", "ray", "--ray-num-cpus", str(cpus), "--keep-columns", "id", "--no-progress"]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+
+    # one CPU holds the actor (0.5) but not a read task (1) beside it: Ray Data waited forever, without an error
+    run = score(1)
+    assert run.returncode == 2 and "need 1.5 CPUs, but the Ray cluster has 1: pass --ray-num-cpus 2" in run.stderr
+    assert not (tmp_path / "out").exists()
+    run = score(2)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert f"scored {table.num_rows:,} of {table.num_rows:,} rows" in run.stdout
+    assert_same_predictions(pq.read_table(tmp_path / "out").sort_by("id").drop_columns(["id"]), case.expected)

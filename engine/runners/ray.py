@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 import tarfile
 import time
@@ -77,6 +78,21 @@ def _gpus_per_actor(ray, ray_opts: RayOptions, device: str | None) -> float:
     return gpus
 
 
+def _check_cpus(ray, ray_opts: RayOptions, own: bool) -> None:
+    """A Ray Data job needs its actors' CPUs and one more for a read task: short of that it waits forever,
+    with no error. Refused on a Ray this job started; a cluster that may grow (autoscaling) gets a warning."""
+    have = ray.cluster_resources().get("CPU", 0)
+    need = ray_opts.actors * ray_opts.cpus_per_actor + 1
+    if have >= need:
+        return
+    what = (f"{ray_opts.actors} actor(s) of {ray_opts.cpus_per_actor:g} CPU each and one read task (1 CPU) need "
+            f"{need:g} CPUs, but the Ray cluster has {have:g}")
+    if own:
+        fewer = ", or fewer --ray-actors" if ray_opts.actors > 1 else ""
+        raise ConfigError(f"{what}: pass --ray-num-cpus {math.ceil(need)} or more{fewer}")
+    log.warning("%s: the job waits until the cluster has them", what)
+
+
 def _connect(ray, address: str | None, num_cpus: int | None, runtime_env: dict | None):
     if ray.is_initialized():
         if runtime_env:
@@ -85,8 +101,9 @@ def _connect(ray, address: str | None, num_cpus: int | None, runtime_env: dict |
         return
     extra = {"runtime_env": runtime_env} if runtime_env else {}
     given = address or os.environ.get("RAY_ADDRESS")  # set by `ray job submit` and by users of a running cluster
-    if not given:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING, **extra)
+    if not given:  # "local": Ray's own default would join a cluster `ray start` runs on this machine
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+                 logging_level=logging.WARNING, **extra)
         return
     hint = (f"check {'--ray-address' if address else 'RAY_ADDRESS'} and that the cluster is up (`ray status`); "
             "a retry may work once it is")
@@ -117,7 +134,8 @@ def run_ray(model_uri, input: str, output: str, options: ScoreOptions, ray_opts:
     progress = Progress(total, options.progress)
     try:
         connecting = time.perf_counter()
-        if ray_opts.keep_warm_s and not (ray.is_initialized() or ray_opts.address or os.environ.get("RAY_ADDRESS")):
+        own = not (ray.is_initialized() or ray_opts.address or os.environ.get("RAY_ADDRESS"))  # a local Ray of its own
+        if ray_opts.keep_warm_s and own:
             log.warning("keep_warm_s: this job starts its own Ray, which ends with this process, and the warm "
                         "actors with it; for later jobs to find them, start Ray once (`ray start --head`) and "
                         "pass --ray-address (or RAY_ADDRESS)")
@@ -132,6 +150,7 @@ def run_ray(model_uri, input: str, output: str, options: ScoreOptions, ray_opts:
 
             tables = warm_results(ray, path, packed, options, ray_opts, gpus, pieces)
         else:
+            _check_cpus(ray, ray_opts, own)
             reads = _source(pieces, width)
             dataset = ray.data.read_datasource(reads, override_num_blocks=reads.tasks)
             dataset.context.enable_progress_bars = False  # the driver shows one bar, as the local runner does
