@@ -641,6 +641,20 @@ def test_a_broker_gone_mid_stream_fails_after_the_broker_timeout(kafka, xgb_case
     _one_error_line(err, own)
 
 
+def test_stopping_a_broker_this_process_started_does_not_wait_on_its_zombie(tmp_path):
+    """The test broker is this process's child: once it exits it stays a zombie, which signal 0 still reaches,
+    so stop() waited its whole timeout (30 s, twice a suite) on a broker long gone."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts" / "kafka"))
+    import broker
+
+    child = subprocess.Popen(["sleep", "600"], start_new_session=True)  # started as start() starts the broker
+    (tmp_path / "broker.pid").write_text(str(child.pid))
+    start = time.time()
+    broker.stop(tmp_path, timeout_s=60)  # SIGTERM: the child exits at once and is left a zombie
+    assert time.time() - start < 30, "stop() waited for its timeout on a process that had exited"
+    assert not (tmp_path / "broker.pid").exists() and not Path(f"/proc/{child.pid}").exists()  # reaped
+
+
 def _committed_total(kafka: str, group: str, topic: str, partitions: int) -> int:
     c = ck.Consumer({"bootstrap.servers": kafka, "group.id": group})
     try:
